@@ -1,0 +1,32 @@
+# clear-rl developer commands. `make install` then `make test` is what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is installed first so that pip does not pull a multi-GB CUDA build
+# as a dependency of the project. On a GPU machine: `make install TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-fast lint format bench
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[dev]"
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check clear_rl rewards tests benchmarks
+	$(BIN)/ruff format --check clear_rl rewards tests benchmarks
+
+format:
+	$(BIN)/ruff check --fix clear_rl rewards tests benchmarks
+	$(BIN)/ruff format clear_rl rewards tests benchmarks
+
+bench:
+	$(BIN)/python -m benchmarks

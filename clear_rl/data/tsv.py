@@ -1,0 +1,74 @@
+"""VLMEvalKit TSV files: the format of MMBench, MM-Vet, MMVP, CV-Bench, MMStar, RealWorldQA.
+
+One row per question with columns `index`, `image` (base64; or, in MMBench, the `index` of the
+row holding the same image), `question`, `answer`, option columns `A`..`Z`, and
+benchmark-specific extras (`category`, `l2-category`, `source`, ...). Cells are kept as text so
+that a file written back keeps every column exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import pandas as pd
+from PIL import Image
+
+from clear_rl.atomic import atomic_path
+from clear_rl.data.images import decode_base64_image
+from clear_rl.errors import DataError
+
+# VLMEvalKit treats an image cell this short as a reference to another row's image.
+IMAGE_REFERENCE_MAX_LEN = 64
+OPTION_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def read_tsv(path: str | os.PathLike, required: Iterable[str] = ("index",)) -> pd.DataFrame:
+    """Read a TSV as text cells; raise DataError naming the file and any missing column."""
+    if not os.path.exists(path):
+        raise DataError(f"TSV file not found: {path}")
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot parse {path} as a tab-separated file: {exc}") from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks required column(s) {missing}; it has {list(frame.columns)}")
+    return frame
+
+
+def write_tsv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a TSV atomically (temporary name, then rename), as VLMEvalKit reads it."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False)
+
+
+def resolve_image_cells(frame: pd.DataFrame) -> list[str]:
+    """The base64 image of every row, following MMBench-style references to another row."""
+    by_index = dict(zip(frame["index"], frame["image"]))
+    resolved = []
+    for index, cell in zip(frame["index"], frame["image"]):
+        if 0 < len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in by_index:
+            cell = by_index[cell]
+        resolved.append(cell)
+    return resolved
+
+
+def decode_row_image(cell: str, index: str, path: str | os.PathLike) -> Image.Image:
+    """Decode one row's image cell, with an error naming the row index and the file."""
+    if not cell:
+        raise DataError(f"{path}: row index={index} has an empty image cell")
+    try:
+        return decode_base64_image(cell)
+    except ValueError as exc:
+        raise DataError(f"{path}: row index={index}: undecodable image ({exc})") from exc
+
+
+def option_columns(frame: pd.DataFrame) -> list[str]:
+    """The option columns (A, B, C, ...) present in the file, in order."""
+    return [c for c in OPTION_LETTERS if c in frame.columns]
+
+
+def row_options(row: pd.Series, columns: list[str]) -> dict[str, str]:
+    """The non-empty options of one row, {letter: text}."""
+    return {c: row[c] for c in columns if isinstance(row[c], str) and row[c].strip() and row[c] != "nan"}
