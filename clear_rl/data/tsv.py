@@ -47,7 +47,7 @@ def resolve_image_cells(frame: pd.DataFrame) -> list[str]:
     """The base64 image of every row, following MMBench-style references to another row."""
     by_index = dict(zip(frame["index"], frame["image"]))
     resolved = []
-    for index, cell in zip(frame["index"], frame["image"]):
+    for cell in frame["image"]:
         if 0 < len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in by_index:
             cell = by_index[cell]
         resolved.append(cell)

@@ -1,0 +1,60 @@
+"""The latent representation bridge: restored VAE latents straight into the LLM's input space.
+
+CLEAR's point is that a restored latent need not be decoded to pixels and re-encoded by the
+vision tower: one small map turns it into LLM input embeddings (BAGEL: `vae2llm(x0) +
+time_embed(t=0) + latent_pos_embed`). Here: 2x2 patchify -> MLP -> LLM hidden size, plus a
+learned 2D position embedding. The constant t=0 time embedding of BAGEL is folded into the MLP's
+bias, since it never changes.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+
+def patchify_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
+    """(B, C, h, w) -> (B, (h/p)*(w/p), C*p*p) tokens, row-major over the patch grid."""
+    b, c, h, w = latents.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {patch_size}")
+    x = latents.reshape(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch_size) * (w // patch_size), c * patch_size**2)
+
+
+class LatentBridge(ModelMixin, ConfigMixin):
+    """Maps (B, C, h, w) latents to (B, h/2 * w/2, hidden_size) LLM input embeddings."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        hidden_size: int = 3584,
+        patch_size: int = 2,
+        mlp_depth: int = 2,
+        max_grid_size: int = 64,
+    ):
+        super().__init__()
+        in_dim = latent_channels * patch_size**2
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden_size)]
+        for _ in range(mlp_depth - 1):
+            layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+        self.proj = nn.Sequential(*layers)
+        self.pos_embed = nn.Parameter(torch.randn(max_grid_size, max_grid_size, hidden_size) * 0.02)
+
+    def grid_size(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid (rows, cols) for latents of spatial size (h, w)."""
+        p = self.config.patch_size
+        return latent_hw[0] // p, latent_hw[1] // p
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.grid_size(latents.shape[-2:])
+        if max(rows, cols) > self.config.max_grid_size:
+            raise ValueError(
+                f"latent grid {rows}x{cols} exceeds the bridge's max_grid_size {self.config.max_grid_size}"
+            )
+        tokens = patchify_latents(latents.to(self.proj[0].weight.dtype), self.config.patch_size)
+        pos = self.pos_embed[:rows, :cols].reshape(rows * cols, -1)
+        return self.proj(tokens) + pos

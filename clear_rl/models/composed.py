@@ -1,0 +1,290 @@
+"""`composed`: any Hugging Face VLM + a diffusers VAE + a flow-matching restoration head + the bridge.
+
+This turns an understanding-only VLM into a unified model for CLEAR:
+- understanding: the VLM itself (`AutoModelForImageTextToText`), unchanged;
+- generation: a diffusers `PixArtTransformer2DModel` (a DiT) predicts the flow velocity of the
+  clean latent; its input is the noisy latent concatenated with the degraded image's latent, and
+  its cross-attention reads a projection of the LLM's hidden states up to `<image_restore>`;
+- the latent bridge puts a restored latent back into the LLM's context at the
+  `<|restored_pad|>` positions.
+
+It is a `PreTrainedModel`, so `transformers.Trainer`, TRL, peft and accelerate handle it like any
+other model: one folder holds every part (`save_pretrained` / `from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, PixArtTransformer2DModel
+from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+
+from clear_rl.models.bridge import LatentBridge
+from clear_rl.models.tokens import ClearTokenIds
+
+
+class ComposedUnifiedConfig(PreTrainedConfig):
+    """Configuration of a composed unified model: the VLM's config plus the generative parts."""
+
+    model_type = "clear_composed"
+    sub_configs_defaults = {"vlm_config": SubConfigSpec(config_class=AutoConfig, model_type="llava")}
+
+    vlm_config: dict | PreTrainedConfig | None = None
+    vae_config: dict | None = None
+    head_config: dict | None = None
+    bridge_config: dict | None = None
+    # Ids of the CLEAR protocol tokens in the processor's tokenizer (see models/tokens.py).
+    think_start_token_id: int = -1
+    think_end_token_id: int = -1
+    answer_start_token_id: int = -1
+    answer_end_token_id: int = -1
+    image_restore_token_id: int = -1
+    restored_pad_token_id: int = -1
+    # Restoration works on images resized to this side, in the VAE's latent space.
+    vae_image_size: int = 512
+    # Sampling defaults of the restoration branch (CLEAR: 30 steps at shift 3.0 during GRPO).
+    flow_shift: float = 3.0
+    num_inference_steps: int = 30
+    # Which LLM hidden layer conditions the restoration head (-1: the last).
+    condition_layer: int = -1
+
+    def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
+        return self.vlm_config.get_text_config(*args, **kwargs)
+
+
+@dataclass
+class RestorationContext:
+    """What the restoration head is conditioned on, for each row of a batch."""
+
+    hidden_states: torch.Tensor  # (B, L, D) LLM hidden states
+    attention_mask: torch.Tensor  # (B, L) True where a position is in the context
+    degraded_latents: torch.Tensor  # (B, C, h, w) the degraded image's latent
+
+    def select(self, rows: torch.Tensor) -> RestorationContext:
+        return RestorationContext(
+            self.hidden_states[rows], self.attention_mask[rows], self.degraded_latents[rows]
+        )
+
+
+class ComposedUnifiedModel(PreTrainedModel):
+    """A unified (understand + restore) model built from a VLM, a VAE, a DiT head and a bridge."""
+
+    config_class = ComposedUnifiedConfig
+    base_model_prefix = "composed"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(
+        self,
+        config: ComposedUnifiedConfig,
+        vlm: PreTrainedModel | None = None,
+        vae: AutoencoderKL | None = None,
+        restoration_head: PixArtTransformer2DModel | None = None,
+        latent_bridge: LatentBridge | None = None,
+    ):
+        super().__init__(config)
+        self.vlm = vlm if vlm is not None else AutoModelForImageTextToText.from_config(config.vlm_config)
+        self.vae = vae if vae is not None else AutoencoderKL.from_config(config.vae_config)
+        self.restoration_head = (
+            restoration_head
+            if restoration_head is not None
+            else PixArtTransformer2DModel.from_config(config.head_config)
+        )
+        self.latent_bridge = (
+            latent_bridge if latent_bridge is not None else LatentBridge.from_config(config.bridge_config)
+        )
+        self.post_init()
+
+    # -- weights ---------------------------------------------------------------------------
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """Sub-models initialise themselves; only buffers that loading cannot restore are rebuilt.
+
+        transformers loads on the meta device and restores saved tensors, so a diffusers
+        `PatchEmbed`'s non-persistent sin-cos table must be recomputed here. The default
+        `_init_weights` would re-draw every Linear and Conv of the diffusers parts, including a
+        pretrained VAE passed to `__init__`, so it is deliberately not used.
+        """
+        if (
+            isinstance(module, PatchEmbed)
+            and module.pos_embed is not None
+            and module.pos_embed_max_size is None
+        ):
+            grid = module.height  # square grid of the configured sample size
+            table = get_2d_sincos_pos_embed(
+                module.proj.out_channels,
+                grid,
+                base_size=module.base_size,
+                interpolation_scale=module.interpolation_scale,
+                output_type="pt",
+            )
+            module.pos_embed = table.float().unsqueeze(0).to(module.proj.weight.device)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.vlm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.vlm.get_output_embeddings()
+
+    @property
+    def token_ids(self) -> ClearTokenIds:
+        c = self.config
+        return ClearTokenIds(
+            c.think_start_token_id,
+            c.think_end_token_id,
+            c.answer_start_token_id,
+            c.answer_end_token_id,
+            c.image_restore_token_id,
+            c.restored_pad_token_id,
+        )
+
+    # -- shapes ----------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latent of one `vae_image_size` image."""
+        side = self.config.vae_image_size // self.vae_scale_factor
+        return (self.vae.config.latent_channels, side, side)
+
+    @property
+    def num_restored_tokens(self) -> int:
+        """How many `<|restored_pad|>` positions one restored latent occupies."""
+        rows, cols = self.latent_bridge.grid_size(self.latent_shape[1:])
+        return rows * cols
+
+    # -- the protocol ------------------------------------------------------------------------
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> normalised latents (the posterior mean, deterministic)."""
+        vae = self.vae
+        posterior = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        shift = vae.config.shift_factor or 0.0
+        return (posterior.mode() - shift) * vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> images (B, 3, H, W) in [-1, 1] (for reports; CLEAR never needs it)."""
+        vae = self.vae
+        shift = vae.config.shift_factor or 0.0
+        z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + shift
+        return vae.decode(z).sample.clamp(-1.0, 1.0)
+
+    def bridge(self, latents: torch.Tensor) -> torch.Tensor:
+        """Restored latents (B, C, h, w) -> LLM input embeddings (B, N, D)."""
+        return self.latent_bridge(latents)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, context: RestorationContext) -> torch.Tensor:
+        """The restoration head's flow velocity at noise level `t` (B,), conditioned on `context`."""
+        head = self.restoration_head
+        dtype = head.dtype
+        x = torch.cat([x_t, context.degraded_latents.to(x_t.dtype)], dim=1).to(dtype)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0])
+        out = head(
+            hidden_states=x,
+            encoder_hidden_states=context.hidden_states.to(dtype),
+            timestep=t * 1000.0,  # diffusers' convention: timesteps on a 0..1000 scale
+            encoder_attention_mask=context.attention_mask,
+        ).sample
+        return out.to(x_t.dtype)
+
+    def restoration_context(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_states: torch.Tensor,
+        degraded_latents: torch.Tensor,
+    ) -> RestorationContext:
+        """The head's context: hidden states up to and including each row's first `<image_restore>`.
+
+        Causality makes these equal in a teacher-forced pass over the whole sequence and at the
+        moment of generation, so training and sampling condition on the same thing.
+        """
+        is_restore = input_ids == self.config.image_restore_token_id
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = torch.where(is_restore.any(1), is_restore.float().argmax(1), input_ids.shape[1] - 1)
+        keep = attention_mask.bool() & (positions[None, :] <= last[:, None])
+        return RestorationContext(hidden_states, keep, degraded_latents)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions holding the VLM's own image (ViT) tokens."""
+        return input_ids == self.config.vlm_config.image_token_id
+
+    def restored_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions holding bridged restored-latent tokens."""
+        return input_ids == self.config.restored_pad_token_id
+
+    @contextlib.contextmanager
+    def bridged_embeddings(
+        self, input_ids: torch.Tensor, restored_latents: torch.Tensor | None
+    ) -> Iterator[None]:
+        """While active, the VLM's input embedding puts bridged latents at `<|restored_pad|>` positions.
+
+        A hook on the embedding layer (rather than passing `inputs_embeds`) keeps `input_ids`
+        flowing through the VLM unchanged, so image-token placement, M-RoPE position ids and any
+        other id-driven logic of the wrapped VLM keep working, for any architecture.
+        """
+        pad_mask = self.restored_token_mask(input_ids)
+        if not bool(pad_mask.any()):
+            yield
+            return
+        if restored_latents is None:
+            raise ValueError("input_ids hold <|restored_pad|> tokens but no restored_latents were given")
+        rows = pad_mask.any(1)
+        per_row = pad_mask.sum(1)[rows]
+        if bool((per_row % self.num_restored_tokens).any()):
+            raise ValueError(
+                f"each restoring row needs a multiple of {self.num_restored_tokens} <|restored_pad|> "
+                f"tokens, got {per_row.tolist()}"
+            )
+        if restored_latents.shape[0] != input_ids.shape[0]:
+            raise ValueError("restored_latents must have one (possibly unused) latent per batch row")
+        embeds = self.bridge(restored_latents[rows])  # (R, N, D)
+        expected = pad_mask.shape
+
+        def substitute(module, args, output):
+            ids = args[0] if args else None
+            if ids is None or ids.shape != expected:
+                return output
+            mask = (ids == self.config.restored_pad_token_id).unsqueeze(-1)
+            return output.masked_scatter(mask, embeds.to(output.dtype))
+
+        handle = self.get_input_embeddings().register_forward_hook(substitute)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        restored_latents: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """The understanding pass; `<|restored_pad|>` positions carry `bridge(restored_latents)`.
+
+        Other keyword arguments (position_ids, cache, logits_to_keep, output_hidden_states,
+        image_grid_thw, ...) go to the wrapped VLM unchanged.
+        """
+        with self.bridged_embeddings(input_ids, restored_latents):
+            return self.vlm(
+                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
+            )
+
+
+AutoConfig.register(ComposedUnifiedConfig.model_type, ComposedUnifiedConfig, exist_ok=True)
+AutoModel.register(ComposedUnifiedConfig, ComposedUnifiedModel, exist_ok=True)

@@ -1,0 +1,54 @@
+"""The CLEAR token protocol and the special tokens it adds to a tokenizer.
+
+Direct:        <think>quality check + reasoning</think><answer>...</answer>
+With restore:  <think>quality check</think><image_restore>[<|restored_pad|> x N]<think>reasoning</think><answer>...</answer>
+
+Emitting `<image_restore>` triggers the restoration branch; the `<|restored_pad|>` positions then
+carry the latent bridge's embeddings of the restored latent, the way VLMs carry image features
+at their image-token positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+ANSWER_START = "<answer>"
+ANSWER_END = "</answer>"
+IMAGE_RESTORE = "<image_restore>"
+RESTORED_PAD = "<|restored_pad|>"
+CLEAR_SPECIAL_TOKENS = (THINK_START, THINK_END, ANSWER_START, ANSWER_END, IMAGE_RESTORE, RESTORED_PAD)
+
+SYSTEM_PROMPT = (
+    "First check the image quality inside <think></think>. If degradation hides details needed "
+    "to answer, emit <image_restore> to restore the image, then reason inside <think></think>. "
+    "Give the final answer inside <answer></answer>."
+)
+
+
+@dataclass(frozen=True)
+class ClearTokenIds:
+    """Ids of the protocol tokens in one tokenizer."""
+
+    think_start: int
+    think_end: int
+    answer_start: int
+    answer_end: int
+    image_restore: int
+    restored_pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> ClearTokenIds:
+        ids = tokenizer.convert_tokens_to_ids(list(CLEAR_SPECIAL_TOKENS))
+        unknown = [t for t, i in zip(CLEAR_SPECIAL_TOKENS, ids) if i is None or i == tokenizer.unk_token_id]
+        if unknown:
+            raise ValueError(f"tokenizer lacks the CLEAR tokens {unknown}; call add_clear_tokens first")
+        return cls(*ids)
+
+
+def add_clear_tokens(tokenizer) -> int:
+    """Add the protocol tokens as special tokens; returns how many were new."""
+    return tokenizer.add_special_tokens(
+        {"additional_special_tokens": list(CLEAR_SPECIAL_TOKENS)}, replace_extra_special_tokens=False
+    )

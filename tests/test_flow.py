@@ -1,0 +1,99 @@
+"""Rectified-flow schedules and the Flow-GRPO SDE step."""
+
+import math
+
+import pytest
+import torch
+
+from clear_rl.flow import (
+    add_noise,
+    ode_step,
+    sample_training_timesteps,
+    sampling_schedule,
+    sde_step,
+    shift_timesteps,
+    step_mean_kl,
+    velocity_target,
+)
+
+
+def test_sampling_schedule_is_shifted_linspace():
+    for steps, shift in [(1, 1.0), (5, 3.0), (30, 3.0), (10, 2.0)]:
+        expected = shift_timesteps(torch.linspace(1, 0, steps + 1), shift)
+        torch.testing.assert_close(sampling_schedule(steps, shift), expected, atol=1e-6, rtol=0)
+
+
+def test_shift_formula_and_identity():
+    t = torch.rand(100)
+    torch.testing.assert_close(shift_timesteps(t, 1.0), t)
+    torch.testing.assert_close(shift_timesteps(t, 3.0), 3 * t / (1 + 2 * t))
+    assert bool((shift_timesteps(t, 3.0) >= t).all())  # shift > 1 moves mass to high noise
+
+
+def test_training_timesteps_are_shifted_logit_normal():
+    t = sample_training_timesteps(1000, shift=3.0, generator=torch.Generator().manual_seed(1))
+    raw = torch.sigmoid(torch.randn(1000, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(t, shift_timesteps(raw, 3.0))
+    assert 0 < float(t.min()) and float(t.max()) < 1
+
+
+def test_interpolation_endpoints_and_velocity():
+    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    torch.testing.assert_close(add_noise(x0, eps, torch.zeros(3)), x0)
+    torch.testing.assert_close(add_noise(x0, eps, torch.ones(3)), eps)
+    t = torch.tensor([0.2, 0.5, 0.9])
+    xt = add_noise(x0, eps, t)
+    # Integrating the exact velocity from t to 0 in one Euler step recovers x0 (straight paths).
+    torch.testing.assert_close(
+        ode_step(xt, velocity_target(x0, eps), t, torch.zeros(3)), x0, atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("t,t_next", [(1.0, 0.9), (0.75, 0.5), (0.3, 0.0)])
+def test_sde_log_prob_is_the_gaussian_density(t, t_next):
+    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    step = sde_step(x, v, t, t_next, noise_level=0.7, t_max=0.9, generator=torch.Generator().manual_seed(0))
+    normal = torch.distributions.Normal(step.mean, step.std)
+    expected = normal.log_prob(step.sample).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(step.log_prob, expected, atol=1e-5, rtol=1e-5)
+    # The std is Flow-GRPO's a * sqrt(t / (1 - t)) * sqrt(-dt), with t = 1 replaced by t_max.
+    t_eff = 0.9 if t == 1.0 else t
+    std = 0.7 * math.sqrt(t / (1 - t_eff)) * math.sqrt(t - t_next)
+    torch.testing.assert_close(step.std, torch.full_like(step.std, std), atol=1e-6, rtol=1e-5)
+
+
+def test_sde_scores_a_given_transition_and_draws_with_the_stated_std():
+    x, v = torch.randn(4, 4, 16, 16), torch.randn(4, 4, 16, 16)
+    drawn = sde_step(x, v, 0.6, 0.5, 0.7, 0.9, generator=torch.Generator().manual_seed(3))
+    rescored = sde_step(x, v, 0.6, 0.5, 0.7, 0.9, next_sample=drawn.sample)
+    torch.testing.assert_close(rescored.log_prob, drawn.log_prob)
+    z = (drawn.sample - drawn.mean) / drawn.std
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.05
+
+
+def test_sde_without_noise_is_the_ode_step():
+    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for t, t_next in [(1.0, 0.8), (0.5, 0.25), (0.1, 0.0)]:
+        step = sde_step(
+            x, v, t, t_next, noise_level=0.0, t_max=0.9, generator=torch.Generator().manual_seed(0)
+        )
+        torch.testing.assert_close(step.sample, ode_step(x, v, torch.tensor(t), torch.tensor(t_next)))
+        assert torch.equal(step.log_prob, torch.zeros(2))
+
+
+def test_sde_per_row_timesteps_match_scalar_calls():
+    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    both = sde_step(x, v, torch.tensor([0.9, 0.5]), torch.tensor([0.8, 0.4]), 0.7, 0.95, next_sample=x * 0.9)
+    first = sde_step(x[:1], v[:1], 0.9, 0.8, 0.7, 0.95, next_sample=x[:1] * 0.9)
+    second = sde_step(x[1:], v[1:], 0.5, 0.4, 0.7, 0.95, next_sample=x[1:] * 0.9)
+    torch.testing.assert_close(both.log_prob, torch.cat([first.log_prob, second.log_prob]))
+
+
+def test_step_mean_kl_matches_torch_kl():
+    mean, ref = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4)
+    std = torch.full_like(mean, 0.3)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, std), torch.distributions.Normal(ref, std)
+    ).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(step_mean_kl(mean, ref, std), expected)
+    assert torch.equal(step_mean_kl(mean, mean, std), torch.zeros(3))

@@ -1,0 +1,199 @@
+"""The composed unified model: bridge wiring, head conditioning, save/load, LoRA, errors."""
+
+import json
+
+import pytest
+import torch
+
+from clear_rl.errors import ClearRLError
+from clear_rl.models import ComposedUnifiedModel, patchify_latents
+from clear_rl.models.adapters import LoraSettings, apply_lora, part_paths, set_trainable_parts
+from clear_rl.models.compose import load_vlm
+from clear_rl.models.io import load_unified, save_unified
+from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
+from tests.conftest import make_prompts
+
+
+def _with_restoration(model, processor, batch):
+    """Append `<think>x</think><image_restore>` + placeholders + `<answer>A</answer>` to each prompt."""
+    tail = (
+        "<think>x</think><image_restore>"
+        + "<|restored_pad|>" * model.num_restored_tokens
+        + "<answer>A</answer>"
+    )
+    ids = processor.tokenizer(tail, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = ids.expand(batch.input_ids.shape[0], -1)
+    return torch.cat([batch.input_ids, ids], 1), torch.cat([batch.attention_mask, torch.ones_like(ids)], 1)
+
+
+def test_protocol_tokens_are_single_special_tokens(tiny):
+    model, processor = tiny
+    for token in CLEAR_SPECIAL_TOKENS:
+        assert len(processor.tokenizer(token, add_special_tokens=False).input_ids) == 1
+    ids = model.token_ids
+    assert processor.tokenizer.convert_ids_to_tokens([ids.image_restore, ids.restored_pad]) == [
+        "<image_restore>",
+        "<|restored_pad|>",
+    ]
+    assert model.vlm.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
+
+
+def test_patchify_groups_2x2_neighbourhoods():
+    latents = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    tokens = patchify_latents(latents)
+    assert tokens.shape == (1, 4, 8)
+    # First token: channel 0 then channel 1 of the top-left 2x2 block, row-major.
+    assert tokens[0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]
+
+
+def test_bridged_latents_change_later_logits_only(tiny):
+    model, processor = tiny
+    batch, _ = make_prompts(processor, ["What color is it?", "Count them."])
+    input_ids, mask = _with_restoration(model, processor, batch)
+    latents = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            pixel_values=batch.pixel_values,
+            restored_latents=latents,
+        )
+        b = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            pixel_values=batch.pixel_values,
+            restored_latents=latents + 1,
+        )
+    first_pad = int(model.restored_token_mask(input_ids)[0].float().argmax())
+    diff = (a.logits - b.logits).abs().amax(-1)
+    assert float(diff[:, :first_pad].max()) == 0.0  # causal: nothing before the slot changes
+    assert float(diff[:, -1].min()) > 1e-4  # the answer position reads the restored latent
+
+
+def test_placeholders_without_latents_or_of_wrong_count_are_errors(tiny):
+    model, processor = tiny
+    batch, _ = make_prompts(processor, ["What color is it?"])
+    input_ids, mask = _with_restoration(model, processor, batch)
+    with pytest.raises(ValueError, match="no restored_latents"):
+        model(input_ids=input_ids, attention_mask=mask, pixel_values=batch.pixel_values)
+    one_pad_short = input_ids[:, :-1].clone()
+    one_pad_short = torch.cat([one_pad_short[:, : -model.num_restored_tokens], one_pad_short[:, -4:]], 1)
+    with pytest.raises(ValueError, match="multiple of"):
+        model(
+            input_ids=torch.cat([batch.input_ids, one_pad_short[:, -(model.num_restored_tokens + 3) :]], 1),
+            pixel_values=batch.pixel_values,
+            restored_latents=torch.zeros(1, *model.latent_shape),
+        )
+
+
+def test_head_context_stops_at_image_restore(tiny):
+    model, processor = tiny
+    batch, vae_pixels = make_prompts(processor, ["What color is it?"])
+    input_ids, mask = _with_restoration(model, processor, batch)
+    hidden = torch.randn(1, input_ids.shape[1], model.config.get_text_config().hidden_size)
+    degraded = model.encode_latents(vae_pixels)
+    context = model.restoration_context(input_ids, mask, hidden, degraded)
+    restore_at = int((input_ids[0] == model.token_ids.image_restore).float().argmax())
+    assert (
+        context.attention_mask[0, : restore_at + 1].all()
+        and not context.attention_mask[0, restore_at + 1 :].any()
+    )
+    x_t, t = torch.randn(1, *model.latent_shape), torch.tensor([0.5])
+    with torch.no_grad():
+        v = model.velocity(x_t, t, context)
+        changed_after = hidden.clone()
+        changed_after[:, restore_at + 1 :] += 5
+        v_after = model.velocity(x_t, t, model.restoration_context(input_ids, mask, changed_after, degraded))
+        v_other_image = model.velocity(
+            x_t, t, model.restoration_context(input_ids, mask, hidden, degraded + 1)
+        )
+    assert v.shape == x_t.shape
+    torch.testing.assert_close(v, v_after)  # positions after <image_restore> are not context
+    assert float((v - v_other_image).abs().max()) > 1e-4  # the degraded image's latent is an input
+
+
+def _public(config: dict) -> dict:
+    """A config as JSON holds it, minus bookkeeping (`_name_or_path`, `_class_name`, the load dtype)."""
+    clean = {
+        k: _public(v) if isinstance(v, dict) else v
+        for k, v in config.items()
+        if not str(k).startswith("_") and k != "dtype"
+    }
+    return json.loads(json.dumps(clean, default=str))
+
+
+def test_save_and_load_round_trip_every_part(tiny, tmp_path):
+    model, processor = tiny
+    save_unified(model, processor, tmp_path / "model")
+    loaded, loaded_processor = load_unified(tmp_path / "model")
+    assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert _public(loaded.config.to_dict()) == _public(model.config.to_dict())
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert torch.equal(a, b), name
+    batch, vae_pixels = make_prompts(processor, ["What color is it?"])
+    input_ids, mask = _with_restoration(model, processor, batch)
+    latents = torch.randn(1, *model.latent_shape)
+    with torch.no_grad():
+        for m in (model, loaded.eval()):
+            m._check = m(
+                input_ids=input_ids,
+                attention_mask=mask,
+                pixel_values=batch.pixel_values,
+                restored_latents=latents,
+            )
+        torch.testing.assert_close(model._check.logits, loaded._check.logits, atol=0, rtol=0)
+        torch.testing.assert_close(model.encode_latents(vae_pixels), loaded.encode_latents(vae_pixels))
+        torch.testing.assert_close(model.decode_latents(latents), loaded.decode_latents(latents))
+
+
+def test_load_errors_name_the_folder(tmp_path):
+    with pytest.raises(ClearRLError, match="not found"):
+        load_unified(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClearRLError, match="no config.json"):
+        load_unified(tmp_path / "empty")
+
+
+def test_lora_trains_only_adapters(fresh_tiny):
+    model, _ = fresh_tiny
+    peft_model = apply_lora(model, LoraSettings(r=4))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("restoration_head" in n for n in trainable) and any("language_model" in n for n in trainable)
+    assert not any("vision_tower" in n or ".vae." in n for n in trainable)
+
+
+def test_trainable_parts_freeze_the_rest(fresh_tiny):
+    model, _ = fresh_tiny
+    set_trainable_parts(model, ["bridge", "head"])
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"latent_bridge", "restoration_head"}
+    set_trainable_parts(model, ["llm"])
+    llm_prefix = part_paths(model)["llm"][0]
+    assert all(
+        n.startswith((llm_prefix, "vlm.lm_head")) for n, p in model.named_parameters() if p.requires_grad
+    )
+    with pytest.raises(ClearRLError, match="valid parts"):
+        set_trainable_parts(model, ["decoder"])
+
+
+def test_4bit_without_cuda_is_a_clear_error(tiny, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error is for CPU-only machines")
+    model, processor = tiny
+    model.vlm.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    with pytest.raises(ClearRLError, match="CUDA"):
+        load_vlm(tmp_path / "vlm", load_in_4bit=True)
+    with pytest.raises(ClearRLError, match="VLM folder not found"):
+        load_vlm(tmp_path / "nope")
+
+
+def test_model_is_a_registered_transformers_model(tiny, tmp_path):
+    from transformers import AutoModel
+
+    model, processor = tiny
+    save_unified(model, processor, tmp_path / "m")
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "m"), ComposedUnifiedModel)
