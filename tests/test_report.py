@@ -9,6 +9,7 @@ from PIL import Image
 from clear_rl.errors import DataError
 from clear_rl.eval.report import (
     benchmark_table,
+    corruption_table,
     levels_table,
     per_level,
     robustness,
@@ -145,3 +146,23 @@ def test_two_files_for_one_benchmark_and_level_are_an_error():
     }
     with pytest.raises(DataError, match="same model, benchmark and level"):
         score_results(clash)
+
+
+def test_per_corruption_files_get_their_own_table_and_stay_out_of_the_level_tables():
+    results = {
+        "CLEAR-RL": {
+            **RESULTS["CLEAR-RL"],
+            "MMStar_graffiti": results_file([0, 0, 0, 1], NO),  # 25
+            "MMStar_gaussian_noise": results_file([1, 1, 0, 0], NO),  # 50
+            "MMVP_gaussian_noise": results_file([1, 1, 1, 1], NO),  # 100
+        }
+    }
+    scores = score_results(results)
+    assert benchmark_table(scores, "high").splitlines()[2] == "| CLEAR-RL | 50.00 | 75.00 | 75.00 | 66.67 |"
+    assert corruption_table(scores, "CLEAR-RL").splitlines() == [
+        "| Corruption | MMVP | MMStar | AVG |",
+        "|---|---|---|---|",
+        "| gaussian_noise | 100.00 | 50.00 | 75.00 |",
+        "| graffiti | – | 25.00 | 25.00 |",
+    ]
+    assert per_level(scores).loc[lambda t: t["level"] == "high", "trigger_rate"].item() == pytest.approx(75.0)

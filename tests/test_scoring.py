@@ -28,6 +28,8 @@ def frame(**columns):
         ("R-Bench-Dis", "R-Bench-Dis", "accuracy", "high"),  # shipped degraded: reported with High
         ("ShapesVQA_high", "ShapesVQA", "accuracy", "high"),  # unknown: plain accuracy
         ("ShapesVQA", "ShapesVQA", "accuracy", "clean"),
+        ("MMStar_graffiti", "MMStar", "accuracy", "high"),  # CLEAR's per-corruption set is High
+        ("CV-Bench-2D_gaussian_noise", "CV-Bench", "source_mean", "high"),
     ],
 )
 def test_dataset_names(name, benchmark, rule, level):
@@ -35,8 +37,13 @@ def test_dataset_names(name, benchmark, rule, level):
     assert (parsed.benchmark, parsed.rule, parsed.level) == (benchmark, rule, level)
 
 
+def test_per_corruption_names_keep_the_corruption():
+    assert parse_dataset_name("MMBench_DEV_EN_V11_motion_blur").corruption == "motion_blur"
+    assert parse_dataset_name("MMBench_DEV_EN_V11_MMD_high").corruption == ""
+
+
 def test_level_override_and_bad_level():
-    assert parse_dataset_name("MMStar_graffiti", level="high").level == "high"
+    assert parse_dataset_name("MMStar_foggy", level="high").level == "high"
     with pytest.raises(DataError, match="level must be one of"):
         parse_dataset_name("MMStar", level="extreme")
 

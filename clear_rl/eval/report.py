@@ -20,7 +20,7 @@ import pandas as pd
 
 from clear_rl.atomic import atomic_path, write_text
 from clear_rl.errors import DataError
-from clear_rl.eval.scoring import LEVELS, PAPER_ORDER, parse_dataset_name, score_benchmark
+from clear_rl.eval.scoring import CORRUPTIONS, LEVELS, PAPER_ORDER, parse_dataset_name, score_benchmark
 
 Results = Mapping[str, Mapping[str, pd.DataFrame]]
 LEVEL_TITLES = {"clean": "Clean", "low": "Low", "mid": "Mid", "high": "High"}
@@ -35,11 +35,16 @@ def score_results(results: Results) -> pd.DataFrame:
         for dataset, frame in datasets.items():
             rows.append({"model": model, **asdict(score_benchmark(frame, dataset))})
     table = pd.DataFrame(rows)
-    duplicated = table.duplicated(["model", "benchmark", "level"], keep=False)
+    duplicated = table.duplicated(["model", "benchmark", "level", "corruption"], keep=False)
     if duplicated.any():
         clash = table.loc[duplicated, ["model", "dataset"]].values.tolist()
         raise DataError(f"several result files map to the same model, benchmark and level: {clash}")
     return table
+
+
+def mixed_levels(scores: pd.DataFrame) -> pd.DataFrame:
+    """The MMD-Bench level results, without CLEAR's per-corruption files (those have their own table)."""
+    return scores[scores["corruption"] == ""]
 
 
 def _benchmark_order(scores: pd.DataFrame) -> list[str]:
@@ -66,6 +71,7 @@ def _score_row(scores: pd.DataFrame, benchmarks: list[str]) -> list[str]:
 
 def benchmark_table(scores: pd.DataFrame, level: str = "high", models: Sequence[str] | None = None) -> str:
     """The paper's main table: rows = models, columns = benchmarks + AVG, at one level."""
+    scores = mixed_levels(scores)
     at_level = scores[scores["level"] == level]
     benchmarks = _benchmark_order(at_level)
     models = list(models) if models is not None else list(dict.fromkeys(at_level["model"]))
@@ -75,7 +81,8 @@ def benchmark_table(scores: pd.DataFrame, level: str = "high", models: Sequence[
 
 def levels_table(scores: pd.DataFrame, model: str) -> str:
     """One model across MMD-Bench levels: rows = Clean/Low/Mid/High, columns = benchmarks + AVG."""
-    mine = scores[scores["model"] == model]
+    mixed = mixed_levels(scores)
+    mine = mixed[mixed["model"] == model]
     benchmarks = _benchmark_order(mine)
     levels = [lv for lv in LEVELS if lv in set(mine["level"])]
     rows = [[LEVEL_TITLES[lv], *_score_row(mine[mine["level"] == lv], benchmarks)] for lv in levels]
@@ -85,6 +92,7 @@ def levels_table(scores: pd.DataFrame, model: str) -> str:
 def robustness(scores: pd.DataFrame, hard_level: str = "high") -> pd.DataFrame:
     """Per model: Clean and Hard means over benchmarks present at both levels, Drop = Clean - Hard."""
     rows = []
+    scores = mixed_levels(scores)
     for model in dict.fromkeys(scores["model"]):
         mine = scores[scores["model"] == model]
         clean = mine[mine["level"] == "clean"].set_index("benchmark")["score"]
@@ -114,9 +122,19 @@ def robustness_table(scores: pd.DataFrame, hard_level: str = "high") -> str:
     return _markdown(["Method", "Clean", "Hard", "Drop (↓)"], rows)
 
 
+def corruption_table(scores: pd.DataFrame, model: str) -> str:
+    """CLEAR's per-corruption set for one model: rows = corruptions (High), columns = benchmarks + AVG."""
+    mine = scores[(scores["model"] == model) & (scores["corruption"] != "")]
+    benchmarks = _benchmark_order(mine)
+    shown = [c for c in CORRUPTIONS if c in set(mine["corruption"])]
+    rows = [[c, *_score_row(mine[mine["corruption"] == c], benchmarks)] for c in shown]
+    return _markdown(["Corruption", *benchmarks, "AVG"], rows)
+
+
 def per_level(scores: pd.DataFrame) -> pd.DataFrame:
     """Per model and level: mean trigger rate (%), latency (s/sample) and tokens/sample over benchmarks."""
     columns = ["trigger_rate", "latency_s", "num_tokens"]
+    scores = mixed_levels(scores)
     grouped = scores.groupby(["model", "level"], sort=False)[columns].mean().reset_index()
     model_rank = {model: i for i, model in enumerate(dict.fromkeys(scores["model"]))}
     ranks = pd.DataFrame({"m": grouped["model"].map(model_rank), "l": grouped["level"].map(LEVELS.index)})
@@ -206,13 +224,16 @@ def prediction_rows(results: Results) -> pd.DataFrame:
 def markdown_report(scores: pd.DataFrame, title: str = "Evaluation") -> str:
     """All tables in one Markdown document."""
     parts = [f"# {title}\n"]
-    levels = [lv for lv in LEVELS if lv in set(scores["level"])]
+    mixed = mixed_levels(scores)
+    levels = [lv for lv in LEVELS if lv in set(mixed["level"])]
     for level in reversed(levels):
         parts.append(f"## {LEVEL_TITLES[level]}\n\n{benchmark_table(scores, level)}")
     if not robustness(scores).empty:
         parts.append(f"## Robustness (Drop = Clean - Hard)\n\n{robustness_table(scores)}")
-    for model in dict.fromkeys(scores["model"]):
+    for model in dict.fromkeys(mixed["model"]):
         parts.append(f"## {model} across levels\n\n{levels_table(scores, model)}")
+    for model in dict.fromkeys(scores.loc[scores["corruption"] != "", "model"]):
+        parts.append(f"## {model} per corruption (High)\n\n{corruption_table(scores, model)}")
     parts.append(f"## Restoration trigger rate and cost per level\n\n{trigger_table(scores)}")
     return "\n".join(parts)
 

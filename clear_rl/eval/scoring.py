@@ -56,6 +56,13 @@ BENCHMARKS = (
 )
 PAPER_ORDER = ("MMBench", "MM-Vet", "MMVP", "CV-Bench", "MMStar", "RealWorldQA", "R-Bench-Dis")
 
+# MMD-Bench's 16 corruptions (MMD_BENCH_SPEC.md); CLEAR's per-corruption files `<Base>_<name>` are High.
+CORRUPTIONS = (
+    "lens_blur", "lens_flare", "motion_blur", "dirty_lens", "hsv_saturation", "jpeg_compression",
+    "block_exchange", "mean_shift", "scan_lines", "dark_illumination", "atmospheric_turbulence",
+    "gaussian_noise", "color_diffusion", "sharpness_change", "graffiti", "watermark_damage",
+)  # fmt: skip
+_CORRUPTION_SUFFIX = re.compile(rf"^(?P<base>.+)_(?P<corruption>{'|'.join(CORRUPTIONS)})$", re.I)
 _LEVEL_SUFFIX = re.compile(
     r"^(?P<base>.+?)(?:_MMD_(?P<mmd>low|mid|high)|_LOW_LEVEL_(?P<release>low|mid|high)|_(?P<plain>clean|low|mid|high))$",
     re.I,
@@ -72,26 +79,31 @@ class DatasetName:
     rule: str
     level: str
     native_degraded: bool = False
+    corruption: str = ""  # set for CLEAR's per-corruption files, "" for the mixed MMD-Bench levels
 
 
 def parse_dataset_name(name: str, level: str | None = None) -> DatasetName:
     """`MMBench_DEV_EN_V11_MMD_high` -> MMBench, circular, high. Unknown names score as plain accuracy.
 
     Level suffixes: `_MMD_<level>`, the release's `_LOW_LEVEL_<LEVEL>`, or `_<level>`; none means
-    clean. `level` overrides the suffix (per-corruption files such as `MMStar_graffiti` are High).
+    clean. A corruption suffix (`MMStar_graffiti`, CLEAR's per-corruption set) means High.
+    `level` overrides what the name says.
     """
     dataset = Path(str(name)).name.removesuffix(".tsv")
-    match = _LEVEL_SUFFIX.match(dataset)
-    base = match.group("base") if match else dataset
-    found = next((g for g in (match.group("mmd", "release", "plain") if match else ()) if g), "clean")
+    match = _LEVEL_SUFFIX.match(dataset) or _CORRUPTION_SUFFIX.match(dataset)
+    groups = match.groupdict() if match else {}
+    base = groups.get("base") or dataset
+    corruption = (groups.get("corruption") or "").lower()
+    named = next((groups[g].lower() for g in ("mmd", "release", "plain") if groups.get(g)), "clean")
+    found = "high" if corruption else named
     key = re.sub(r"[^a-z0-9]", "", base.lower())
     known = next((b for b in BENCHMARKS if key.startswith(b.key)), None)
     chosen = (level or ("high" if known and known.native_degraded else found)).lower()
     if chosen not in LEVELS:
         raise DataError(f"{dataset}: level must be one of {LEVELS}, got {chosen!r}")
     if known is None:
-        return DatasetName(dataset, base, base, "accuracy", chosen)
-    return DatasetName(dataset, base, known.title, known.rule, chosen, known.native_degraded)
+        return DatasetName(dataset, base, base, "accuracy", chosen, corruption=corruption)
+    return DatasetName(dataset, base, known.title, known.rule, chosen, known.native_degraded, corruption)
 
 
 @dataclass
@@ -108,6 +120,7 @@ class BenchmarkScore:
     trigger_rate: float  # percent of samples that emitted <image_restore>
     latency_s: float  # mean seconds per sample
     num_tokens: float  # mean generated tokens per sample
+    corruption: str = ""  # per-corruption files only
     breakdown: dict[str, float] = field(default_factory=dict)  # percent per category / source / ...
 
 
@@ -236,6 +249,7 @@ def score_benchmark(frame: pd.DataFrame, name: str, level: str | None = None) ->
         trigger_rate=trigger,
         latency_s=_mean_or_nan(frame, "latency_s", parsed.dataset),
         num_tokens=_mean_or_nan(frame, "num_tokens", parsed.dataset),
+        corruption=parsed.corruption,
         breakdown=breakdown,
     )
 
