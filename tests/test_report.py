@@ -146,6 +146,8 @@ def test_two_files_for_one_benchmark_and_level_are_an_error():
     }
     with pytest.raises(DataError, match="same model, benchmark and level"):
         score_results(clash)
+    with pytest.raises(DataError, match="no results to report"):
+        score_results({"Base": {}})
 
 
 def test_per_corruption_files_get_their_own_table_and_stay_out_of_the_level_tables():

@@ -34,6 +34,8 @@ def score_results(results: Results) -> pd.DataFrame:
     for model, datasets in results.items():
         for dataset, frame in datasets.items():
             rows.append({"model": model, **asdict(score_benchmark(frame, dataset))})
+    if not rows:
+        raise DataError("no results to report: expected {model: {dataset_name: results_frame}}")
     table = pd.DataFrame(rows)
     duplicated = table.duplicated(["model", "benchmark", "level", "corruption"], keep=False)
     if duplicated.any():
@@ -57,6 +59,7 @@ def _cell(value: float | None, digits: int = 2) -> str:
 
 
 def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    # By hand: DataFrame.to_markdown needs `tabulate`, which clear-rl does not depend on.
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
