@@ -1,0 +1,1 @@
+"""Evaluation: answer extraction and matching, the optional LLM judge, benchmark scoring, reports."""

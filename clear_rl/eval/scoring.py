@@ -1,0 +1,270 @@
+"""Benchmark scores, each benchmark by its own protocol (VLMEvalKit's conventions).
+
+Input: one benchmark file's results as a DataFrame with the TSV's columns (`index`, `answer`,
+options, `category`, `l2-category`, `source`, ...) plus `prediction`, `hit` (0/1 or a score in
+[0, 1]), and optionally `restored`, `latency_s`, `num_tokens`.
+- MMBench: circular evaluation. Rows with `index >= 1e6` are rotations of question
+  `index % 1e6`; a question counts only when every rotation is right.
+- MMVP: pairs. Questions (1, 2), (3, 4), ... share an image pair; a pair counts only when both
+  are right. The question-level accuracy is reported beside it.
+- CV-Bench (2D): accuracy per `source` (ADE20K, COCO, ...), then the mean over sources.
+- MM-Vet: the mean score (a judge's or the rules' partial credit), per capability too.
+- MMStar, RealWorldQA, R-Bench-Dis and any other name: plain accuracy, per category too.
+Scores are percentages, as in the paper's tables. The benchmark and MMD-Bench level come from the
+dataset name: `MMBench_DEV_EN_V11`, `MMBench_DEV_EN_V11_MMD_high`, `MMStar_LOW_LEVEL_MID`, ...
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clear_rl.data.tsv import option_columns, row_options
+from clear_rl.errors import DataError
+from clear_rl.eval.extract import score_answer
+from clear_rl.reward_helpers import is_missing
+
+LEVELS = ("clean", "low", "mid", "high")
+CIRCULAR_STRIDE = 1_000_000
+MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A known benchmark: its column title in reports and how it is scored."""
+
+    title: str
+    rule: str  # circular | pairs | source_mean | mean_score | accuracy
+    key: str  # its name lower-cased without punctuation, matched as a prefix
+    native_degraded: bool = False  # shipped degraded (R-Bench-Dis): reported with the High level
+
+
+BENCHMARKS = (
+    Benchmark("MMBench", "circular", "mmbench"),
+    Benchmark("MM-Vet", "mean_score", "mmvet"),
+    Benchmark("MMVP", "pairs", "mmvp"),
+    Benchmark("CV-Bench-3D", "accuracy", "cvbench3d"),
+    Benchmark("CV-Bench", "source_mean", "cvbench"),
+    Benchmark("MMStar", "accuracy", "mmstar"),
+    Benchmark("RealWorldQA", "accuracy", "realworldqa"),
+    Benchmark("R-Bench-Dis", "accuracy", "rbenchdis", native_degraded=True),
+)
+PAPER_ORDER = ("MMBench", "MM-Vet", "MMVP", "CV-Bench", "MMStar", "RealWorldQA", "R-Bench-Dis")
+
+# MMD-Bench's 16 corruptions (MMD_BENCH_SPEC.md); CLEAR's per-corruption files `<Base>_<name>` are High.
+CORRUPTIONS = (
+    "lens_blur", "lens_flare", "motion_blur", "dirty_lens", "hsv_saturation", "jpeg_compression",
+    "block_exchange", "mean_shift", "scan_lines", "dark_illumination", "atmospheric_turbulence",
+    "gaussian_noise", "color_diffusion", "sharpness_change", "graffiti", "watermark_damage",
+)  # fmt: skip
+_CORRUPTION_SUFFIX = re.compile(rf"^(?P<base>.+)_(?P<corruption>{'|'.join(CORRUPTIONS)})$", re.I)
+_LEVEL_SUFFIX = re.compile(
+    r"^(?P<base>.+?)(?:_MMD_(?P<mmd>low|mid|high)|_LOW_LEVEL_(?P<release>low|mid|high)|_(?P<plain>clean|low|mid|high))$",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    """What a benchmark file's name says: which benchmark, which MMD-Bench level."""
+
+    dataset: str
+    base: str
+    benchmark: str
+    rule: str
+    level: str
+    native_degraded: bool = False
+    corruption: str = ""  # set for CLEAR's per-corruption files, "" for the mixed MMD-Bench levels
+
+
+def parse_dataset_name(name: str, level: str | None = None) -> DatasetName:
+    """`MMBench_DEV_EN_V11_MMD_high` -> MMBench, circular, high. Unknown names score as plain accuracy.
+
+    Level suffixes: `_MMD_<level>`, the release's `_LOW_LEVEL_<LEVEL>`, or `_<level>`; none means
+    clean. A corruption suffix (`MMStar_graffiti`, CLEAR's per-corruption set) means High.
+    `level` overrides what the name says.
+    """
+    dataset = Path(str(name)).name.removesuffix(".tsv")
+    match = _LEVEL_SUFFIX.match(dataset) or _CORRUPTION_SUFFIX.match(dataset)
+    groups = match.groupdict() if match else {}
+    base = groups.get("base") or dataset
+    corruption = (groups.get("corruption") or "").lower()
+    named = next((groups[g].lower() for g in ("mmd", "release", "plain") if groups.get(g)), "clean")
+    found = "high" if corruption else named
+    key = re.sub(r"[^a-z0-9]", "", base.lower())
+    known = next((b for b in BENCHMARKS if key.startswith(b.key)), None)
+    chosen = (level or ("high" if known and known.native_degraded else found)).lower()
+    if chosen not in LEVELS:
+        raise DataError(f"{dataset}: level must be one of {LEVELS}, got {chosen!r}")
+    if known is None:
+        return DatasetName(dataset, base, base, "accuracy", chosen, corruption=corruption)
+    return DatasetName(dataset, base, known.title, known.rule, chosen, known.native_degraded, corruption)
+
+
+@dataclass
+class BenchmarkScore:
+    """One benchmark file's result: the headline score and the cost of getting it."""
+
+    dataset: str
+    benchmark: str
+    level: str
+    rule: str
+    score: float  # percent
+    units: int  # what the score averages over: questions, circular groups, pairs, sources' rows
+    rows: int  # inference samples (rotations included)
+    trigger_rate: float  # percent of samples that emitted <image_restore>
+    latency_s: float  # mean seconds per sample
+    num_tokens: float  # mean generated tokens per sample
+    corruption: str = ""  # per-corruption files only
+    breakdown: dict[str, float] = field(default_factory=dict)  # percent per category / source / ...
+
+
+def _numeric(frame: pd.DataFrame, column: str, dataset: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        row = frame.loc[bad].iloc[0]
+        raise DataError(
+            f"{dataset}: column {column!r} at index={row.get('index')} is {row[column]!r}, not a number"
+        )
+    return values
+
+
+def _integer_index(frame: pd.DataFrame, dataset: str) -> pd.Series:
+    index = _numeric(frame, "index", dataset)
+    if index.isna().any() or (index != index.round()).any():
+        row = frame.loc[index.isna() | (index != index.round())].iloc[0]
+        raise DataError(f"{dataset}: this benchmark needs integer `index` values, got {row['index']!r}")
+    return index.astype("int64")
+
+
+def as_bool(values: pd.Series) -> pd.Series:
+    """`restored` as booleans, whether it holds bools, 0/1 or the text a CSV round trip leaves."""
+    if values.dtype == bool:
+        return values
+    text = values.astype(str).str.strip().str.lower()
+    return text.isin(("true", "1", "1.0", "yes"))
+
+
+def _group_means(frame: pd.DataFrame, column: str, values: pd.Series) -> dict[str, float]:
+    if column not in frame.columns:
+        return {}
+    labels = frame[column].astype(str)
+    return {str(k): 100.0 * float(v) for k, v in values.groupby(labels.values).mean().sort_index().items()}
+
+
+def _circular(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    index = _integer_index(frame, dataset)
+    group = index % CIRCULAR_STRIDE
+    right = (hits > 0.5).groupby(group.values).all().astype(float)
+    # Category labels come from each question's main row (index < 1e6), else its first rotation.
+    main = frame.assign(_group=group.values, _rotation=(index >= CIRCULAR_STRIDE).values)
+    main = main.sort_values(["_group", "_rotation"]).drop_duplicates("_group").set_index("_group")
+    questions = main.loc[right.index]
+    breakdown = {}
+    for column in ("l2-category", "category"):
+        breakdown.update(_group_means(questions, column, pd.Series(right.values, index=questions.index)))
+    return 100.0 * float(right.mean()), len(right), breakdown
+
+
+def _pairs(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    pair = (_integer_index(frame, dataset) - 1) // 2
+    right = (hits > 0.5).groupby(pair.values).all()
+    return 100.0 * float(right.mean()), len(right), {"question_accuracy": 100.0 * float((hits > 0.5).mean())}
+
+
+def _source_mean(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    if "source" not in frame.columns:
+        raise DataError(
+            f"{dataset}: CV-Bench scoring averages per `source`, but the file has no `source` column"
+        )
+    per_source = _group_means(frame, "source", hits)
+    return float(np.mean(list(per_source.values()))), len(frame), per_source
+
+
+def _mean_score(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    breakdown = {}
+    if "category" in frame.columns:
+        categories = frame["category"].astype(str)  # e.g. "rec,ocr,spat": a row counts for each
+        for capability in MMVET_CAPABILITIES:
+            has = categories.str.contains(rf"(?:^|,)\s*{capability}\s*(?:,|$)")
+            if has.any():
+                breakdown[capability] = 100.0 * float(hits[has].mean())
+    return 100.0 * float(hits.mean()), len(frame), breakdown
+
+
+def _accuracy(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    breakdown = {**_group_means(frame, "l2-category", hits), **_group_means(frame, "category", hits)}
+    return 100.0 * float(hits.mean()), len(frame), breakdown
+
+
+RULES = {
+    "circular": _circular,
+    "pairs": _pairs,
+    "source_mean": _source_mean,
+    "mean_score": _mean_score,
+    "accuracy": _accuracy,
+}
+
+
+def _mean_or_nan(frame: pd.DataFrame, column: str, dataset: str) -> float:
+    if column not in frame.columns:
+        return math.nan
+    return float(_numeric(frame, column, dataset).mean())
+
+
+def score_benchmark(frame: pd.DataFrame, name: str, level: str | None = None) -> BenchmarkScore:
+    """Score one benchmark file's results by its benchmark's rule (see the module docstring)."""
+    parsed = parse_dataset_name(name, level)
+    missing = [c for c in ("index", "hit") if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{parsed.dataset}: results lack column(s) {missing}; they have {list(frame.columns)}"
+        )
+    if frame.empty:
+        raise DataError(f"{parsed.dataset}: no result rows to score")
+    frame = frame.reset_index(drop=True)
+    hits = _numeric(frame, "hit", parsed.dataset)
+    outside = hits.isna() | (hits < 0) | (hits > 1)
+    if outside.any():
+        first = outside.idxmax()
+        raise DataError(
+            f"{parsed.dataset}: `hit` at index={frame.loc[first, 'index']} is {hits[first]:g}; it must be in [0, 1]"
+        )
+    score, units, breakdown = RULES[parsed.rule](frame, hits, parsed.dataset)
+    trigger = 100.0 * float(as_bool(frame["restored"]).mean()) if "restored" in frame.columns else math.nan
+    return BenchmarkScore(
+        dataset=parsed.dataset,
+        benchmark=parsed.benchmark,
+        level=parsed.level,
+        rule=parsed.rule,
+        score=score,
+        units=units,
+        rows=len(frame),
+        trigger_rate=trigger,
+        latency_s=_mean_or_nan(frame, "latency_s", parsed.dataset),
+        num_tokens=_mean_or_nan(frame, "num_tokens", parsed.dataset),
+        corruption=parsed.corruption,
+        breakdown=breakdown,
+    )
+
+
+def compute_hits(frame: pd.DataFrame, dataset: str = "results") -> pd.Series:
+    """Rule-based `hit` per row from `prediction`, `answer` and the option columns A..Z."""
+    missing = [c for c in ("prediction", "answer") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{dataset}: cannot score without column(s) {missing}")
+    letters = option_columns(frame)
+    hits = []
+    for _, row in frame.iterrows():
+        if is_missing(row["answer"]):
+            raise DataError(f"{dataset}: row index={row.get('index')} has no reference answer")
+        answer = str(row["answer"])
+        prediction = row["prediction"] if isinstance(row["prediction"], str) else ""
+        hits.append(score_answer(prediction, answer, row_options(row, letters) or None))
+    return pd.Series(hits, index=frame.index, name="hit", dtype=float)

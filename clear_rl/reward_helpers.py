@@ -1,0 +1,125 @@
+"""Helpers for writing reward plugins: the completion's text, a row's options, answer scores.
+
+TRL hands a reward `completions` as strings, or, for conversational datasets, as message lists
+(`[{"role": "assistant", "content": "..."}]`, content possibly a list of typed parts), and every
+dataset column as a keyword list aligned with the completions. The built-in rewards in `rewards/`
+use these helpers; user plugins may too (`from clear_rl.reward_helpers import completion_text`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clear_rl.eval.extract import LETTERS, extract_answer_block, score_answer
+
+
+def completion_text(completion: Any) -> str:
+    """The generated text of one completion, plain or conversational."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if isinstance(completion, Sequence):
+        messages = [m for m in completion if isinstance(m, Mapping)]
+        spoken = [m for m in messages if m.get("role") == "assistant"] or messages
+        return "".join(_content_text(m.get("content")) for m in spoken)
+    raise TypeError(
+        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}"
+    )
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(
+            part.get("text", "") if isinstance(part, Mapping) else str(part)
+            for part in content
+            if not isinstance(part, Mapping) or part.get("type", "text") == "text"
+        )
+    return str(content)
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, or an empty / 'nan' string: what pandas and datasets use for an empty cell."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
+
+
+def row_options(columns: Mapping[str, Sequence[Any]], row: int) -> dict[str, str] | None:
+    """Row `row`'s multiple-choice options {letter: text}, from an `options` column or columns A..Z.
+
+    An `options` cell may be a mapping, a list (lettered A, B, ...) or its JSON text. None when the
+    row has no options (a short-answer question).
+    """
+    if "options" in columns and not is_missing(cell := columns["options"][row]):
+        if isinstance(cell, str):
+            try:
+                cell = json.loads(cell)
+            except json.JSONDecodeError:
+                raise ValueError(f"row {row}: the 'options' cell is not JSON: {cell[:80]!r}") from None
+        if isinstance(cell, Mapping):
+            options = {str(k).strip().upper(): str(v) for k, v in cell.items() if not is_missing(v)}
+        elif isinstance(cell, Sequence):
+            options = {LETTERS[i]: str(v) for i, v in enumerate(cell) if not is_missing(v)}
+        else:
+            raise ValueError(
+                f"row {row}: the 'options' cell must be a mapping or a list, got {type(cell).__name__}"
+            )
+        return options or None
+    options = {
+        letter: str(columns[letter][row])
+        for letter in LETTERS
+        if letter in columns and not is_missing(columns[letter][row])
+    }
+    return options or None
+
+
+def answer_scores(
+    completions: Sequence[Any],
+    answers: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]],
+    judge: bool = False,
+    judge_workers: int = 8,
+) -> list[float | None]:
+    """Accuracy in [0, 1] per completion; None where the row has no reference answer.
+
+    Rule-based (`clear_rl.eval.extract.score_answer`). With `judge`, answers the rules do not
+    find fully right go to the LLM judge (configured by CLEAR_RL_JUDGE_* variables), which sees
+    the question (column `question`) with its options, the reference and the answer block: the
+    way VLMEvalKit asks its judge only about what exact matching cannot settle.
+    """
+    texts = [completion_text(c) for c in completions]
+    scores: list[float | None] = [None] * len(texts)
+    for i, answer in enumerate(answers):
+        if not is_missing(answer):
+            scores[i] = score_answer(texts[i], str(answer), row_options(columns, i))
+    if not judge:
+        return scores
+    from clear_rl.eval.judge import judge_scores
+
+    unsure = [i for i, score in enumerate(scores) if score is not None and score < 1.0]
+    questions = columns["question"] if "question" in columns else [""] * len(texts)
+    graded = judge_scores(
+        [_question_with_options(str(questions[i]), row_options(columns, i)) for i in unsure],
+        [str(answers[i]) for i in unsure],
+        [extract_answer_block(texts[i]) for i in unsure],
+        max_workers=judge_workers,
+    )
+    for i, score in zip(unsure, graded):
+        scores[i] = score
+    return scores
+
+
+def _question_with_options(question: str, options: Mapping[str, str] | None) -> str:
+    if not options:
+        return question
+    return question + "\nOptions: " + " ".join(f"{letter}. {text}" for letter, text in options.items())
