@@ -46,11 +46,14 @@ def test_rows_that_restore_and_rows_that_do_not_share_a_batch(fresh_tiny):
     model, processor = fresh_tiny
     _restore_prone(model, bias=2.0)
     sampling = {"do_sample": True, "temperature": 1.5, "top_k": 50, "top_p": 0.9}
-    # With this seed one row restores mid-sequence while the others never do: the KV-cached
+    # Find a seed with which some rows restore mid-sequence while others never do: the KV-cached
     # batch (with masked holes for the others) must equal recomputing each step from scratch.
-    cached = _generate(model, processor, seed=0, **sampling)
-    recomputed = _generate(model, processor, seed=0, use_cache=False, **sampling)
-    assert 0 < int(cached.restored.sum()) < len(QUESTIONS)
+    for seed in range(20):
+        cached = _generate(model, processor, seed=seed, **sampling)
+        if 0 < int(cached.restored.sum()) < len(QUESTIONS):
+            break
+    assert 0 < int(cached.restored.sum()) < len(QUESTIONS), "no seed gave a mixed batch"
+    recomputed = _generate(model, processor, seed=seed, use_cache=False, **sampling)
     assert torch.equal(cached.completion_ids, recomputed.completion_ids)
     torch.testing.assert_close(cached.token_logprobs, recomputed.token_logprobs, atol=1e-4, rtol=0)
     torch.testing.assert_close(cached.restored_latents, recomputed.restored_latents, atol=1e-4, rtol=0)

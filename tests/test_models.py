@@ -197,3 +197,13 @@ def test_model_is_a_registered_transformers_model(tiny, tmp_path):
     model, processor = tiny
     save_unified(model, processor, tmp_path / "m")
     assert isinstance(AutoModel.from_pretrained(tmp_path / "m"), ComposedUnifiedModel)
+
+
+def test_decoding_for_rewards_keeps_protocol_tags_and_drops_placeholders(tiny):
+    model, processor = tiny
+    text = (
+        "<think>dark</think><image_restore>" + "<|restored_pad|>" * 3 + "<think>ok</think><answer>B</answer>"
+    )
+    ids = processor.tokenizer(text, add_special_tokens=False).input_ids
+    decoded = processor.tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded == "<think>dark</think><image_restore><think>ok</think><answer>B</answer>"

@@ -25,7 +25,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from clear_rl.models.compose import compose_unified
 from clear_rl.models.composed import ComposedUnifiedModel
-from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS, SYSTEM_PROMPT
+from clear_rl.models.tokens import SYSTEM_PROMPT
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -75,7 +75,7 @@ def build_tiny_tokenizer(corpus: Iterable[str] = (), vocab_size: int = 640) -> P
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=BASE_SPECIAL_TOKENS + list(CLEAR_SPECIAL_TOKENS),
+        special_tokens=BASE_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

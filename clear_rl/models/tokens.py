@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenizers import AddedToken
+
 THINK_START = "<think>"
 THINK_END = "</think>"
 ANSWER_START = "<answer>"
@@ -48,7 +50,17 @@ class ClearTokenIds:
 
 
 def add_clear_tokens(tokenizer) -> int:
-    """Add the protocol tokens as special tokens; returns how many were new."""
-    return tokenizer.add_special_tokens(
-        {"additional_special_tokens": list(CLEAR_SPECIAL_TOKENS)}, replace_extra_special_tokens=False
+    """Add the protocol tokens as single tokens; returns how many were new.
+
+    The tags the model writes (`<think>`, `<answer>`, `<image_restore>`, ...) are added as
+    *non-special* tokens so that `decode(..., skip_special_tokens=True)` (what TRL does before
+    calling reward functions) keeps them; the placeholder `<|restored_pad|>` is special, so decoded
+    completions do not show N copies of it.
+    """
+    visible = [
+        AddedToken(t, special=False, normalized=False) for t in CLEAR_SPECIAL_TOKENS if t != RESTORED_PAD
+    ]
+    added = tokenizer.add_tokens(visible)
+    return added + tokenizer.add_special_tokens(
+        {"additional_special_tokens": [RESTORED_PAD]}, replace_extra_special_tokens=False
     )
