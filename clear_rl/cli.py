@@ -19,6 +19,7 @@ from clear_rl.errors import ClearRLError
 
 # Sub-command name -> module. Order is the order `--help` lists them.
 COMMANDS: dict[str, str] = {
+    "train": "clear_rl.commands.train",
     "degrade": "clear_rl.commands.degrade",
 }
 

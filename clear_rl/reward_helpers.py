@@ -8,12 +8,12 @@ use these helpers; user plugins may too (`from clear_rl.reward_helpers import co
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clear_rl.eval.extract import LETTERS, extract_answer_block, score_answer
+from clear_rl.data.prompts import is_missing
+from clear_rl.data.prompts import row_options as _row_options
+from clear_rl.eval.extract import extract_answer_block, score_answer
 
 
 def completion_text(completion: Any) -> str:
@@ -45,42 +45,14 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def is_missing(value: Any) -> bool:
-    """None, NaN, or an empty / 'nan' string: what pandas and datasets use for an empty cell."""
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
-
-
 def row_options(columns: Mapping[str, Sequence[Any]], row: int) -> dict[str, str] | None:
-    """Row `row`'s multiple-choice options {letter: text}, from an `options` column or columns A..Z.
-
-    An `options` cell may be a mapping, a list (lettered A, B, ...) or its JSON text. None when the
-    row has no options (a short-answer question).
-    """
-    if "options" in columns and not is_missing(cell := columns["options"][row]):
-        if isinstance(cell, str):
-            try:
-                cell = json.loads(cell)
-            except json.JSONDecodeError:
-                raise ValueError(f"row {row}: the 'options' cell is not JSON: {cell[:80]!r}") from None
-        if isinstance(cell, Mapping):
-            options = {str(k).strip().upper(): str(v) for k, v in cell.items() if not is_missing(v)}
-        elif isinstance(cell, Sequence):
-            options = {LETTERS[i]: str(v) for i, v in enumerate(cell) if not is_missing(v)}
-        else:
-            raise ValueError(
-                f"row {row}: the 'options' cell must be a mapping or a list, got {type(cell).__name__}"
-            )
-        return options or None
-    options = {
-        letter: str(columns[letter][row])
-        for letter in LETTERS
-        if letter in columns and not is_missing(columns[letter][row])
-    }
-    return options or None
+    """Row `row`'s options {letter: text} from TRL's column-wise keyword lists (see data.prompts)."""
+    try:
+        return _row_options(
+            {key: values[row] for key, values in columns.items() if isinstance(values, Sequence)}
+        )
+    except ValueError as exc:
+        raise ValueError(f"row {row}: {exc}") from None
 
 
 def answer_scores(

@@ -62,13 +62,3 @@ def decode_row_image(cell: str, index: str, path: str | os.PathLike) -> Image.Im
         return decode_base64_image(cell)
     except ValueError as exc:
         raise DataError(f"{path}: row index={index}: undecodable image ({exc})") from exc
-
-
-def option_columns(frame: pd.DataFrame) -> list[str]:
-    """The option columns (A, B, C, ...) present in the file, in order."""
-    return [c for c in OPTION_LETTERS if c in frame.columns]
-
-
-def row_options(row: pd.Series, columns: list[str]) -> dict[str, str]:
-    """The non-empty options of one row, {letter: text}."""
-    return {c: row[c] for c in columns if isinstance(row[c], str) and row[c].strip() and row[c] != "nan"}

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clear_rl.data.tsv import option_columns, row_options
+from clear_rl.data.prompts import is_missing, row_options
 from clear_rl.errors import DataError
 from clear_rl.eval.extract import score_answer
-from clear_rl.reward_helpers import is_missing
 
 LEVELS = ("clean", "low", "mid", "high")
 CIRCULAR_STRIDE = 1_000_000
@@ -259,12 +258,11 @@ def compute_hits(frame: pd.DataFrame, dataset: str = "results") -> pd.Series:
     missing = [c for c in ("prediction", "answer") if c not in frame.columns]
     if missing:
         raise DataError(f"{dataset}: cannot score without column(s) {missing}")
-    letters = option_columns(frame)
     hits = []
     for _, row in frame.iterrows():
         if is_missing(row["answer"]):
             raise DataError(f"{dataset}: row index={row.get('index')} has no reference answer")
         answer = str(row["answer"])
         prediction = row["prediction"] if isinstance(row["prediction"], str) else ""
-        hits.append(score_answer(prediction, answer, row_options(row, letters) or None))
+        hits.append(score_answer(prediction, answer, row_options(row)))
     return pd.Series(hits, index=frame.index, name="hit", dtype=float)

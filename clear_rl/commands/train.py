@@ -1,0 +1,29 @@
+"""Run one CLEAR training stage from a YAML recipe.
+
+  clear-rl train recipes/demo/sft.yaml
+  clear-rl train recipes/demo/grpo.yaml training.max_steps=20 training.learning_rate=1e-6
+  accelerate launch --config_file recipes/accelerate/ddp.yaml -m clear_rl train RECIPE
+
+The recipe is validated completely (unknown keys, wrong types, missing fields) before any model
+is loaded. `key.path=value` arguments override recipe keys; the merged recipe is saved beside the
+outputs as clear_rl_recipe.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run a training stage (sft | bridge | grpo) from a YAML recipe"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="path to the recipe YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clear_rl.recipe import load_recipe, stage_module
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    stage_module(recipe.stage).train(recipe)
+    return 0

@@ -1,0 +1,280 @@
+"""Recipes: YAML files -> typed, validated configs, checked before any work starts.
+
+A recipe has a `stage` (sft | bridge | grpo) and sections:
+
+    model:     how to get the unified model (a saved folder, a VLM + VAE to compose, or tiny)
+    data:      the prepared dataset (written by `clear-rl prepare`)
+    training:  the stage's config: TRL's SFTConfig / GRPOConfig fields by their own names, plus
+               clear-rl's (loss weights, restoration sampling, ...)
+    rewards:   stage 3's reward plugins with weights
+
+Every key is checked against the dataclass it fills: an unknown key (with a close-match
+suggestion), a wrong type or a missing required field is a `RecipeError` that names the file
+and the key path. `key.path=value` overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from clear_rl import __version__
+from clear_rl.atomic import write_text
+from clear_rl.errors import RecipeError
+from clear_rl.models.adapters import LoraSettings
+from clear_rl.models.tokens import SYSTEM_PROMPT
+
+# Stage name -> module with `CONFIG_CLASS` (the `training:` dataclass) and `train(recipe)`.
+STAGES: dict[str, str] = {
+    "sft": "clear_rl.trainers.sft",
+    "bridge": "clear_rl.trainers.bridge",
+    "grpo": "clear_rl.trainers.grpo",
+}
+RESOLVED_RECIPE_NAME = "clear_rl_recipe.yaml"
+
+
+@dataclass
+class ModelConfig:
+    """Where the unified model comes from: exactly one of `path`, `vlm_path` + `vae_path`, `tiny`."""
+
+    path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters)
+    vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
+    vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
+    vae_subfolder: str | None = None
+    vae_image_size: int = 512
+    head: dict[str, Any] = field(default_factory=dict)  # PixArtTransformer2DModel overrides
+    bridge: dict[str, Any] = field(default_factory=dict)  # LatentBridge overrides
+    tiny: dict[str, Any] | None = None  # TinyModelConfig fields: a small model built in code
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    trainable_parts: list[str] = field(default_factory=lambda: ["llm", "head", "bridge"])
+    lora: LoraSettings | None = None
+
+    def __post_init__(self) -> None:
+        sources = [
+            self.path is not None,
+            self.vlm_path is not None or self.vae_path is not None,
+            self.tiny is not None,
+        ]
+        if sum(sources) != 1:
+            raise ValueError("set exactly one of model.path, model.vlm_path + model.vae_path, or model.tiny")
+        if (self.vlm_path is None) != (self.vae_path is None):
+            raise ValueError("model.vlm_path and model.vae_path go together")
+
+
+@dataclass
+class DataConfig:
+    """The prepared dataset a stage trains on (a `save_to_disk` folder from `clear-rl prepare`)."""
+
+    path: str
+    split: str = "train"
+    eval_split: str | None = None
+    max_samples: int | None = None
+    system_prompt: str | None = SYSTEM_PROMPT
+
+
+@dataclass
+class Recipe:
+    """A validated recipe."""
+
+    stage: str
+    model: ModelConfig
+    data: DataConfig
+    training: Any  # the stage's CONFIG_CLASS instance
+    rewards: list[Any] = field(default_factory=list)  # RewardSpec list (stage 3)
+    source: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # the merged YAML, overrides applied
+
+    def save_resolved(self, output_dir: str | os.PathLike) -> Path:
+        """Write the merged recipe beside the outputs, so a run can be reproduced exactly."""
+        path = Path(output_dir) / RESOLVED_RECIPE_NAME
+        header = f"# resolved by clear-rl {__version__} from {self.source}\n"
+        write_text(path, header + yaml.safe_dump(self.raw, sort_keys=False))
+        return path
+
+
+# -- overrides --------------------------------------------------------------------------------
+def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"{where}: override '{item}' is not of the form key.path=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise RecipeError(f"{where}: override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        last = parts[-1]
+        value = yaml.safe_load(text) if text.strip() else None
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"{where}: override '{key}' does not name a key")
+    return raw
+
+
+# -- validation -------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (numbers converted), or raise TypeError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object or isinstance(tp, (str, typing.ForwardRef)):
+        return value  # unresolvable annotation: let the dataclass itself judge
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except TypeError:
+                continue
+        raise TypeError(f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise TypeError(f"expected one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `2e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        valid = [e.value for e in tp]
+        if isinstance(value, tp) or value in valid:
+            return value
+        raise TypeError(f"expected one of {valid}, got {value!r}")
+    elif origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            item_tp = args[0] if args else Any
+            return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return build_dataclass(tp, value, where)
+    elif tp is type(None):
+        if value is None:
+            return None
+    else:
+        return value  # an annotation this checker does not model: left to the dataclass
+    raise TypeError(f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # forward references to optional packages: fall back to no check
+        return {}
+
+
+def build_dataclass(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    """Instantiate dataclass `cls` from `data`, naming `where` (e.g. 'recipe.yaml: training') in errors."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"{where}.{key}: unknown key{hint}")
+        try:
+            values[key] = _coerce(value, hints.get(key, Any), f"{where}.{key}")
+        except TypeError as exc:
+            raise RecipeError(f"{where}.{key}: {exc}") from None
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def stage_module(stage: str):
+    """The module implementing a stage (imported on demand: it pulls in TRL)."""
+    if stage not in STAGES:
+        raise RecipeError(f"unknown stage '{stage}'; valid stages: {list(STAGES)}")
+    return importlib.import_module(STAGES[stage])
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    apply_overrides(raw, list(overrides or []), str(path))
+    known = {"stage", "model", "data", "training", "rewards"}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"{path}: {key}: unknown section{hint}; sections: {sorted(known)}")
+    if "stage" not in raw:
+        raise RecipeError(f"{path}: missing required key 'stage' ({' | '.join(STAGES)})")
+    stage = raw["stage"]
+    module = stage_module(stage)
+    model = build_dataclass(ModelConfig, raw.get("model"), f"{path}: model")
+    if "data" not in raw:
+        raise RecipeError(f"{path}: missing required section 'data'")
+    data = build_dataclass(DataConfig, raw.get("data"), f"{path}: data")
+    training = build_dataclass(module.CONFIG_CLASS, raw.get("training"), f"{path}: training")
+    rewards = []
+    if raw.get("rewards"):
+        if stage != "grpo":
+            raise RecipeError(f"{path}: rewards: only the grpo stage uses rewards")
+        from clear_rl.rewards import parse_reward_specs
+
+        rewards = parse_reward_specs(raw["rewards"], base_dir=path.parent)
+    return Recipe(stage, model, data, training, rewards, source=path, raw=raw)

@@ -1,0 +1,92 @@
+"""What every stage does around its trainer: build the model, load the data, save the result."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+import torch
+
+from clear_rl.errors import ClearRLError, DataError
+from clear_rl.models import TinyModelConfig, build_tiny_model, compose_from_pretrained
+from clear_rl.models.adapters import apply_lora, set_trainable_parts
+from clear_rl.models.io import load_unified
+from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
+
+logger = logging.getLogger(__name__)
+
+# Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
+PREPARED_COLUMNS = ("image", "clean_image", "question", "answer", "corruption", "severity", "label", "target")
+
+
+def build_model(config: ModelConfig, where: str = "model"):
+    """(model, processor) as the recipe's `model:` section says, with its trainable parts set."""
+    if config.path is not None:
+        model, processor = load_unified(config.path, dtype=config.dtype, is_trainable=True)
+    elif config.tiny is not None:
+        tiny = build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny")
+        model, processor = build_tiny_model(tiny)
+    else:
+        model, processor = compose_from_pretrained(
+            config.vlm_path,
+            config.vae_path,
+            vae_subfolder=config.vae_subfolder,
+            load_in_4bit=config.load_in_4bit,
+            torch_dtype=config.dtype,
+            vae_image_size=config.vae_image_size,
+            head=config.head,
+            bridge=config.bridge,
+        )
+    if hasattr(model, "peft_config"):  # a saved adapter folder: keep training its adapters
+        if config.lora is not None:
+            logger.info("model.path holds LoRA adapters; they are trained further and model.lora is ignored")
+        return model, processor
+    if config.lora is not None:
+        if config.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return apply_lora(model, config.lora), processor
+    if config.load_in_4bit:
+        raise ClearRLError("model.load_in_4bit trains only through LoRA: add a model.lora section")
+    set_trainable_parts(model, config.trainable_parts)
+    return model, processor
+
+
+def load_split(path: str, split: str, max_samples: int | None = None, required=PREPARED_COLUMNS):
+    """One split of a prepared dataset folder, checked for the columns a stage needs."""
+    if not Path(path).exists():
+        raise DataError(f"dataset folder not found: {path} (write one with `clear-rl prepare`)")
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} is not a dataset saved with save_to_disk: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{path} has no split '{split}'; it has {list(loaded)}")
+        loaded = loaded[split]
+    missing = [c for c in required if c not in loaded.column_names]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {missing} of a prepared dataset; run `clear-rl prepare` on your data first"
+        )
+    if max_samples is not None:
+        loaded = loaded.select(range(min(max_samples, len(loaded))))
+    return loaded
+
+
+def finish(trainer, processor, recipe: Recipe) -> None:
+    """Save the final model and processor into output_dir (main process), beside the resolved recipe."""
+    trainer.save_model(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(trainer.args.output_dir)
+        recipe.save_resolved(trainer.args.output_dir)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch (transformers' set_seed) and return a generator for our own draws."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    return torch.Generator().manual_seed(seed)
