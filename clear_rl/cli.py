@@ -20,7 +20,6 @@ from clear_rl.errors import ClearRLError
 # Sub-command name -> module. Order is the order `--help` lists them.
 COMMANDS: dict[str, str] = {
     "train": "clear_rl.commands.train",
-    "degrade": "clear_rl.commands.degrade",
 }
 
 
