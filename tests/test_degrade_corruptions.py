@@ -196,3 +196,17 @@ def test_circle_rasterisation_matches_opencv_pixel_counts():
     )
     counts = (spans.x_hi - spans.x_lo + 1).clamp(min=0).sum(1).tolist()
     assert counts == [5, 49, 317]
+
+
+def test_strength_matches_the_reference_measurements():
+    """Statistics the spec measured by running the released code (OpenCV 4.7)."""
+    gen = torch.Generator().manual_seed(0)
+    noisy = ((128 + (torch.rand(2, 3, 128, 128, generator=gen) - 0.5) * 128).round()) / 255  # mean-128 image
+    for name, reference in (("lens_blur", (134, 139, 151)), ("color_diffusion", (103, 87, 108))):
+        means = [float(corrupt(noisy, name, lv).mean()) * 255 for lv in ("low", "mid", "high")]
+        assert means == pytest.approx(reference, abs=1.0), name
+    # dirty_lens dirt D on 640x480: mean 25 / 39 / 56 (out = 0.8 i D on a black image).
+    black = torch.zeros(2, 3, 480, 640)
+    for level, intensity, mean in (("low", 0.23, 25), ("mid", 0.45, 39), ("high", 0.9, 56)):
+        dirt = levels_255(corrupt(black, "dirty_lens", level, [1, 2]))[:, 0] / (0.8 * intensity)
+        assert float(dirt.mean()) == pytest.approx(mean, abs=4), level

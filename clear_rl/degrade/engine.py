@@ -118,3 +118,30 @@ def corrupt_rows(
 def corrupt_pil(image: Image.Image, name: str, level: str | float = "high", seed: int = 0) -> Image.Image:
     """Corrupt one PIL image (any mode; the result is RGB)."""
     return tensor_to_pil(corrupt(pil_to_tensor(image).unsqueeze(0), name, level, seed)[0])
+
+
+def corrupt_images(
+    images: Sequence[Image.Image],
+    names: Sequence[str],
+    intensity: str | float,
+    seeds: Sequence[int],
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """Corrupt PIL images of any sizes, each with its own corruption and seed, in batches of
+    same-size images (for data builders and benchmark files). Returns RGB images in order."""
+    if not (len(images) == len(names) == len(seeds)):
+        raise ClearRLError(
+            f"need one name and one seed per image: {len(images)} images, {len(names)} names, {len(seeds)} seeds"
+        )
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, image in enumerate(images):
+        by_size.setdefault(image.size, []).append(position)
+    out: list[Image.Image | None] = [None] * len(images)
+    for positions in by_size.values():
+        for start in range(0, len(positions), max(1, batch_size)):
+            chunk = positions[start : start + max(1, batch_size)]
+            batch = torch.stack([pil_to_tensor(images[p]) for p in chunk])
+            result = corrupt_rows(batch, [names[p] for p in chunk], intensity, [seeds[p] for p in chunk])
+            for p, tensor in zip(chunk, result):
+                out[p] = tensor_to_pil(tensor)
+    return out

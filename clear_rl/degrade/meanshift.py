@@ -73,10 +73,31 @@ def _offsets(sp: float) -> list[int]:
     return [round(-reach + 2 * reach * k / (MAX_TAPS - 1)) for k in range(MAX_TAPS)]
 
 
-def shift_points(images: torch.Tensor, points: torch.Tensor, sp: float, sr: float) -> torch.Tensor:
+def _dense_sums(images: torch.Tensor, padded: torch.Tensor, offsets: list[int], radius2: float):
+    """First-iteration sums for every pixel at once (windows centred on the pixels themselves
+    are plain shifted views, no gathers): colour sums (N, 3), [sum dx, sum dy, count] (N, 3)."""
+    batch, _, height, width = images.shape
+    reach = max(abs(o) for o in offsets)
+    sums = torch.zeros_like(images)
+    motion = torch.zeros(batch, 3, height, width, device=images.device)
+    for dy in offsets:
+        for dx in offsets:
+            sample = padded[:, :, reach + dy : reach + dy + height, reach + dx : reach + dx + width]
+            inside = ((sample - images).square_().sum(1, keepdim=True) <= radius2).float()
+            sums.addcmul_(sample, inside)
+            motion[:, 0:1].add_(inside, alpha=dx)
+            motion[:, 1:2].add_(inside, alpha=dy)
+            motion[:, 2:3].add_(inside)
+    return sums.permute(0, 2, 3, 1).reshape(-1, 3), motion.permute(0, 2, 3, 1).reshape(-1, 3)
+
+
+def shift_points(
+    images: torch.Tensor, points: torch.Tensor, sp: float, sr: float, all_pixels: bool = False
+) -> torch.Tensor:
     """Run the mean-shift procedure from each point; return its final colours.
 
-    images: (B, 3, H, W) u8 floats, the source. points: (N, 3) long rows (batch, y, x).
+    images: (B, 3, H, W) u8 floats, the source. points: (N, 3) long rows (batch, y, x), or
+    with all_pixels=True every pixel in (b, y, x) order (the first iteration then runs dense).
     Returns (N, 3) float colours. Pixels outside the image hold a colour far outside any
     range, which clips the window to the image as OpenCV's bounds do.
     """
@@ -85,11 +106,11 @@ def shift_points(images: torch.Tensor, points: torch.Tensor, sp: float, sr: floa
     offsets = _offsets(float(torch.tensor(sp, dtype=torch.float32)))  # OpenCV keeps sp as a float
     reach = max(abs(o) for o in offsets)
     padded = torch.nn.functional.pad(images, (reach, reach, reach, reach), value=OUTSIDE)
-    padded_w = width + 2 * reach
+    padded_h, padded_w = height + 2 * reach, width + 2 * reach
     planes = padded.permute(1, 0, 2, 3).reshape(3, -1).contiguous()
     grid_y, grid_x = torch.meshgrid(torch.tensor(offsets), torch.tensor(offsets), indexing="ij")
     shifts = (grid_y * padded_w + grid_x).reshape(-1).to(device)
-    # ok @ moves sums, per point, the offsets dx and dy of in-range pixels and their count.
+    # inside @ moves sums, per point, the offsets dx and dy of in-range pixels and their count.
     moves = (
         torch.stack([grid_x.reshape(-1), grid_y.reshape(-1), torch.ones(grid_x.numel())], 1)
         .float()
@@ -99,32 +120,36 @@ def shift_points(images: torch.Tensor, points: torch.Tensor, sp: float, sr: floa
 
     row, y, x = points.unbind(1)
     y, x = y.clone(), x.clone()
-    colour = planes[:, (row * (height + 2 * reach) + y + reach) * padded_w + x + reach].T.contiguous()
+    colour = planes[:, (row * padded_h + y + reach) * padded_w + x + reach].T.contiguous()
     active = torch.arange(points.shape[0], device=device)
+    dense = _dense_sums(images, padded, offsets, radius2) if all_pixels else None
     for _ in range(MAX_ITER):
         still = []
         for part in active.split(CHUNK):
             py, px, pc = y[part], x[part], colour[part]
-            index = ((row[part] * (height + 2 * reach) + py + reach) * padded_w + px + reach).unsqueeze(
-                1
-            ) + shifts
-            index = index.reshape(-1)
-            samples = [planes[c].index_select(0, index).view(part.numel(), -1) for c in range(3)]
-            dist = (samples[0] - pc[:, :1]).square_()
-            dist.add_((samples[1] - pc[:, 1:2]).square_()).add_((samples[2] - pc[:, 2:3]).square_())
-            inside = (dist <= radius2).float()
-            sums = torch.stack([(inside * s).sum(1) for s in samples], 1)
-            motion = inside @ moves  # sum dx, sum dy, count
-            count = motion[:, 2:].double()
-            found = count[:, 0] > 0
-            new_c = torch.round(sums.double() / count.clamp(min=1)).float()
-            new_x = torch.round((px * count[:, 0] + motion[:, 0]) / count[:, 0].clamp(min=1)).long()
-            new_y = torch.round((py * count[:, 0] + motion[:, 1]) / count[:, 0].clamp(min=1)).long()
+            if dense is not None:
+                sums, motion = dense[0][part], dense[1][part]
+            else:
+                base = (row[part] * padded_h + py + reach) * padded_w + px + reach
+                index = (base.unsqueeze(1) + shifts).reshape(-1)
+                samples = [planes[c].index_select(0, index).view(part.numel(), -1) for c in range(3)]
+                dist = (samples[0] - pc[:, :1]).square_()
+                dist.add_((samples[1] - pc[:, 1:2]).square_()).add_((samples[2] - pc[:, 2:3]).square_())
+                inside = (dist <= radius2).float()
+                sums = torch.stack([(inside * sample).sum(1) for sample in samples], 1)
+                motion = inside @ moves
+            count = motion[:, 2].double()
+            found = count > 0
+            # cvRound (half to even) of the mean position and colour, as OpenCV computes them.
+            new_c = torch.round(sums.double() / count.clamp(min=1).unsqueeze(1)).float()
+            new_x = torch.round((px * count + motion[:, 0]) / count.clamp(min=1)).long()
+            new_y = torch.round((py * count + motion[:, 1]) / count.clamp(min=1)).long()
             moved = (new_x - px).abs() + (new_y - py).abs() + (new_c - pc).square().sum(1)
             stop = ((new_x == px) & (new_y == py)) | (moved <= EPSILON)
             update = part[found]
             colour[update], x[update], y[update] = new_c[found], new_x[found], new_y[found]
             still.append(part[found & ~stop])
+        dense = None
         active = torch.cat(still) if still else active[:0]
         if active.numel() == 0:
             break
@@ -168,7 +193,7 @@ def pyr_mean_shift(images: torch.Tensor, sp: float, sr: float) -> torch.Tensor:
         ),
         -1,
     ).reshape(-1, 3)
-    colours = shift_points(small, grid, max(sp / 2, 1.0), sr)
+    colours = shift_points(small, grid, max(sp / 2, 1.0), sr, all_pixels=True)
     shifted_small = colours.view(batch, h1, w1, 3).permute(0, 3, 1, 2)
     out = pyr_up(shifted_small, height, width)
     if h1 > 2 and w1 > 2:
