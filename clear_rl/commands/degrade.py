@@ -67,21 +67,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.grid}")
         return 0
 
-    from clear_rl.degrade.benchmark import degrade_dataset, degrade_tsv
+    from clear_rl.degrade.benchmark import DegradeOptions, degrade_dataset, degrade_tsv
 
     out_dir = Path(args.out) if args.out else source.parent
-    options = dict(
+    options = DegradeOptions(
         mode=args.mode,
-        levels=args.levels,
+        levels=tuple(args.levels),
         seed=args.seed,
         batch_size=args.batch_size,
-        types=args.types,
+        types=tuple(args.types) if args.types else None,
         name=args.name,
     )
     if source.is_dir():
-        result = degrade_dataset(source, out_dir, image_column=args.image_column, **options)
+        result = degrade_dataset(source, out_dir, options, image_column=args.image_column)
     else:
-        result = degrade_tsv(source, out_dir, **options)
+        result = degrade_tsv(source, out_dir, options)
     for path in result.outputs:
         print(f"wrote {path}")
     print(f"manifest {result.manifest}")

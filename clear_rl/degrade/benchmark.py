@@ -54,6 +54,20 @@ class OutputSpec:
     corruption: str | None = None
 
 
+@dataclass(frozen=True)
+class DegradeOptions:
+    """How to build the copies: mode, levels, base seed, batch size, the corruptions of a
+    full run (default all 16), the dataset name in output names (default the input's)."""
+
+    mode: str = "mixed"
+    levels: Sequence[str | float] = ("low", "mid", "high")
+    seed: int = 0
+    batch_size: int = 16
+    types: Sequence[str] | None = None
+    name: str | None = None
+    progress: bool = True
+
+
 @dataclass
 class DegradeResult:
     """What a run wrote: the output paths (one per OutputSpec, in order) and the manifest."""
@@ -135,14 +149,16 @@ def _degrade_column(
     return images, applied
 
 
-def _manifest(source: Path, mode: str, seed: int, image_column: str, files: list[dict], path: Path) -> None:
+def _manifest(
+    source: Path, options: DegradeOptions, image_column: str, files: list[dict], path: Path
+) -> None:
     document = {
         "library": "clear-rl",
         "version": __version__,
         "benchmark": "MMD-Bench",
         "source": str(source),
-        "mode": mode,
-        "seed": seed,
+        "mode": options.mode,
+        "seed": options.seed,
         "image_column": image_column,
         "jpeg_quality": JPEG_QUALITY,
         "files": files,
@@ -177,16 +193,7 @@ def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int
 
 
 def degrade_tsv(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    mode: str = "mixed",
-    levels: Sequence[str | float] = ("low", "mid", "high"),
-    seed: int = 0,
-    batch_size: int = 16,
-    types: Sequence[str] | None = None,
-    name: str | None = None,
-    progress: bool = True,
+    source: str | os.PathLike, out_dir: str | os.PathLike, options: DegradeOptions = DegradeOptions()
 ) -> DegradeResult:
     """Write MMD-Bench copies of a VLMEvalKit TSV into `out_dir`; return what was written.
 
@@ -195,8 +202,8 @@ def degrade_tsv(
     """
     source = Path(source)
     frame = read_tsv(source, required=("index", "image"))
-    base = name or source.stem
-    specs = plan_outputs(base, mode, levels, types)
+    base = options.name or source.stem
+    specs = plan_outputs(base, options.mode, options.levels, options.types)
     image_rows, references, empty = _tsv_roles(frame)
     keys = list(frame["index"])
     cells = list(frame["image"])
@@ -208,11 +215,11 @@ def degrade_tsv(
     manifest_path = Path(out_dir) / f"{base}_MMD_manifest.json"
     files: list[dict] = []
     with tqdm(
-        total=len(specs) * len(image_rows), desc=f"degrade {base}", unit="img", disable=not progress
+        total=len(specs) * len(image_rows), desc=f"degrade {base}", unit="img", disable=not options.progress
     ) as bar:
         for spec in specs:
-            names, seeds = row_plan(spec, keys, seed)
-            images, applied = _degrade_column(decode, image_rows, names, seeds, spec, batch_size, bar)
+            names, seeds = row_plan(spec, keys, options.seed)
+            images, applied = _degrade_column(decode, image_rows, names, seeds, spec, options.batch_size, bar)
             out = frame.copy()
             out["image"] = [
                 encode_base64_image(images[p], JPEG_QUALITY) if p in images else c
@@ -230,20 +237,20 @@ def degrade_tsv(
                 for p in empty
             ]
             rows.sort(key=lambda entry: entry["position"])
-            files.append(_file_entry(target, source, mode, seed, spec, rows))
-            _manifest(source, mode, seed, "image", files, manifest_path)
+            files.append(_file_entry(target, source, options, spec, rows))
+            _manifest(source, options, "image", files, manifest_path)
     result.manifest = manifest_path
     return result
 
 
 def _file_entry(
-    target: Path, source: Path, mode: str, seed: int, spec: OutputSpec, rows: Iterable[dict]
+    target: Path, source: Path, options: DegradeOptions, spec: OutputSpec, rows: Iterable[dict]
 ) -> dict:
     return {
         "file": target.name,
         "source": str(source),
-        "mode": mode,
-        "seed": seed,
+        "mode": options.mode,
+        "seed": options.seed,
         "level": spec.level,
         "intensity": spec.intensity,
         "corruption": spec.corruption,
@@ -292,15 +299,8 @@ def _decode_cell(value: dict, where: str) -> Image.Image:
 def degrade_dataset(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
-    *,
+    options: DegradeOptions = DegradeOptions(),
     image_column: str = "image",
-    mode: str = "mixed",
-    levels: Sequence[str | float] = ("low", "mid", "high"),
-    seed: int = 0,
-    batch_size: int = 16,
-    types: Sequence[str] | None = None,
-    name: str | None = None,
-    progress: bool = True,
 ) -> DegradeResult:
     """Write MMD-Bench copies of a `datasets` folder (Dataset or DatasetDict saved with
     `save_to_disk`) as folders `<name>_MMD_<level>` beside a manifest. Row keys (and so
@@ -309,13 +309,13 @@ def degrade_dataset(
 
     source = Path(source)
     splits, is_dict = _open_dataset(source, image_column)
-    base = name or source.name
-    specs = plan_outputs(base, mode, levels, types)
+    base = options.name or source.name
+    specs = plan_outputs(base, options.mode, options.levels, options.types)
     columns = {split: list(dataset[image_column]) for split, dataset in splits.items()}
     manifest_path = Path(out_dir) / f"{base}_MMD_manifest.json"
     result, files = DegradeResult(), []
     total = len(specs) * sum(sum(v is not None for v in column) for column in columns.values())
-    with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
         for spec in specs:
             outputs, rows = {}, []
             for split, dataset in splits.items():
@@ -327,8 +327,10 @@ def degrade_dataset(
                     return _decode_cell(column[p], f"{where} row {p}")
 
                 present = [p for p, value in enumerate(column) if value is not None]
-                names, seeds = row_plan(spec, keys, seed)
-                images, applied = _degrade_column(decode, present, names, seeds, spec, batch_size, bar)
+                names, seeds = row_plan(spec, keys, options.seed)
+                images, applied = _degrade_column(
+                    decode, present, names, seeds, spec, options.batch_size, bar
+                )
                 cells = [
                     {"bytes": encode_jpeg(images[p], JPEG_QUALITY), "path": None} if p in images else None
                     for p in range(len(column))
@@ -346,7 +348,7 @@ def degrade_dataset(
             with atomic_path(target, is_dir=True) as tmp:
                 (datasets.DatasetDict(outputs) if is_dict else outputs[None]).save_to_disk(str(tmp))
             result.outputs.append(target)
-            files.append(_file_entry(target, source, mode, seed, spec, rows))
-            _manifest(source, mode, seed, image_column, files, manifest_path)
+            files.append(_file_entry(target, source, options, spec, rows))
+            _manifest(source, options, image_column, files, manifest_path)
     result.manifest = manifest_path
     return result
