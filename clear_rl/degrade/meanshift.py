@@ -160,22 +160,19 @@ def _discontinuity_mask(shifted_small: torch.Tensor, height: int, width: int, th
     """OpenCV's refinement mask: a small-level pixel (i, j) (not on the border) whose colour
     differs from any 8-neighbour by >= threshold (squared) marks full-size pixel
     (2i+1, 2j-1); the mask is then dilated 3x3."""
-    small = shifted_small.long()
+    small = shifted_small.float()
     h1, w1 = small.shape[-2:]
     centre = small[..., 1:-1, 1:-1]
-    differs = torch.zeros(centre.shape[0], h1 - 2, w1 - 2, dtype=torch.bool, device=small.device)
+    farthest = torch.zeros_like(centre[:, 0])
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy or dx:
                 neighbour = small[..., 1 + dy : h1 - 1 + dy, 1 + dx : w1 - 1 + dx]
-                differs |= ((centre - neighbour) ** 2).sum(1) >= threshold
+                farthest = torch.maximum(farthest, (centre - neighbour).square_().sum(1))
+    differs = (farthest >= threshold).float()
     mask = torch.zeros(small.shape[0], 1, height, width, device=small.device)
-    rows = 2 * torch.arange(1, h1 - 1, device=small.device) + 1
-    cols = 2 * torch.arange(1, w1 - 1, device=small.device) - 1
-    keep_r, keep_c = rows < height, cols < width
-    mask[:, 0, rows[keep_r].unsqueeze(1), cols[keep_c].unsqueeze(0)] = differs[:, keep_r][
-        :, :, keep_c
-    ].float()
+    target = mask[:, 0, 3 : 2 * h1 - 2 : 2, 1 : 2 * w1 - 4 : 2]  # rows 2i+1, columns 2j-1
+    target.copy_(differs[:, : target.shape[1], : target.shape[2]])
     return torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)[:, 0] > 0
 
 
