@@ -61,7 +61,7 @@ def _dct_matrix(device_type: str) -> torch.Tensor:
 
 def _rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
     """libjpeg's rgb_ycc_convert, integer-exact: (B, 3, H, W) u8 -> Y, Cb, Cr whole numbers."""
-    r, g, b = rgb.long().unbind(1)
+    r, g, b = rgb.to(torch.int32).unbind(1)  # every sum stays below 2^31
     offset = 128 << SCALE_BITS
     y = (_fix(0.299) * r + _fix(0.587) * g + _fix(0.114) * b + ONE_HALF) >> SCALE_BITS
     cb = (-_fix(0.16874) * r - _fix(0.33126) * g + _fix(0.5) * b + offset + ONE_HALF - 1) >> SCALE_BITS
@@ -71,7 +71,7 @@ def _rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
 
 def _ycc_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     """libjpeg's ycc_rgb_convert, integer-exact, with range limiting to [0, 255]."""
-    y, cb, cr = ycc.long().unbind(1)
+    y, cb, cr = ycc.to(torch.int32).unbind(1)
     cb, cr = cb - 128, cr - 128
     r = y + ((_fix(1.402) * cr + ONE_HALF) >> SCALE_BITS)
     g = y + ((-_fix(0.34414) * cb - _fix(0.71414) * cr + ONE_HALF) >> SCALE_BITS)
@@ -114,7 +114,7 @@ def _blocks_roundtrip(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         coefficients = torch.einsum("ij,hjwk,lk->hiwl", dct, blocks, dct)
         quantised = torch.sign(coefficients) * torch.floor(coefficients.abs() / table + 0.5)
         restored = torch.einsum("ji,hjwk,kl->hiwl", dct, quantised * table, dct)
-        out.append(torch.floor(restored + 128.5).clamp(0, 255).long().view(height, width))
+        out.append(torch.floor(restored + 128.5).clamp(0, 255).to(torch.int32).view(height, width))
     return torch.stack(out)
 
 
@@ -123,10 +123,11 @@ def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     batch, _, height, width = images.shape
     padded_h, padded_w = -(-height // 16) * 16, -(-width // 16) * 16
     ycc = _rgb_to_ycc(images)
-    # libjpeg fills partial MCUs by repeating the last column and line.
-    rows = torch.arange(padded_h, device=images.device).clamp(max=height - 1)
-    cols = torch.arange(padded_w, device=images.device).clamp(max=width - 1)
-    ycc = ycc.index_select(-2, rows).index_select(-1, cols)
+    if (padded_h, padded_w) != (height, width):
+        # libjpeg fills partial MCUs by repeating the last column and line.
+        rows = torch.arange(padded_h, device=images.device).clamp(max=height - 1)
+        cols = torch.arange(padded_w, device=images.device).clamp(max=width - 1)
+        ycc = ycc.index_select(-2, rows).index_select(-1, cols)
     luma = _blocks_roundtrip(ycc[:, 0], quality_table(LUMINANCE_TABLE, quality))
     chroma_table = quality_table(CHROMINANCE_TABLE, quality)
     chroma_h, chroma_w = -(-height // 2), -(-width // 2)
