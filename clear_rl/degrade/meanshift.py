@@ -13,7 +13,9 @@ MAX_TAPS pixels per axis is sampled on an evenly spaced MAX_TAPS x MAX_TAPS grid
 (still spanning the whole window) instead of visiting every pixel. OpenCV's cost grows with
 sp^2 (about 0.7 s per 512x512 image at High); here it is bounded. The sampled mean is noisier
 than the full one, so edges and region colours can differ by a few levels; the look (flat,
-posterised regions with kept edges) and its growth with sp/sr are the same.
+posterised regions with kept edges) and its growth with sp/sr are the same. The window is
++-ceil(sp) clipped to the image; OpenCV rounds x +- sp half-to-even, which for a half-integer
+sp (4.5 at Low's small level) makes its window one pixel narrower on even coordinates.
 """
 
 from __future__ import annotations
