@@ -16,6 +16,7 @@ from clear_rl.cli import main
 from clear_rl.data.images import decode_base64_image, encode_base64_image, tensor_to_pil
 from clear_rl.data.tsv import read_tsv
 from clear_rl.degrade import CORRUPTIONS, corrupt_pil
+from clear_rl.degrade.benchmark import DegradeOptions, iter_degraded_frames
 
 SIZES = [(64, 80), (72, 72), (64, 80), (60, 90), (72, 72)]
 
@@ -165,3 +166,17 @@ def test_datasets_folder_without_the_image_column(tmp_path, capsys):
     assert main(["degrade", str(tmp_path / "ds"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no image column 'image'" in err and "picture" in err
+
+
+def test_in_memory_copies_for_on_the_fly_evaluation(tsv):
+    frame = read_tsv(tsv)
+    options = DegradeOptions(levels=("high", 0.6), seed=7, progress=False)
+    produced = list(iter_degraded_frames(frame, tsv, options))
+    assert [spec.name for spec, _, _ in produced] == ["Tiny_MMD_high", "Tiny_MMD_0.6"]
+    for spec, degraded, rows in produced:
+        assert degraded.shape == frame.shape and degraded["question"].equals(frame["question"])
+        assert len(rows) == len(frame) and all(
+            r.get("intensity", spec.intensity) == spec.intensity for r in rows
+        )
+    again = list(iter_degraded_frames(frame, tsv, options))
+    assert all(a[1].equals(b[1]) for a, b in zip(produced, again))

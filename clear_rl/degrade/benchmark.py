@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,31 +192,26 @@ def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int
     return images, references, empty
 
 
-def degrade_tsv(
-    source: str | os.PathLike, out_dir: str | os.PathLike, options: DegradeOptions = DegradeOptions()
-) -> DegradeResult:
-    """Write MMD-Bench copies of a VLMEvalKit TSV into `out_dir`; return what was written.
+def iter_degraded_frames(
+    frame: pd.DataFrame, source: str | os.PathLike, options: DegradeOptions = DegradeOptions()
+) -> Iterator[tuple[OutputSpec, pd.DataFrame, list[dict]]]:
+    """MMD-Bench copies of a VLMEvalKit frame in memory, one output at a time: yields
+    (spec, degraded frame, manifest rows). `source` names the file in errors and outputs.
 
     Reference rows keep their cell, so VLMEvalKit resolves them to the corrupted image of
     the row they point to; empty cells stay empty.
     """
     source = Path(source)
-    frame = read_tsv(source, required=("index", "image"))
     base = options.name or source.stem
     specs = plan_outputs(base, options.mode, options.levels, options.types)
     image_rows, references, empty = _tsv_roles(frame)
-    keys = list(frame["index"])
-    cells = list(frame["image"])
+    keys, cells = list(frame["index"]), list(frame["image"])
 
     def decode(position: int) -> Image.Image:
         return decode_row_image(cells[position], keys[position], source)
 
-    result = DegradeResult()
-    manifest_path = Path(out_dir) / f"{base}_MMD_manifest.json"
-    files: list[dict] = []
-    with tqdm(
-        total=len(specs) * len(image_rows), desc=f"degrade {base}", unit="img", disable=not options.progress
-    ) as bar:
+    total = len(specs) * len(image_rows)
+    with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
         for spec in specs:
             names, seeds = row_plan(spec, keys, options.seed)
             images, applied = _degrade_column(decode, image_rows, names, seeds, spec, options.batch_size, bar)
@@ -225,9 +220,6 @@ def degrade_tsv(
                 encode_base64_image(images[p], JPEG_QUALITY) if p in images else c
                 for p, c in enumerate(cells)
             ]
-            target = Path(out_dir) / f"{spec.name}.tsv"
-            write_tsv(out, target)
-            result.outputs.append(target)
             rows = [
                 _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in image_rows
             ]
@@ -236,10 +228,25 @@ def degrade_tsv(
                 {"index": keys[p], "position": p, "corruption": None, "note": "empty image cell"}
                 for p in empty
             ]
-            rows.sort(key=lambda entry: entry["position"])
-            files.append(_file_entry(target, source, options, spec, rows))
-            _manifest(source, options, "image", files, manifest_path)
-    result.manifest = manifest_path
+            yield spec, out, sorted(rows, key=lambda entry: entry["position"])
+
+
+def degrade_tsv(
+    source: str | os.PathLike, out_dir: str | os.PathLike, options: DegradeOptions = DegradeOptions()
+) -> DegradeResult:
+    """Write MMD-Bench copies of a VLMEvalKit TSV into `out_dir` as `<name>_MMD_<level>.tsv`
+    (full mode: `<name>_MMD_<type>_<level>.tsv`) plus `<name>_MMD_manifest.json`."""
+    source = Path(source)
+    frame = read_tsv(source, required=("index", "image"))
+    base = options.name or source.stem
+    result = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json")
+    files: list[dict] = []
+    for spec, out, rows in iter_degraded_frames(frame, source, options):
+        target = Path(out_dir) / f"{spec.name}.tsv"
+        write_tsv(out, target)
+        result.outputs.append(target)
+        files.append(_file_entry(target, source, options, spec, rows))
+        _manifest(source, options, "image", files, result.manifest)
     return result
 
 
@@ -312,8 +319,7 @@ def degrade_dataset(
     base = options.name or source.name
     specs = plan_outputs(base, options.mode, options.levels, options.types)
     columns = {split: list(dataset[image_column]) for split, dataset in splits.items()}
-    manifest_path = Path(out_dir) / f"{base}_MMD_manifest.json"
-    result, files = DegradeResult(), []
+    result, files = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json"), []
     total = len(specs) * sum(sum(v is not None for v in column) for column in columns.values())
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
         for spec in specs:
@@ -349,6 +355,5 @@ def degrade_dataset(
                 (datasets.DatasetDict(outputs) if is_dict else outputs[None]).save_to_disk(str(tmp))
             result.outputs.append(target)
             files.append(_file_entry(target, source, options, spec, rows))
-            _manifest(source, options, image_column, files, manifest_path)
-    result.manifest = manifest_path
+            _manifest(source, options, image_column, files, result.manifest)
     return result
