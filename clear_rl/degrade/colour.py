@@ -12,6 +12,8 @@ import functools
 
 import torch
 
+from clear_rl.degrade.ops import lookup
+
 HSV_SHIFT = 12
 HUE_RANGE = 180
 
@@ -34,9 +36,9 @@ def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     vmin = torch.minimum(torch.minimum(r, g), b)
     diff = v - vmin
     half = 1 << (HSV_SHIFT - 1)
-    s = (diff * sdiv[v] + half) >> HSV_SHIFT
+    s = (diff * lookup(sdiv, v) + half) >> HSV_SHIFT
     h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = (h * hdiv[diff] + half) >> HSV_SHIFT
+    h = (h * lookup(hdiv, diff) + half) >> HSV_SHIFT
     h = torch.where(h < 0, h + HUE_RANGE, h)
     return torch.stack([h, s, v], dim=1).float()
 

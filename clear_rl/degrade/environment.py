@@ -60,7 +60,7 @@ def atmospheric_turbulence(x: torch.Tensor, i: float, gens: Sequence[torch.Gener
         (1, 1, fx * fy),
     ):
         index = (iy + oy).clamp(max=height - 1) * width + (ix + ox).clamp(max=width - 1)
-        total.addcmul_(flat.index_select(1, index), weight)
+        total.addcmul_(flat.index_select(1, index.to(torch.int32)), weight)
     return torch.floor((total + 512.0) / 1024.0).view(batch, channels, height, width)
 
 

@@ -133,7 +133,7 @@ def shift_points(
                 sums, motion = dense[0][part], dense[1][part]
             else:
                 base = (row[part] * padded_h + py + reach) * padded_w + px + reach
-                index = (base.unsqueeze(1) + shifts).reshape(-1)
+                index = (base.unsqueeze(1) + shifts).reshape(-1).to(torch.int32)
                 samples = [planes[c].index_select(0, index).view(part.numel(), -1) for c in range(3)]
                 dist = (samples[0] - pc[:, :1]).square_()
                 dist.add_((samples[1] - pc[:, 1:2]).square_()).add_((samples[2] - pc[:, 2:3]).square_())

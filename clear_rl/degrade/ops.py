@@ -40,10 +40,17 @@ def trunc(values: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return (values + eps).clamp_(0.0, 255.0).floor_()
 
 
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 1-D table and integer-valued indices of any shape.
+
+    index_select with int32 indices: several times faster on CPU than indexing with int64.
+    """
+    return table.index_select(0, index.to(torch.int32).reshape(-1)).view(index.shape)
+
+
 def apply_lut(values: torch.Tensor, table: Sequence[float]) -> torch.Tensor:
     """Map each u8 value through a 256-entry table (pointwise ops computed exactly once)."""
-    lut = torch.tensor(table, dtype=torch.float32, device=values.device)
-    return lut[values.long()]
+    return lookup(torch.tensor(table, dtype=torch.float32, device=values.device), values)
 
 
 def reflect101_index(size: int, before: int, after: int, device: torch.device | None = None) -> torch.Tensor:
