@@ -21,6 +21,7 @@ from clear_rl.errors import ClearRLError
 COMMANDS: dict[str, str] = {
     "train": "clear_rl.commands.train",
     "eval": "clear_rl.commands.eval",
+    "degrade": "clear_rl.commands.degrade",
 }
 
 
