@@ -136,3 +136,12 @@ def test_compute_hits_from_predictions():
     assert compute_hits(results).tolist() == [1.0, 0.0, 1.0]
     with pytest.raises(DataError, match="row index=2 has no reference answer"):
         compute_hits(results.assign(answer=["B", "", "7"]), "MMStar")
+
+
+def test_degrade_full_mode_names_carry_their_corruption_and_level():
+    from clear_rl.eval.scoring import parse_dataset_name
+
+    parsed = parse_dataset_name("RealWorldQA_MMD_lens_blur_mid")
+    assert (parsed.base, parsed.corruption, parsed.level) == ("RealWorldQA", "lens_blur", "mid")
+    released = parse_dataset_name("MMStar_graffiti")
+    assert (released.base, released.corruption, released.level) == ("MMStar", "graffiti", "high")

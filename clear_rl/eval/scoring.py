@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from clear_rl.data.prompts import is_missing, row_options
+from clear_rl.degrade import CORRUPTIONS as CORRUPTION_REGISTRY
 from clear_rl.errors import DataError
 from clear_rl.eval.extract import score_answer
 
@@ -56,12 +57,11 @@ BENCHMARKS = (
 PAPER_ORDER = ("MMBench", "MM-Vet", "MMVP", "CV-Bench", "MMStar", "RealWorldQA", "R-Bench-Dis")
 
 # MMD-Bench's 16 corruptions (MMD_BENCH_SPEC.md); CLEAR's per-corruption files `<Base>_<name>` are High.
-CORRUPTIONS = (
-    "lens_blur", "lens_flare", "motion_blur", "dirty_lens", "hsv_saturation", "jpeg_compression",
-    "block_exchange", "mean_shift", "scan_lines", "dark_illumination", "atmospheric_turbulence",
-    "gaussian_noise", "color_diffusion", "sharpness_change", "graffiti", "watermark_damage",
-)  # fmt: skip
-_CORRUPTION_SUFFIX = re.compile(rf"^(?P<base>.+)_(?P<corruption>{'|'.join(CORRUPTIONS)})$", re.I)
+CORRUPTIONS = tuple(CORRUPTION_REGISTRY)
+_NAMES = "|".join(CORRUPTIONS)
+_CORRUPTION_SUFFIX = re.compile(
+    rf"^(?P<base>.+?)(?:_MMD)?_(?P<corruption>{_NAMES})(?:_(?P<mmd>low|mid|high))?$", re.I
+)  # CLEAR's per-corruption set (`MMStar_graffiti`, High) and `clear-rl degrade --mode full` files
 _LEVEL_SUFFIX = re.compile(
     r"^(?P<base>.+?)(?:_MMD_(?P<mmd>low|mid|high)|_LOW_LEVEL_(?P<release>low|mid|high)|_(?P<plain>clean|low|mid|high))$",
     re.I,
@@ -89,12 +89,12 @@ def parse_dataset_name(name: str, level: str | None = None) -> DatasetName:
     `level` overrides what the name says.
     """
     dataset = Path(str(name)).name.removesuffix(".tsv")
-    match = _LEVEL_SUFFIX.match(dataset) or _CORRUPTION_SUFFIX.match(dataset)
+    match = _CORRUPTION_SUFFIX.match(dataset) or _LEVEL_SUFFIX.match(dataset)
     groups = match.groupdict() if match else {}
     base = groups.get("base") or dataset
     corruption = (groups.get("corruption") or "").lower()
     named = next((groups[g].lower() for g in ("mmd", "release", "plain") if groups.get(g)), "clean")
-    found = "high" if corruption else named
+    found = "high" if corruption and named == "clean" else named
     key = re.sub(r"[^a-z0-9]", "", base.lower())
     known = next((b for b in BENCHMARKS if key.startswith(b.key)), None)
     chosen = (level or ("high" if known and known.native_degraded else found)).lower()
