@@ -8,8 +8,9 @@ from pathlib import Path
 import datasets
 import torch
 
+from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
 from clear_rl.errors import ClearRLError, DataError
-from clear_rl.models import TinyModelConfig, build_tiny_model, compose_from_pretrained
+from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.io import load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
@@ -17,11 +18,17 @@ from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 logger = logging.getLogger(__name__)
 
 # Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
-PREPARED_COLUMNS = ("image", "clean_image", "question", "answer", "corruption", "severity", "label", "target")
+PREPARED_COLUMNS = _PREPARED_COLUMNS
+# Parts trained in full when a recipe names none (stage 2 trains only the bridge).
+DEFAULT_TRAINABLE_PARTS = ("llm", "head", "bridge")
 
 
-def build_model(config: ModelConfig, where: str = "model"):
-    """(model, processor) as the recipe's `model:` section says, with its trainable parts set."""
+def build_model(config: ModelConfig, where: str = "model", default_parts=DEFAULT_TRAINABLE_PARTS):
+    """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
+
+    Without `model.lora`, the parts in `model.trainable_parts` (else `default_parts`) train in full
+    and everything else is frozen.
+    """
     if config.path is not None:
         model, processor = load_unified(config.path, dtype=config.dtype, is_trainable=True)
     elif config.tiny is not None:
@@ -50,8 +57,24 @@ def build_model(config: ModelConfig, where: str = "model"):
         return apply_lora(model, config.lora), processor
     if config.load_in_4bit:
         raise ClearRLError("model.load_in_4bit trains only through LoRA: add a model.lora section")
-    set_trainable_parts(model, config.trainable_parts)
+    set_trainable_parts(
+        model, config.trainable_parts if config.trainable_parts is not None else default_parts
+    )
     return model, processor
+
+
+def unified_core(model) -> ComposedUnifiedModel:
+    """The unified model inside peft / DDP / DeepSpeed wrappers."""
+    from peft import PeftModel
+
+    while not isinstance(model, ComposedUnifiedModel):
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        else:
+            raise TypeError(f"expected a clear-rl unified model, got {type(model).__name__}")
+    return model
 
 
 def load_split(path: str, split: str, max_samples: int | None = None, required=PREPARED_COLUMNS):
@@ -82,6 +105,57 @@ def finish(trainer, processor, recipe: Recipe) -> None:
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
         recipe.save_resolved(trainer.args.output_dir)
+
+
+def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """`training.resume_from_checkpoint`: a checkpoint folder, or `last` for the newest in output_dir."""
+    if value is None or value.lower() not in ("last", "true"):
+        return value
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if found is None:
+        logger.info("resume_from_checkpoint=%s: no checkpoint in %s yet; starting fresh", value, output_dir)
+    return found
+
+
+def run_stage(
+    recipe: Recipe,
+    trainer_class,
+    default_parts=DEFAULT_TRAINABLE_PARTS,
+    select=None,
+    labels_after_slot: bool = False,
+):
+    """Build model and data from the recipe, train with `trainer_class`, save; returns the trainer.
+
+    `select(dataset) -> dataset` narrows the rows a stage trains on (stage 2: restoring rows);
+    `labels_after_slot` puts the CE on the text after the restored slot only (stage 2).
+    """
+    from clear_rl.data.collate import ClearCollator
+
+    args = recipe.training
+    seed_everything(args.seed)
+    model, processor = build_model(recipe.model, default_parts=default_parts)
+    data = recipe.data
+    train_dataset = load_split(data.path, data.split, data.max_samples)
+    eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None
+    if select is not None:
+        train_dataset = select(train_dataset)
+        eval_dataset = select(eval_dataset) if eval_dataset is not None else None
+    if len(train_dataset) == 0:
+        raise DataError(f"{data.path} split '{data.split}' has no rows this stage can train on")
+    collator = ClearCollator.for_model(unified_core(model), processor, data.system_prompt, labels_after_slot)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
+    finish(trainer, processor, recipe)
+    return trainer
 
 
 def seed_everything(seed: int) -> torch.Generator:
