@@ -23,44 +23,83 @@ PREPARED_COLUMNS = _PREPARED_COLUMNS
 DEFAULT_TRAINABLE_PARTS = ("llm", "head", "bridge")
 
 
-def build_model(config: ModelConfig, where: str = "model", default_parts=DEFAULT_TRAINABLE_PARTS):
-    """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
+def load_model(config: ModelConfig, where: str = "model"):
+    """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
+    if config.path is not None:
+        return load_unified(config.path, dtype=config.dtype, is_trainable=True)
+    if config.tiny is not None:
+        return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
+    return compose_from_pretrained(
+        config.vlm_path,
+        config.vae_path,
+        vae_subfolder=config.vae_subfolder,
+        load_in_4bit=config.load_in_4bit,
+        torch_dtype=config.dtype,
+        vae_image_size=config.vae_image_size,
+        head=config.head,
+        bridge=config.bridge,
+    )
+
+
+def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str | Path) -> None:
+    """Save a freshly built model as the base its LoRA adapters will load onto.
+
+    An adapter folder names its base model's folder; a model composed or built in memory has none,
+    so it is saved (once, by the main process) to `folder` and named there.
+    """
+    from accelerate import PartialState
+
+    from clear_rl.models.io import save_unified
+
+    current = Path(model.name_or_path or "")
+    if str(model.name_or_path or "") and (current / "config.json").exists():
+        return
+    state = PartialState()
+    if state.is_main_process:
+        save_unified(model, processor, folder)
+    state.wait_for_everyone()
+    model.name_or_path = model.config._name_or_path = str(Path(folder).resolve())
+
+
+def make_trainable(model, config: ModelConfig, default_parts=DEFAULT_TRAINABLE_PARTS):
+    """Freeze/unfreeze parts, or add LoRA adapters, as the recipe says; returns the model to train.
 
     Without `model.lora`, the parts in `model.trainable_parts` (else `default_parts`) train in full
-    and everything else is frozen.
+    and everything else is frozen. A model loaded from an adapter folder keeps training its adapters.
     """
-    if config.path is not None:
-        model, processor = load_unified(config.path, dtype=config.dtype, is_trainable=True)
-    elif config.tiny is not None:
-        tiny = build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny")
-        model, processor = build_tiny_model(tiny)
-    else:
-        model, processor = compose_from_pretrained(
-            config.vlm_path,
-            config.vae_path,
-            vae_subfolder=config.vae_subfolder,
-            load_in_4bit=config.load_in_4bit,
-            torch_dtype=config.dtype,
-            vae_image_size=config.vae_image_size,
-            head=config.head,
-            bridge=config.bridge,
-        )
-    if hasattr(model, "peft_config"):  # a saved adapter folder: keep training its adapters
+    if hasattr(model, "peft_config"):
         if config.lora is not None:
             logger.info("model.path holds LoRA adapters; they are trained further and model.lora is ignored")
-        return model, processor
+        return model
     if config.lora is not None:
         if config.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return apply_lora(model, config.lora), processor
+        return apply_lora(model, config.lora)
     if config.load_in_4bit:
         raise ClearRLError("model.load_in_4bit trains only through LoRA: add a model.lora section")
     set_trainable_parts(
         model, config.trainable_parts if config.trainable_parts is not None else default_parts
     )
-    return model, processor
+    return model
+
+
+def build_model(
+    config: ModelConfig,
+    where: str = "model",
+    default_parts=DEFAULT_TRAINABLE_PARTS,
+    adapter_base_dir: str | Path | None = None,
+):
+    """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
+
+    With LoRA on a model that has no folder of its own, pass `adapter_base_dir` (e.g.
+    `<output_dir>/base`) so the saved adapters can be loaded again.
+    """
+    model, processor = load_model(config, where)
+    if adapter_base_dir is not None and config.lora is not None and not hasattr(model, "peft_config"):
+        keep_base_for_adapters(model, processor, adapter_base_dir)
+    return make_trainable(model, config, default_parts), processor
 
 
 def unified_core(model) -> ComposedUnifiedModel:
@@ -135,7 +174,8 @@ def run_stage(
 
     args = recipe.training
     seed_everything(args.seed)
-    model, processor = build_model(recipe.model, default_parts=default_parts)
+    base_dir = Path(args.output_dir) / "base"
+    model, processor = build_model(recipe.model, default_parts=default_parts, adapter_base_dir=base_dir)
     data = recipe.data
     train_dataset = load_split(data.path, data.split, data.max_samples)
     eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None
