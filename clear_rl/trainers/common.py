@@ -41,23 +41,24 @@ def load_model(config: ModelConfig, where: str = "model"):
     )
 
 
-def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str | Path) -> None:
+def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str | Path, args=None) -> None:
     """Save a freshly built model as the base its LoRA adapters will load onto.
 
     An adapter folder names its base model's folder; a model composed or built in memory has none,
-    so it is saved (once, by the main process) to `folder` and named there.
+    so it is saved to `folder` (by the main process of `args`, a TrainingArguments, when given)
+    and named there.
     """
-    from accelerate import PartialState
+    import contextlib
 
     from clear_rl.models.io import save_unified
 
     current = Path(model.name_or_path or "")
     if str(model.name_or_path or "") and (current / "config.json").exists():
         return
-    state = PartialState()
-    if state.is_main_process:
-        save_unified(model, processor, folder)
-    state.wait_for_everyone()
+    together = args.main_process_first(local=False, desc="saving the adapters' base model") if args else None
+    with together or contextlib.nullcontext():
+        if args is None or args.process_index == 0:
+            save_unified(model, processor, folder)
     model.name_or_path = model.config._name_or_path = str(Path(folder).resolve())
 
 
@@ -90,15 +91,17 @@ def build_model(
     where: str = "model",
     default_parts=DEFAULT_TRAINABLE_PARTS,
     adapter_base_dir: str | Path | None = None,
+    args=None,
 ):
     """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
 
     With LoRA on a model that has no folder of its own, pass `adapter_base_dir` (e.g.
-    `<output_dir>/base`) so the saved adapters can be loaded again.
+    `<output_dir>/base`) so the saved adapters can be loaded again (`args`: the TrainingArguments,
+    so that only the main process writes it).
     """
     model, processor = load_model(config, where)
     if adapter_base_dir is not None and config.lora is not None and not hasattr(model, "peft_config"):
-        keep_base_for_adapters(model, processor, adapter_base_dir)
+        keep_base_for_adapters(model, processor, adapter_base_dir, args)
     return make_trainable(model, config, default_parts), processor
 
 
@@ -175,7 +178,9 @@ def run_stage(
     args = recipe.training
     seed_everything(args.seed)
     base_dir = Path(args.output_dir) / "base"
-    model, processor = build_model(recipe.model, default_parts=default_parts, adapter_base_dir=base_dir)
+    model, processor = build_model(
+        recipe.model, default_parts=default_parts, adapter_base_dir=base_dir, args=args
+    )
     data = recipe.data
     train_dataset = load_split(data.path, data.split, data.max_samples)
     eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None
