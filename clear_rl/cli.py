@@ -21,6 +21,7 @@ from clear_rl.errors import ClearRLError
 COMMANDS: dict[str, str] = {
     "train": "clear_rl.commands.train",
     "degrade": "clear_rl.commands.degrade",
+    "prepare": "clear_rl.commands.prepare",
 }
 
 
