@@ -11,7 +11,7 @@ LLM (list `latent_bridge` in `lora.modules_to_save` to train the bridge beside t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -19,7 +19,6 @@ from clear_rl.data.collate import split_inputs
 from clear_rl.recipe import Recipe
 from clear_rl.restoration import restore_latents
 from clear_rl.trainers.common import run_stage
-from clear_rl.trainers.losses import LossTerms, loss_terms
 from clear_rl.trainers.sft import ClearSFTTrainer, ClearTrainingConfig
 
 DEFAULT_TRAINABLE_PARTS = ("bridge",)
@@ -83,20 +82,14 @@ class BridgeTrainer(ClearSFTTrainer):
     _tag_names = ["trl", "sft", "clear-rl", "clear-bridge"]
     _name = "CLEAR bridge"
 
-    def loss_terms(self, model, forward, inputs, generator: torch.Generator) -> LossTerms:
+    def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
         args = self.args
-        return loss_terms(
-            model,
-            forward,
-            inputs,
-            generator,
-            with_mse=False,
-            with_distill=args.lambda_distill > 0,
-            distill_mode=args.distill_mode,
-            restored_latents=lambda degraded: denoised_latents(
+        return {
+            "with_mse": False,
+            "restored_latents": lambda degraded: denoised_latents(
                 model, forward, inputs, degraded, generator, args
             ),
-        )
+        }
 
 
 def _restore_rows(dataset):

@@ -102,19 +102,25 @@ class ClearSFTTrainer(SFTTrainer):
         self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
         self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
 
-    # -- the stage's loss terms (stage 2 overrides) ------------------------------------------
-    def loss_terms(self, model, forward, inputs, generator: torch.Generator) -> LossTerms:
+    # -- the stage's loss terms ---------------------------------------------------------------
+    def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
+        """The stage's own keyword arguments of `losses.loss_terms` (stage 2 overrides this)."""
         args = self.args
+        return {
+            "with_mse": args.lambda_mse > 0,
+            "flow_shift": args.flow_shift,
+            "vit_token_dropout": args.vit_token_dropout,
+        }
+
+    def loss_terms(self, model, forward, inputs, generator: torch.Generator) -> LossTerms:
         return loss_terms(
             model,
             forward,
             inputs,
             generator,
-            with_mse=args.lambda_mse > 0,
-            with_distill=args.lambda_distill > 0,
-            distill_mode=args.distill_mode,
-            flow_shift=args.flow_shift,
-            vit_token_dropout=args.vit_token_dropout,
+            with_distill=self.args.lambda_distill > 0,
+            distill_mode=self.args.distill_mode,
+            **self.stage_loss_options(model, forward, inputs, generator),
         )
 
     # -- plumbing ---------------------------------------------------------------------------
