@@ -160,3 +160,10 @@ def test_lora_recipe_saves_adapters_that_load_onto_a_saved_base(tmp_path):
     restore_id = base.token_ids.image_restore
     merged_rows = model.get_input_embeddings()(torch.tensor([restore_id]))
     assert not torch.equal(merged_rows, base.get_input_embeddings()(torch.tensor([restore_id])))
+
+
+def test_evaluation_reports_the_loss_and_its_terms(tmp_path):
+    trainer = make_trainer(tmp_path, prepared_dataset(4), max_steps=1)
+    metrics = trainer.evaluate(prepared_dataset(4, seed=1))
+    for key in ("eval_loss", "eval_ce_loss", "eval_mse_loss", "eval_distill_loss"):
+        assert key in metrics and metrics[key] > 0
