@@ -115,7 +115,6 @@ def prepare_dataset(
 ) -> dict:
     """Write the prepared dataset of `source` to `out`; returns a summary (counts per split and label)."""
     import datasets
-    from tqdm.auto import tqdm
 
     config = config or PrepareConfig()
     plan = _plan(
@@ -128,6 +127,21 @@ def prepare_dataset(
         prober = Prober(config.probe)
     features = prepared_features()
     out = Path(out)
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:  # one bar per split here, not one per chunk written
+        datasets.disable_progress_bars()
+    try:
+        return _write(plan, config, prober, features, out, source)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> dict:
+    """Degrade, label and write every planned split into `out` (atomically); returns the summary."""
+    import datasets
+    from tqdm.auto import tqdm
+
     summary: dict[str, Any] = {"source": str(source), "config": asdict(config), "splits": {}}
     with (
         atomic_path(out, is_dir=True) as tmp,
