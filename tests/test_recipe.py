@@ -107,3 +107,29 @@ def test_resolved_recipe_is_saved_with_overrides(tmp_path):
     assert saved == tmp_path / "run" / RESOLVED_RECIPE_NAME
     reloaded = load_recipe(saved)
     assert reloaded.training.max_steps == 9 and reloaded.raw == recipe.raw
+
+
+def test_train_command_rejects_a_bad_recipe_before_loading_anything(tmp_path, capsys, monkeypatch):
+    from clear_rl import cli
+    from clear_rl.trainers import common
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the recipe was validated")
+
+    monkeypatch.setattr(common, "load_model", no_model)
+    path = write(tmp_path, with_training(lambda_mse="lots"))
+    assert cli.main(["train", str(path), "training.max_steps=1"]) == 2
+    assert "training.lambda_mse: expected float" in capsys.readouterr().err
+    assert cli.main(["train", str(write(tmp_path, BASE)), "training.lamda_distill=1"]) == 2
+    assert "did you mean 'lambda_distill'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp"])
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(RECIPES / "accelerate" / f"{name}.yaml"))
+    kind = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
+    assert config.distributed_type.value == kind.get(name, "FSDP")
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
