@@ -1,5 +1,7 @@
 """Loss terms: each sends gradients where it should and nowhere else; the distill's arithmetic."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -88,6 +90,11 @@ def test_per_layer_kl_is_zero_for_equal_grids_and_weights_higher_layers_more():
 def test_vit_grid_from_counts_and_from_qwen_style_grids(tiny):
     model, _ = tiny
     assert vit_token_grid(model, 64, None) == (8, 8)
+    # Qwen2-VL style: a (t, h, w) patch grid merged 2x2 before the LLM: 6x8 patches -> 3x4 tokens.
+    qwen_like = SimpleNamespace(
+        config=SimpleNamespace(vlm_config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2)))
+    )
+    assert vit_token_grid(qwen_like, 12, torch.tensor([1, 6, 8])) == (3, 4)
     with pytest.raises(ValueError, match="pooled_mse"):
         vit_token_grid(model, 60, None)
 
