@@ -20,6 +20,7 @@ from clear_rl.errors import ClearRLError
 # Sub-command name -> module. Order is the order `--help` lists them.
 COMMANDS: dict[str, str] = {
     "train": "clear_rl.commands.train",
+    "eval": "clear_rl.commands.eval",
     "degrade": "clear_rl.commands.degrade",
     "prepare": "clear_rl.commands.prepare",
 }

@@ -89,6 +89,7 @@ class _Rollout:
         self.vlm_inputs, self.vae_pixel_values = vlm_inputs, vae_pixel_values
         self.degraded_latents = degraded_latents
         self.ids = model.token_ids
+        self.image_token_id = model.config.image_token_id
         text_config = model.config.get_text_config()
         self.pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
         eos = text_config.eos_token_id
@@ -176,6 +177,7 @@ class _Rollout:
         ids, cfg = self.ids, self.cfg
         logits = logits.clone()
         logits[:, ids.restored_pad] = float("-inf")  # placeholders are never model-written
+        logits[:, self.image_token_id] = float("-inf")  # a sampled image token would have no features
         if cfg.restore == "never":
             logits[:, ids.image_restore] = float("-inf")
         else:

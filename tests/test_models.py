@@ -211,3 +211,27 @@ def test_decoding_for_rewards_keeps_protocol_tags_and_drops_placeholders(tiny):
     ids = processor.tokenizer(text, add_special_tokens=False).input_ids
     decoded = processor.tokenizer.decode(ids, skip_special_tokens=True)
     assert decoded == "<think>dark</think><image_restore><think>ok</think><answer>B</answer>"
+
+
+def test_forward_reruns_denoising_steps_with_its_own_context(tiny):
+    model, processor = tiny
+    batch, vae_pixels = make_prompts(processor, ["What color is it?", "Count them."])
+    input_ids, mask = _with_restoration(model, processor, batch)
+    latents = torch.randn(2, *model.latent_shape)
+    degraded = model.encode_latents(vae_pixels)
+    flow_latents, flow_t = torch.randn(2, 3, *model.latent_shape), torch.rand(2, 3)
+    with torch.no_grad():
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            pixel_values=batch.pixel_values,
+            restored_latents=latents,
+            flow_latents=flow_latents,
+            flow_timesteps=flow_t,
+            flow_rows=torch.tensor([True, False]),
+            degraded_latents=degraded,
+        )
+        context = model.restoration_context(input_ids, mask, out.hidden_states[-1], degraded)
+        alone = model.velocity(flow_latents[0], flow_t[0], context.select(torch.zeros(3, dtype=torch.long)))
+    torch.testing.assert_close(out.flow_velocity[0], alone)
+    assert not bool(out.flow_velocity[1].any())  # rows outside flow_rows are not run

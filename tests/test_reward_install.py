@@ -69,7 +69,8 @@ def test_wheel_install_ships_the_builtin_rewards(tmp_path):
 @pytest.mark.slow
 def test_editable_install_reads_the_checkout_rewards_folder(tmp_path):
     source, prefix = _copy_project(tmp_path), tmp_path / "prefix"
-    _pip_install("--prefix", str(prefix), "-e", str(source))
+    # --ignore-installed: without it pip uninstalls the running environment's own clear-rl first.
+    _pip_install("--ignore-installed", "--prefix", str(prefix), "-e", str(source))
     site_dir = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     # -S: only this prefix's site-packages, not the test environment's own clear_rl (stdlib only: no torch,
     # so latent_quality, which imports torch, is left out here).

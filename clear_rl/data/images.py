@@ -59,11 +59,16 @@ def decode_base64_image(data: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def encode_base64_image(image: Image.Image, quality: int = 95) -> str:
-    """Encode an image as base64 JPEG (quality 95 is what the released MMD-Bench files use)."""
+def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    """Encode an image as JPEG bytes (quality 95 is what the released MMD-Bench files use)."""
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def encode_base64_image(image: Image.Image, quality: int = 95) -> str:
+    """Encode an image as base64 JPEG (quality 95 is what the released MMD-Bench files use)."""
+    return base64.b64encode(encode_jpeg(image, quality)).decode("ascii")
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -7,8 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clear_rl.data.tsv import OPTION_LETTERS
-
+OPTION_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices."
 
 

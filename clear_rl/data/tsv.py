@@ -20,7 +20,6 @@ from clear_rl.errors import DataError
 
 # VLMEvalKit treats an image cell this short as a reference to another row's image.
 IMAGE_REFERENCE_MAX_LEN = 64
-OPTION_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def read_tsv(path: str | os.PathLike, required: Iterable[str] = ("index",)) -> pd.DataFrame:

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, PixArtTransformer2DModel
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
@@ -55,6 +63,11 @@ class ComposedUnifiedConfig(PreTrainedConfig):
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.vlm_config.get_text_config(*args, **kwargs)
+
+    @property
+    def image_token_id(self) -> int:
+        """The VLM's image (ViT) placeholder token, which libraries read off a VLM's config."""
+        return self.vlm_config.image_token_id
 
 
 @dataclass
@@ -104,6 +117,8 @@ class ComposedUnifiedModel(PreTrainedModel):
             latent_bridge if latent_bridge is not None else LatentBridge.from_config(config.bridge_config)
         )
         self.post_init()
+        # Text generation settings come from the VLM (trainers such as TRL's read them from the model).
+        self.generation_config = GenerationConfig.from_model_config(config.get_text_config())
 
     # -- weights ---------------------------------------------------------------------------
     def _init_weights(self, module: torch.nn.Module) -> None:
@@ -277,18 +292,63 @@ class ComposedUnifiedModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         restored_latents: torch.Tensor | None = None,
+        flow_latents: torch.Tensor | None = None,
+        flow_timesteps: torch.Tensor | None = None,
+        flow_rows: torch.Tensor | None = None,
+        degraded_latents: torch.Tensor | None = None,
         **kwargs,
     ):
         """The understanding pass; `<|restored_pad|>` positions carry `bridge(restored_latents)`.
 
-        Other keyword arguments (position_ids, cache, logits_to_keep, output_hidden_states,
-        image_grid_thw, ...) go to the wrapped VLM unchanged.
+        With `flow_latents` (B, K, C, h, w) at noise levels `flow_timesteps` (B, K), the same pass
+        also runs the restoration head on them, conditioned on this pass's hidden states up to each
+        row's `<image_restore>` and on `degraded_latents`, and returns `flow_velocity`
+        (B, K, C, h, w; zeros for rows outside `flow_rows`). Training computes flow losses this
+        way so the head runs inside whatever wrapper holds the model (DDP, FSDP, DeepSpeed),
+        in one forward with the text. Other keyword arguments (position_ids, cache,
+        logits_to_keep, output_hidden_states, image_grid_thw, ...) go to the wrapped VLM.
         """
+        if flow_latents is not None:
+            kwargs["output_hidden_states"] = True
         with self.bridged_embeddings(input_ids, restored_latents):
-            return self.vlm(
+            outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
             )
+        if flow_latents is not None:
+            outputs["flow_velocity"] = self._flow_velocity(
+                input_ids,
+                attention_mask,
+                outputs.hidden_states,
+                flow_latents,
+                flow_timesteps,
+                flow_rows,
+                degraded_latents,
+            )
+        return outputs
+
+    def _flow_velocity(
+        self, input_ids, attention_mask, hidden_states, latents, timesteps, rows, degraded_latents
+    ):
+        batch, steps = latents.shape[:2]
+        rows = torch.ones(batch, dtype=torch.bool, device=latents.device) if rows is None else rows.bool()
+        out = torch.zeros_like(latents)
+        if not bool(rows.any()):
+            return out
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        context = self.restoration_context(
+            input_ids, attention_mask, hidden_states[self.config.condition_layer], degraded_latents
+        )
+        index = rows.nonzero().squeeze(1).repeat_interleave(steps)
+        chosen = latents[rows].flatten(0, 1)
+        velocity = self.velocity(chosen, timesteps[rows].flatten(), context.select(index))
+        out = out.to(velocity.dtype)
+        out[rows] = velocity.view(-1, steps, *latents.shape[2:])
+        return out
 
 
 AutoConfig.register(ComposedUnifiedConfig.model_type, ComposedUnifiedConfig, exist_ok=True)
 AutoModel.register(ComposedUnifiedConfig, ComposedUnifiedModel, exist_ok=True)
+# TRL builds a reference model with AutoModelForCausalLM when it cannot name the architecture; the
+# composed model is a causal LM over text and images, so it registers there too.
+AutoModelForCausalLM.register(ComposedUnifiedConfig, ComposedUnifiedModel, exist_ok=True)

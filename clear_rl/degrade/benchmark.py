@@ -1,0 +1,359 @@
+"""Building MMD-Bench copies of a benchmark: VLMEvalKit TSVs or `datasets` folders.
+
+As the released generator does: one weighted random corruption per image (`mixed`, the
+official MMD-Bench Low/Mid/High), applied at every requested level with independent draws
+per level, or every corruption at every level (`full`); images re-encoded as JPEG quality
+95; every other column kept exactly. Unlike the release, every draw is seeded per row (from
+the base seed and the row's key), so a run is reproducible, and a manifest records each row's
+corruption, intensity and seed.
+
+Each output file is written to a temporary name and renamed when complete, and every image
+is decoded before the first file is written: a bad row fails the run without leaving any
+half-written or clobbered output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from clear_rl import __version__
+from clear_rl.atomic import atomic_path, write_text
+from clear_rl.data.images import encode_base64_image, encode_jpeg
+from clear_rl.data.tsv import IMAGE_REFERENCE_MAX_LEN, decode_row_image, read_tsv, write_tsv
+from clear_rl.degrade.engine import corrupt_images
+from clear_rl.degrade.registry import (
+    CORRUPTIONS,
+    LEVELS,
+    choose_corruptions,
+    get_corruption,
+    resolve_intensity,
+)
+from clear_rl.degrade.rng import derive_seed
+from clear_rl.errors import ClearRLError, DataError
+
+MODES = ("mixed", "full")
+JPEG_QUALITY = 95  # the release re-encodes every image (fallbacks too) at OpenCV's default 95
+DECODE_CHUNK = 64  # rows decoded, corrupted and encoded at a time
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output file: a level, and in `full` mode the single corruption it holds."""
+
+    name: str
+    level: str
+    intensity: float
+    corruption: str | None = None
+
+
+@dataclass(frozen=True)
+class DegradeOptions:
+    """How to build the copies: mode, levels, base seed, batch size, the corruptions of a
+    full run (default all 16), the dataset name in output names (default the input's)."""
+
+    mode: str = "mixed"
+    levels: Sequence[str | float] = ("low", "mid", "high")
+    seed: int = 0
+    batch_size: int = 16
+    types: Sequence[str] | None = None
+    name: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class DegradeResult:
+    """What a run wrote: the output paths (one per OutputSpec, in order) and the manifest."""
+
+    outputs: list[Path] = field(default_factory=list)
+    manifest: Path | None = None
+
+
+def level_label(level: str | float) -> str:
+    """'high' stays 'high'; a number becomes its shortest text, e.g. 0.6 -> '0.6'."""
+    if isinstance(level, str) and level.strip().lower() in LEVELS:
+        return level.strip().lower()
+    return f"{resolve_intensity(level):g}"
+
+
+def plan_outputs(
+    base: str, mode: str, levels: Sequence[str | float], types: Sequence[str] | None = None
+) -> list[OutputSpec]:
+    """The output files of a run: `<base>_MMD_<level>` (mixed) or `<base>_MMD_<type>_<level>` (full)."""
+    if mode not in MODES:
+        raise ClearRLError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if not levels:
+        raise ClearRLError("no levels given; use e.g. low,mid,high")
+    labels = [level_label(level) for level in levels]
+    if mode == "mixed":
+        if types:
+            raise ClearRLError("--types selects corruptions for --mode full; mixed mode draws them per image")
+        return [OutputSpec(f"{base}_MMD_{label}", label, resolve_intensity(label)) for label in labels]
+    names = list(types) if types else list(CORRUPTIONS)
+    for name in names:
+        get_corruption(name)
+    return [
+        OutputSpec(f"{base}_MMD_{name}_{label}", label, resolve_intensity(label), name)
+        for name in names
+        for label in labels
+    ]
+
+
+def row_plan(spec: OutputSpec, keys: Sequence[str], seed: int) -> tuple[list[str], list[int]]:
+    """Each row's corruption and seed for one output.
+
+    A row's base seed comes from the run's seed and the row's key; mixed mode draws the
+    row's corruption from it (the same for every level), and each level (and type) gets its
+    own derived seed, so draws are independent across levels as in the release.
+    """
+    row_seeds = [derive_seed(seed, "row", key) for key in keys]
+    if spec.corruption is None:
+        names = choose_corruptions(row_seeds)
+        seeds = [derive_seed(s, spec.intensity) for s in row_seeds]
+    else:
+        names = [spec.corruption] * len(keys)
+        seeds = [derive_seed(s, spec.corruption, spec.intensity) for s in row_seeds]
+    return names, seeds
+
+
+def _degrade_column(
+    decode: Callable[[int], Image.Image],
+    rows: Sequence[int],
+    names: Sequence[str],
+    seeds: Sequence[int],
+    spec: OutputSpec,
+    batch_size: int,
+    progress: tqdm,
+) -> tuple[dict[int, Image.Image], dict[int, bool]]:
+    """Corrupt the images of `rows` (positions), chunk by chunk. Returns images and whether
+    the corruption applied (False: below its minimum size, kept clean as the release does)."""
+    images: dict[int, Image.Image] = {}
+    applied: dict[int, bool] = {}
+    for start in range(0, len(rows), DECODE_CHUNK):
+        chunk = list(rows[start : start + DECODE_CHUNK])
+        clean = [decode(r) for r in chunk]
+        out = corrupt_images(
+            clean, [names[r] for r in chunk], spec.intensity, [seeds[r] for r in chunk], batch_size
+        )
+        for r, image, result in zip(chunk, clean, out):
+            images[r] = result
+            applied[r] = CORRUPTIONS[names[r]].fits(spec.intensity, image.height, image.width)
+        progress.update(len(chunk))
+    return images, applied
+
+
+def _manifest(
+    source: Path, options: DegradeOptions, image_column: str, files: list[dict], path: Path
+) -> None:
+    document = {
+        "library": "clear-rl",
+        "version": __version__,
+        "benchmark": "MMD-Bench",
+        "source": str(source),
+        "mode": options.mode,
+        "seed": options.seed,
+        "image_column": image_column,
+        "jpeg_quality": JPEG_QUALITY,
+        "files": files,
+    }
+    write_text(path, json.dumps(document, indent=1) + "\n")
+
+
+def _row_entry(key: str, position: int, name: str, intensity: float, seed: int, applied: bool) -> dict:
+    return {
+        "index": key,
+        "position": position,
+        "corruption": name,
+        "intensity": intensity,
+        "seed": seed,
+        "applied": applied,
+    }
+
+
+def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int]]:
+    """Rows holding an image, rows referring to another row's image (VLMEvalKit's MMBench
+    style: a short cell equal to another row's index), and rows with an empty cell."""
+    indices = set(frame["index"])
+    images, references, empty = [], {}, []
+    for position, cell in enumerate(frame["image"]):
+        if not cell:
+            empty.append(position)
+        elif len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in indices:
+            references[position] = cell
+        else:
+            images.append(position)
+    return images, references, empty
+
+
+def iter_degraded_frames(
+    frame: pd.DataFrame, source: str | os.PathLike, options: DegradeOptions = DegradeOptions()
+) -> Iterator[tuple[OutputSpec, pd.DataFrame, list[dict]]]:
+    """MMD-Bench copies of a VLMEvalKit frame in memory, one output at a time: yields
+    (spec, degraded frame, manifest rows). `source` names the file in errors and outputs.
+
+    Reference rows keep their cell, so VLMEvalKit resolves them to the corrupted image of
+    the row they point to; empty cells stay empty.
+    """
+    source = Path(source)
+    base = options.name or source.stem
+    specs = plan_outputs(base, options.mode, options.levels, options.types)
+    image_rows, references, empty = _tsv_roles(frame)
+    keys, cells = list(frame["index"]), list(frame["image"])
+
+    def decode(position: int) -> Image.Image:
+        return decode_row_image(cells[position], keys[position], source)
+
+    total = len(specs) * len(image_rows)
+    with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
+        for spec in specs:
+            names, seeds = row_plan(spec, keys, options.seed)
+            images, applied = _degrade_column(decode, image_rows, names, seeds, spec, options.batch_size, bar)
+            out = frame.copy()
+            out["image"] = [
+                encode_base64_image(images[p], JPEG_QUALITY) if p in images else c
+                for p, c in enumerate(cells)
+            ]
+            rows = [
+                _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in image_rows
+            ]
+            rows += [{"index": keys[p], "position": p, "same_image_as": ref} for p, ref in references.items()]
+            rows += [
+                {"index": keys[p], "position": p, "corruption": None, "note": "empty image cell"}
+                for p in empty
+            ]
+            yield spec, out, sorted(rows, key=lambda entry: entry["position"])
+
+
+def degrade_tsv(
+    source: str | os.PathLike, out_dir: str | os.PathLike, options: DegradeOptions = DegradeOptions()
+) -> DegradeResult:
+    """Write MMD-Bench copies of a VLMEvalKit TSV into `out_dir` as `<name>_MMD_<level>.tsv`
+    (full mode: `<name>_MMD_<type>_<level>.tsv`) plus `<name>_MMD_manifest.json`."""
+    source = Path(source)
+    frame = read_tsv(source, required=("index", "image"))
+    base = options.name or source.stem
+    result = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json")
+    files: list[dict] = []
+    for spec, out, rows in iter_degraded_frames(frame, source, options):
+        target = Path(out_dir) / f"{spec.name}.tsv"
+        write_tsv(out, target)
+        result.outputs.append(target)
+        files.append(_file_entry(target, source, options, spec, rows))
+        _manifest(source, options, "image", files, result.manifest)
+    return result
+
+
+def _file_entry(
+    target: Path, source: Path, options: DegradeOptions, spec: OutputSpec, rows: Iterable[dict]
+) -> dict:
+    return {
+        "file": target.name,
+        "source": str(source),
+        "mode": options.mode,
+        "seed": options.seed,
+        "level": spec.level,
+        "intensity": spec.intensity,
+        "corruption": spec.corruption,
+        "rows": list(rows),
+    }
+
+
+def _open_dataset(source: Path, image_column: str):
+    """Load a `save_to_disk` folder: {split or None: dataset with undecoded image column}."""
+    import datasets
+
+    if not source.exists():
+        raise DataError(f"input not found: {source}")
+    try:
+        loaded = datasets.load_from_disk(str(source))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"{source} is not a dataset folder saved with save_to_disk: {exc}") from exc
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {None: loaded}
+    for split, dataset in splits.items():
+        where = f"{source}" + (f" (split {split!r})" if split else "")
+        if image_column not in dataset.column_names:
+            raise DataError(f"{where} has no image column {image_column!r}; columns: {dataset.column_names}")
+        if not isinstance(dataset.features[image_column], datasets.Image):
+            raise DataError(
+                f"{where}: column {image_column!r} is not an image column ({dataset.features[image_column]})"
+            )
+        splits[split] = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return splits, isinstance(loaded, datasets.DatasetDict)
+
+
+def _decode_cell(value: dict, where: str) -> Image.Image:
+    """An undecoded `datasets.Image` cell ({"bytes", "path"}) -> RGB image, or a DataError."""
+    import io
+
+    try:
+        if value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+        else:
+            image = Image.open(value["path"])
+        image.load()
+        return image.convert("RGB")
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"{where}: undecodable image ({exc.__class__.__name__}: {exc})") from exc
+
+
+def degrade_dataset(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    options: DegradeOptions = DegradeOptions(),
+    image_column: str = "image",
+) -> DegradeResult:
+    """Write MMD-Bench copies of a `datasets` folder (Dataset or DatasetDict saved with
+    `save_to_disk`) as folders `<name>_MMD_<level>` beside a manifest. Row keys (and so
+    seeds) are `<split>/<position>`, or the position for a single Dataset."""
+    import datasets
+
+    source = Path(source)
+    splits, is_dict = _open_dataset(source, image_column)
+    base = options.name or source.name
+    specs = plan_outputs(base, options.mode, options.levels, options.types)
+    columns = {split: list(dataset[image_column]) for split, dataset in splits.items()}
+    result, files = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json"), []
+    total = len(specs) * sum(sum(v is not None for v in column) for column in columns.values())
+    with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
+        for spec in specs:
+            outputs, rows = {}, []
+            for split, dataset in splits.items():
+                column = columns[split]
+                keys = [f"{split}/{p}" if split else str(p) for p in range(len(column))]
+                where = f"{source}" + (f" split {split!r}" if split else "")
+
+                def decode(p: int, column=column, where=where) -> Image.Image:
+                    return _decode_cell(column[p], f"{where} row {p}")
+
+                present = [p for p, value in enumerate(column) if value is not None]
+                names, seeds = row_plan(spec, keys, options.seed)
+                images, applied = _degrade_column(
+                    decode, present, names, seeds, spec, options.batch_size, bar
+                )
+                cells = [
+                    {"bytes": encode_jpeg(images[p], JPEG_QUALITY), "path": None} if p in images else None
+                    for p in range(len(column))
+                ]
+                order = dataset.column_names
+                outputs[split] = (
+                    dataset.remove_columns([image_column])
+                    .add_column(image_column, cells, feature=datasets.Image())
+                    .select_columns(order)
+                )
+                rows += [
+                    _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in present
+                ]
+            target = Path(out_dir) / spec.name
+            with atomic_path(target, is_dir=True) as tmp:
+                (datasets.DatasetDict(outputs) if is_dict else outputs[None]).save_to_disk(str(tmp))
+            result.outputs.append(target)
+            files.append(_file_entry(target, source, options, spec, rows))
+            _manifest(source, options, image_column, files, result.manifest)
+    return result

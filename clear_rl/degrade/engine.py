@@ -1,0 +1,147 @@
+"""Applying corruptions to batches: seeds, intensities, grouping, fall-backs.
+
+Float images (B, 3, H, W) in [0, 1] go in and come out, on their own device; internally the
+values are the reference's uint8 levels, so outputs are multiples of 1/255. Row r's draws
+come from a generator seeded with seeds[r] alone: a row's result never depends on the rest
+of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from clear_rl.data.images import pil_to_tensor, tensor_to_pil
+from clear_rl.degrade.ops import from_u8, to_u8
+from clear_rl.degrade.registry import get_corruption, resolve_intensity
+from clear_rl.degrade.rng import generators
+from clear_rl.errors import ClearRLError
+
+logger = logging.getLogger("clear_rl.degrade")
+
+# On CPU a batch runs in chunks of about this many pixels. The corruptions are memory-bound
+# there, and a chunk whose working set stays in cache ran 2-5x faster per image than one pass
+# over 16 images at 512x512 (measured on the 2-core dev machine). Rows are independent, so
+# chunking never changes a result. Accelerators take the whole batch at once.
+CPU_CHUNK_PIXELS = 512 * 512
+
+
+def _row_seeds(seeds: int | Sequence[int], batch: int) -> list[int]:
+    if isinstance(seeds, int):
+        return [seeds] * batch
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != batch:
+        raise ClearRLError(f"got {len(seeds)} seeds for a batch of {batch} images; pass one per row")
+    return seeds
+
+
+def _as_batch(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise ClearRLError(f"images must be a torch.Tensor (B, 3, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ClearRLError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    return images
+
+
+def corrupt(
+    images: torch.Tensor, name: str, intensity: str | float, seeds: int | Sequence[int] = 0
+) -> torch.Tensor:
+    """Apply corruption `name` at `intensity` (a level name or a number in [0, 1]) to a batch.
+
+    images: (B, 3, H, W) float in [0, 1] (or uint8 0..255, returned as uint8), (3, H, W) too.
+    seeds: one int per row, or one int for every row.
+    """
+    corruption = get_corruption(name)
+    value = resolve_intensity(intensity)
+    single = isinstance(images, torch.Tensor) and images.dim() == 3
+    batch = _as_batch(images.unsqueeze(0) if single else images)
+    is_uint8 = batch.dtype == torch.uint8
+    row_seeds = _row_seeds(seeds, batch.shape[0])
+    height, width = batch.shape[-2:]
+    if batch.shape[0] == 0:
+        return images.clone()
+    if not corruption.fits(value, height, width):
+        min_h, min_w = corruption.min_size(value)
+        logger.warning(
+            "%s at intensity %s needs images of at least %dx%d px, got %dx%d: returned unchanged",
+            name,
+            value,
+            min_w,
+            min_h,
+            width,
+            height,
+        )
+        return images.clone()
+    gens = generators(row_seeds)
+    rows = max(1, CPU_CHUNK_PIXELS // (height * width)) if batch.device.type == "cpu" else batch.shape[0]
+    parts = []
+    for start in range(0, batch.shape[0], rows):
+        chunk = batch[start : start + rows]
+        u8 = chunk.float() if is_uint8 else to_u8(chunk)
+        parts.append(corruption.function(u8, value, gens[start : start + rows]))
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    result = out.to(torch.uint8) if is_uint8 else from_u8(out).to(batch.dtype)
+    return result[0] if single else result
+
+
+def corrupt_rows(
+    images: torch.Tensor,
+    names: Sequence[str],
+    intensities: str | float | Sequence[str | float],
+    seeds: Sequence[int],
+) -> torch.Tensor:
+    """Apply a different corruption and intensity to each row (rows grouped internally)."""
+    batch = _as_batch(images)
+    count = batch.shape[0]
+    if isinstance(intensities, (str, int, float)):
+        intensities = [intensities] * count
+    if len(names) != count or len(intensities) != count:
+        raise ClearRLError(
+            f"corrupt_rows needs one name and one intensity per row: {count} rows, "
+            f"{len(names)} names, {len(intensities)} intensities"
+        )
+    row_seeds = _row_seeds(seeds, count)
+    groups: dict[tuple[str, float], list[int]] = {}
+    for row, (name, level) in enumerate(zip(names, intensities)):
+        get_corruption(name)
+        groups.setdefault((name, resolve_intensity(level)), []).append(row)
+    out = batch.clone()
+    for (name, value), rows in groups.items():
+        index = torch.tensor(rows, device=batch.device)
+        out[index] = corrupt(batch[index], name, value, [row_seeds[r] for r in rows])
+    return out
+
+
+def corrupt_pil(image: Image.Image, name: str, level: str | float = "high", seed: int = 0) -> Image.Image:
+    """Corrupt one PIL image (any mode; the result is RGB)."""
+    return tensor_to_pil(corrupt(pil_to_tensor(image).unsqueeze(0), name, level, seed)[0])
+
+
+def corrupt_images(
+    images: Sequence[Image.Image],
+    names: Sequence[str],
+    intensity: str | float,
+    seeds: Sequence[int],
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """Corrupt PIL images of any sizes, each with its own corruption and seed, in batches of
+    same-size images (for data builders and benchmark files). Returns RGB images in order."""
+    if not (len(images) == len(names) == len(seeds)):
+        raise ClearRLError(
+            f"need one name and one seed per image: {len(images)} images, {len(names)} names, {len(seeds)} seeds"
+        )
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, image in enumerate(images):
+        by_size.setdefault(image.size, []).append(position)
+    out: list[Image.Image | None] = [None] * len(images)
+    for positions in by_size.values():
+        for start in range(0, len(positions), max(1, batch_size)):
+            chunk = positions[start : start + max(1, batch_size)]
+            batch = torch.stack([pil_to_tensor(images[p]) for p in chunk])
+            result = corrupt_rows(batch, [names[p] for p in chunk], intensity, [seeds[p] for p in chunk])
+            for p, tensor in zip(chunk, result):
+                out[p] = tensor_to_pil(tensor)
+    return out

@@ -1,0 +1,1 @@
+"""The embedded default: the whole CLEAR pipeline on a tiny model and ShapesVQA (`make demo`)."""
