@@ -92,7 +92,9 @@ def test_vit_grid_from_counts_and_from_qwen_style_grids(tiny):
     assert vit_token_grid(model, 64, None) == (8, 8)
     # Qwen2-VL style: a (t, h, w) patch grid merged 2x2 before the LLM: 6x8 patches -> 3x4 tokens.
     qwen_like = SimpleNamespace(
-        config=SimpleNamespace(vlm_config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2)))
+        config=SimpleNamespace(
+            vlm_config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2))
+        )
     )
     assert vit_token_grid(qwen_like, 12, torch.tensor([1, 6, 8])) == (3, 4)
     with pytest.raises(ValueError, match="pooled_mse"):

@@ -52,7 +52,8 @@ def test_schema_is_exact_and_splits_follow_the_source(prepared, source):
         else:
             assert row["A"] == row["B"] == row["C"] == row["D"] == ""
     degraded_differs = [
-        np.abs(np.asarray(r["image"], float) - np.asarray(r["clean_image"], float)).mean() > 0.5 for r in train
+        np.abs(np.asarray(r["image"], float) - np.asarray(r["clean_image"], float)).mean() > 0.5
+        for r in train
     ]
     assert sum(degraded_differs) >= len(train) // 2
     assert (out / MANIFEST_NAME).exists()
@@ -168,7 +169,10 @@ class _Scripted(Prober):
         return [self.answers[which][int(r.index)] for r in rows]
 
 
-@pytest.mark.parametrize("require_clean, expected", [(True, ["direct", "direct", "restore", "direct"]), (False, ["direct", "direct", "restore", "restore"])])
+@pytest.mark.parametrize(
+    "require_clean, expected",
+    [(True, ["direct", "direct", "restore", "direct"]), (False, ["direct", "direct", "restore", "restore"])],
+)
 def test_probe_rule_wrong_on_degraded_and_right_on_clean(require_clean, expected):
     degraded_ok, clean_ok = [True, True, False, False], [True, False, True, False]
     rows = [SourceRow(str(i), "clean", "q", "A", None, None) for i in range(4)]
@@ -185,6 +189,8 @@ def test_template_corpus_covers_every_corruption():
 
 
 def test_output_path_is_named_in_the_summary(source, tmp_path):
-    summary = prepare_dataset(source.dataset_dir, tmp_path / "s", PrepareConfig(max_samples=2, splits=("test",)))
+    summary = prepare_dataset(
+        source.dataset_dir, tmp_path / "s", PrepareConfig(max_samples=2, splits=("test",))
+    )
     assert list(summary["splits"]) == ["test"] and summary["splits"]["test"]["rows"] == 2
     assert Path(summary["source"]) == Path(source.dataset_dir)
