@@ -149,6 +149,29 @@ def finish(trainer, processor, recipe: Recipe) -> None:
         recipe.save_resolved(trainer.args.output_dir)
 
 
+class UnifiedCheckpointMixin:
+    """For `transformers.Trainer` subclasses: resume full unified models through `from_pretrained`.
+
+    `save_pretrained` writes a wrapped VLM's weights under their original checkpoint names (e.g.
+    LLaVA's `language_model.model.*`), which `Trainer`'s plain `load_state_dict` does not find when
+    resuming, silently leaving the weights as they were. Adapter, FSDP and DeepSpeed checkpoints
+    take Trainer's own path. Put it first among the bases: `class T(UnifiedCheckpointMixin, SFTTrainer)`.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        full = (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
+        if (
+            not (isinstance(model, ComposedUnifiedModel) and full)
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+        ):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(folder, dtype=model.dtype, local_files_only=True)
+        model.load_state_dict(saved.state_dict())
+
+
 def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     """`training.resume_from_checkpoint`: a checkpoint folder, or `last` for the newest in output_dir."""
     if value is None or value.lower() not in ("last", "true"):

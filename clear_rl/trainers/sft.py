@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.recipe import Recipe
 from clear_rl.seeds import generator_for
-from clear_rl.trainers.common import DEFAULT_TRAINABLE_PARTS, run_stage, unified_core
+from clear_rl.trainers.common import DEFAULT_TRAINABLE_PARTS, UnifiedCheckpointMixin, run_stage, unified_core
 from clear_rl.trainers.losses import LossTerms, loss_terms
 
 
@@ -90,7 +88,7 @@ def install_step_forward(model) -> None:
     model._clear_step_forward = True
 
 
-class ClearSFTTrainer(SFTTrainer):
+class ClearSFTTrainer(UnifiedCheckpointMixin, SFTTrainer):
     """`trl.SFTTrainer` with CLEAR's stage-1 loss; the data collator is a `ClearCollator`."""
 
     _tag_names = ["trl", "sft", "clear-rl"]
@@ -201,27 +199,6 @@ class ClearSFTTrainer(SFTTrainer):
         if mode == "train":
             self._total_train_tokens += int(seen)
         metrics["num_tokens"] = [self._total_train_tokens]
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume full-model weights through `from_pretrained`, which maps saved key names.
-
-        `save_pretrained` writes a wrapped VLM's weights under their original checkpoint names
-        (e.g. LLaVA's `language_model.model.*`), which `Trainer`'s plain `load_state_dict` would
-        not find; adapters, FSDP and DeepSpeed checkpoints take Trainer's own path.
-        """
-        model = self.model if model is None else model
-        full = (
-            Path(resume_from_checkpoint, "config.json").exists()
-            and not Path(resume_from_checkpoint, "adapter_config.json").exists()
-        )
-        if (
-            not (isinstance(model, ComposedUnifiedModel) and full)
-            or self.is_fsdp_enabled
-            or self.is_deepspeed_enabled
-        ):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, local_files_only=True)
-        model.load_state_dict(saved.state_dict())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation reports the loss (and its logged terms) only: no logits are gathered."""
