@@ -57,7 +57,7 @@ class ModelConfig:
     tiny: dict[str, Any] | None = None  # TinyModelConfig fields: a small model built in code
     dtype: str = "auto"
     load_in_4bit: bool = False
-    trainable_parts: list[str] = field(default_factory=lambda: ["llm", "head", "bridge"])
+    trainable_parts: list[str] | None = None  # None: the stage's default (sft: llm, head, bridge)
     lora: LoraSettings | None = None
 
     def __post_init__(self) -> None:

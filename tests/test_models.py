@@ -93,7 +93,9 @@ def test_head_context_stops_at_image_restore(tiny):
     hidden = torch.randn(1, input_ids.shape[1], model.config.get_text_config().hidden_size)
     degraded = model.encode_latents(vae_pixels)
     context = model.restoration_context(input_ids, mask, hidden, degraded)
-    restore_at = int((input_ids[0] == model.token_ids.image_restore).float().argmax())
+    # The completion's <image_restore> (the system prompt names the tag too, earlier).
+    restore_at = int((input_ids[0] == model.token_ids.image_restore).nonzero().max())
+    assert restore_at > int(model.image_token_mask(input_ids)[0].nonzero().max())
     assert (
         context.attention_mask[0, : restore_at + 1].all()
         and not context.attention_mask[0, restore_at + 1 :].any()
@@ -160,7 +162,9 @@ def test_lora_trains_only_adapters(fresh_tiny):
     model, _ = fresh_tiny
     peft_model = apply_lora(model, LoraSettings(r=4))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable and all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)
+    # The protocol tokens' embedding and output rows train too (they were added untrained).
+    assert sum("trainable_tokens_delta" in n for n in trainable) == 2
     assert any("restoration_head" in n for n in trainable) and any("language_model" in n for n in trainable)
     assert not any("vision_tower" in n or ".vae." in n for n in trainable)
 

@@ -71,6 +71,14 @@ def encode_base64_image(image: Image.Image, quality: int = 95) -> str:
     return base64.b64encode(encode_jpeg(image, quality)).decode("ascii")
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """Lossless PNG at zlib level 1: three times faster than the level-6 encode `datasets` does
+    for PIL images, for ~30% more bytes on 64 px images."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as RGB, with an error that names the file."""
     if not os.path.exists(path):

@@ -34,6 +34,9 @@ class LoraSettings:
     head_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # Parts trained in full beside the adapters (e.g. ["latent_bridge"] for stage 2).
     modules_to_save: list[str] = field(default_factory=list)
+    # Train the embedding (and output) rows of the protocol tokens, which compose_unified added
+    # untrained: without them a LoRA model cannot learn to write <think>, <image_restore>, ...
+    train_protocol_tokens: bool = True
 
 
 def _path_of(model: nn.Module, target: nn.Module | None) -> str | None:
@@ -93,10 +96,21 @@ def lora_target_pattern(model: ComposedUnifiedModel, settings: LoraSettings) -> 
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
+def protocol_token_rows(model: ComposedUnifiedModel) -> dict[str, list[int]]:
+    """peft `trainable_token_indices`: the protocol tokens' rows of the input and (untied) output embeddings."""
+    ids = sorted(set(vars(model.token_ids).values()))
+    rows = {_path_of(model, model.get_input_embeddings()): ids}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        rows[_path_of(model, output)] = ids
+    return {path: ids for path, ids in rows.items() if path}
+
+
 def apply_lora(model: ComposedUnifiedModel, settings: LoraSettings | None = None) -> PeftModel:
-    """Wrap the model with LoRA adapters; only adapter (and `modules_to_save`) weights train."""
+    """Wrap the model with LoRA adapters; only adapter (and `modules_to_save`, token-row) weights train."""
     settings = settings or LoraSettings()
     config = LoraConfig(
+        trainable_token_indices=protocol_token_rows(model) if settings.train_protocol_tokens else None,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

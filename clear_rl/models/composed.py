@@ -222,14 +222,18 @@ class ComposedUnifiedModel(PreTrainedModel):
         hidden_states: torch.Tensor,
         degraded_latents: torch.Tensor,
     ) -> RestorationContext:
-        """The head's context: hidden states up to and including each row's first `<image_restore>`.
+        """The head's context: hidden states up to and including each row's last `<image_restore>`.
 
         Causality makes these equal in a teacher-forced pass over the whole sequence and at the
-        moment of generation, so training and sampling condition on the same thing.
+        moment of generation, so training and sampling condition on the same thing. The last one,
+        because a prompt may name the tag too (the default system prompt does); a completion holds
+        at most one.
         """
         is_restore = input_ids == self.config.image_restore_token_id
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last = torch.where(is_restore.any(1), is_restore.float().argmax(1), input_ids.shape[1] - 1)
+        length = input_ids.shape[1]
+        positions = torch.arange(length, device=input_ids.device)
+        last_restore = length - 1 - is_restore.flip(1).float().argmax(1)
+        last = torch.where(is_restore.any(1), last_restore, length - 1)
         keep = attention_mask.bool() & (positions[None, :] <= last[:, None])
         return RestorationContext(hidden_states, keep, degraded_latents)
 

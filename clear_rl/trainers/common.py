@@ -8,8 +8,9 @@ from pathlib import Path
 import datasets
 import torch
 
+from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
 from clear_rl.errors import ClearRLError, DataError
-from clear_rl.models import TinyModelConfig, build_tiny_model, compose_from_pretrained
+from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.io import load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
@@ -17,41 +18,105 @@ from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 logger = logging.getLogger(__name__)
 
 # Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
-PREPARED_COLUMNS = ("image", "clean_image", "question", "answer", "corruption", "severity", "label", "target")
+PREPARED_COLUMNS = _PREPARED_COLUMNS
+# Parts trained in full when a recipe names none (stage 2 trains only the bridge).
+DEFAULT_TRAINABLE_PARTS = ("llm", "head", "bridge")
 
 
-def build_model(config: ModelConfig, where: str = "model"):
-    """(model, processor) as the recipe's `model:` section says, with its trainable parts set."""
+def load_model(config: ModelConfig, where: str = "model"):
+    """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
     if config.path is not None:
-        model, processor = load_unified(config.path, dtype=config.dtype, is_trainable=True)
-    elif config.tiny is not None:
-        tiny = build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny")
-        model, processor = build_tiny_model(tiny)
-    else:
-        model, processor = compose_from_pretrained(
-            config.vlm_path,
-            config.vae_path,
-            vae_subfolder=config.vae_subfolder,
-            load_in_4bit=config.load_in_4bit,
-            torch_dtype=config.dtype,
-            vae_image_size=config.vae_image_size,
-            head=config.head,
-            bridge=config.bridge,
-        )
-    if hasattr(model, "peft_config"):  # a saved adapter folder: keep training its adapters
+        return load_unified(config.path, dtype=config.dtype, is_trainable=True)
+    if config.tiny is not None:
+        return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
+    return compose_from_pretrained(
+        config.vlm_path,
+        config.vae_path,
+        vae_subfolder=config.vae_subfolder,
+        load_in_4bit=config.load_in_4bit,
+        torch_dtype=config.dtype,
+        vae_image_size=config.vae_image_size,
+        head=config.head,
+        bridge=config.bridge,
+    )
+
+
+def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str | Path, args=None) -> None:
+    """Save a freshly built model as the base its LoRA adapters will load onto.
+
+    An adapter folder names its base model's folder; a model composed or built in memory has none,
+    so it is saved to `folder` (by the main process of `args`, a TrainingArguments, when given)
+    and named there.
+    """
+    import contextlib
+
+    from clear_rl.models.io import save_unified
+
+    current = Path(model.name_or_path or "")
+    if str(model.name_or_path or "") and (current / "config.json").exists():
+        return
+    together = args.main_process_first(local=False, desc="saving the adapters' base model") if args else None
+    with together or contextlib.nullcontext():
+        if args is None or args.process_index == 0:
+            save_unified(model, processor, folder)
+    model.name_or_path = model.config._name_or_path = str(Path(folder).resolve())
+
+
+def make_trainable(model, config: ModelConfig, default_parts=DEFAULT_TRAINABLE_PARTS):
+    """Freeze/unfreeze parts, or add LoRA adapters, as the recipe says; returns the model to train.
+
+    Without `model.lora`, the parts in `model.trainable_parts` (else `default_parts`) train in full
+    and everything else is frozen. A model loaded from an adapter folder keeps training its adapters.
+    """
+    if hasattr(model, "peft_config"):
         if config.lora is not None:
             logger.info("model.path holds LoRA adapters; they are trained further and model.lora is ignored")
-        return model, processor
+        return model
     if config.lora is not None:
         if config.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return apply_lora(model, config.lora), processor
+        return apply_lora(model, config.lora)
     if config.load_in_4bit:
         raise ClearRLError("model.load_in_4bit trains only through LoRA: add a model.lora section")
-    set_trainable_parts(model, config.trainable_parts)
-    return model, processor
+    set_trainable_parts(
+        model, config.trainable_parts if config.trainable_parts is not None else default_parts
+    )
+    return model
+
+
+def build_model(
+    config: ModelConfig,
+    where: str = "model",
+    default_parts=DEFAULT_TRAINABLE_PARTS,
+    adapter_base_dir: str | Path | None = None,
+    args=None,
+):
+    """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
+
+    With LoRA on a model that has no folder of its own, pass `adapter_base_dir` (e.g.
+    `<output_dir>/base`) so the saved adapters can be loaded again (`args`: the TrainingArguments,
+    so that only the main process writes it).
+    """
+    model, processor = load_model(config, where)
+    if adapter_base_dir is not None and config.lora is not None and not hasattr(model, "peft_config"):
+        keep_base_for_adapters(model, processor, adapter_base_dir, args)
+    return make_trainable(model, config, default_parts), processor
+
+
+def unified_core(model) -> ComposedUnifiedModel:
+    """The unified model inside peft / DDP / DeepSpeed wrappers."""
+    from peft import PeftModel
+
+    while not isinstance(model, ComposedUnifiedModel):
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        else:
+            raise TypeError(f"expected a clear-rl unified model, got {type(model).__name__}")
+    return model
 
 
 def load_split(path: str, split: str, max_samples: int | None = None, required=PREPARED_COLUMNS):
@@ -82,6 +147,83 @@ def finish(trainer, processor, recipe: Recipe) -> None:
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
         recipe.save_resolved(trainer.args.output_dir)
+
+
+class UnifiedCheckpointMixin:
+    """For `transformers.Trainer` subclasses: resume full unified models through `from_pretrained`.
+
+    `save_pretrained` writes a wrapped VLM's weights under their original checkpoint names (e.g.
+    LLaVA's `language_model.model.*`), which `Trainer`'s plain `load_state_dict` does not find when
+    resuming, silently leaving the weights as they were. Adapter, FSDP and DeepSpeed checkpoints
+    take Trainer's own path. Put it first among the bases: `class T(UnifiedCheckpointMixin, SFTTrainer)`.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        full = (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
+        if (
+            not (isinstance(model, ComposedUnifiedModel) and full)
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+        ):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(folder, dtype=model.dtype, local_files_only=True)
+        model.load_state_dict(saved.state_dict())
+
+
+def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """`training.resume_from_checkpoint`: a checkpoint folder, or `last` for the newest in output_dir."""
+    if value is None or value.lower() not in ("last", "true"):
+        return value
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if found is None:
+        logger.info("resume_from_checkpoint=%s: no checkpoint in %s yet; starting fresh", value, output_dir)
+    return found
+
+
+def run_stage(
+    recipe: Recipe,
+    trainer_class,
+    default_parts=DEFAULT_TRAINABLE_PARTS,
+    select=None,
+    labels_after_slot: bool = False,
+):
+    """Build model and data from the recipe, train with `trainer_class`, save; returns the trainer.
+
+    `select(dataset) -> dataset` narrows the rows a stage trains on (stage 2: restoring rows);
+    `labels_after_slot` puts the CE on the text after the restored slot only (stage 2).
+    """
+    from clear_rl.data.collate import ClearCollator
+
+    args = recipe.training
+    seed_everything(args.seed)
+    base_dir = Path(args.output_dir) / "base"
+    model, processor = build_model(
+        recipe.model, default_parts=default_parts, adapter_base_dir=base_dir, args=args
+    )
+    data = recipe.data
+    train_dataset = load_split(data.path, data.split, data.max_samples)
+    eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None
+    if select is not None:
+        train_dataset = select(train_dataset)
+        eval_dataset = select(eval_dataset) if eval_dataset is not None else None
+    if len(train_dataset) == 0:
+        raise DataError(f"{data.path} split '{data.split}' has no rows this stage can train on")
+    collator = ClearCollator.for_model(unified_core(model), processor, data.system_prompt, labels_after_slot)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
+    finish(trainer, processor, recipe)
+    return trainer
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,0 +1,178 @@
+"""`clear-rl prepare`: a VQA source -> the prepared, corruption-aware dataset (`save_to_disk`).
+
+Rows are read, degraded, labelled and written in chunks, each chunk to a temporary folder
+beside the output, so a large source never sits in memory; the result is assembled and renamed
+onto the output folder only when every split is complete (a failure leaves the previous output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zlib
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clear_rl.atomic import atomic_path
+from clear_rl.data.images import png_bytes
+from clear_rl.data.samples import (
+    OPTION_COLUMNS,
+    PREPARED_COLUMNS,
+    PrepareConfig,
+    balance_indices,
+    build_target,
+    check_reasoning,
+    choose_levels,
+    degrade_images,
+    prepared_features,
+    row_seed,
+    rule_labels,
+)
+from clear_rl.data.sources import SourceSplit, open_source
+from clear_rl.errors import DataError
+from clear_rl.seeds import derive_seed
+
+logger = logging.getLogger(__name__)
+MANIFEST_NAME = "clear_rl_prepare.json"
+
+
+def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tuple[SourceSplit, list[int]]]:
+    """Which source rows go to which output split (a one-split source may give a `test` share)."""
+    plan = {}
+    for name, split in splits.items():
+        positions = list(range(len(split)))
+        if config.max_samples is not None:
+            positions = positions[: config.max_samples]
+        plan[name] = (split, positions)
+    if config.test_fraction > 0:
+        if len(plan) != 1:
+            raise DataError(
+                f"test_fraction applies to a one-split source; this source has splits {list(plan)}"
+            )
+        ((name, (split, positions)),) = plan.items()
+        rng = np.random.default_rng(derive_seed(config.seed, zlib.crc32(b"test_fraction")))
+        held = set(
+            rng.choice(len(positions), size=int(round(config.test_fraction * len(positions))), replace=False)
+        )
+        plan = {
+            name: (split, [p for i, p in enumerate(positions) if i not in held]),
+            "test": (split, [p for i, p in enumerate(positions) if i in held]),
+        }
+    return plan
+
+
+def _chunk_records(
+    split: SourceSplit, positions: list[int], config: PrepareConfig, prober
+) -> dict[str, list]:
+    """Degrade and label one chunk of rows; returns the prepared columns."""
+    from clear_rl.degrade import LEVELS, choose_corruptions
+
+    rows = list(split.rows(positions))
+    seeds = [row_seed(config.seed, split.name, p) for p in positions]
+    severities = choose_levels(seeds, config.levels, config.level_weights)
+    corruptions = choose_corruptions(seeds)
+    intensities = [LEVELS[s] for s in severities]
+    degraded = degrade_images([r.image for r in rows], corruptions, intensities, seeds)
+    if config.label == "probe":
+        labels = prober.labels(rows, degraded)
+    else:
+        labels = rule_labels(severities, config.restore_levels)
+    columns: dict[str, list[Any]] = {c: [] for c in PREPARED_COLUMNS}
+    for row, position, seed, severity, corruption, intensity, image, label in zip(
+        rows, positions, seeds, severities, corruptions, intensities, degraded, labels
+    ):
+        check_reasoning(
+            row.reasoning, f"{split.location}: split '{split.name}' row {position} (index={row.index})"
+        )
+        options = row.options or {}
+        record = {
+            "index": row.index,
+            "image": {"bytes": png_bytes(image), "path": None},
+            "clean_image": {"bytes": png_bytes(row.image), "path": None},
+            "question": row.question,
+            "answer": row.answer,
+            **{letter: options.get(letter, "") for letter in OPTION_COLUMNS},
+            "corruption": corruption,
+            "severity": severity,
+            "intensity": float(intensity),
+            "seed": int(seed),
+            "label": label,
+            "target": build_target(label, corruption, severity, row.answer, row.options, row.reasoning),
+        }
+        for key, value in record.items():
+            columns[key].append(value)
+    return columns
+
+
+def prepare_dataset(
+    source: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig | None = None
+) -> dict:
+    """Write the prepared dataset of `source` to `out`; returns a summary (counts per split and label)."""
+    import datasets
+
+    config = config or PrepareConfig()
+    plan = _plan(
+        open_source(source, list(config.splits) if config.splits else None, config.reasoning_column), config
+    )
+    prober = None
+    if config.label == "probe":
+        from clear_rl.data.probe import Prober
+
+        prober = Prober(config.probe)
+    features = prepared_features()
+    out = Path(out)
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:  # one bar per split here, not one per chunk written
+        datasets.disable_progress_bars()
+    try:
+        return _write(plan, config, prober, features, out, source)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> dict:
+    """Degrade, label and write every planned split into `out` (atomically); returns the summary."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    summary: dict[str, Any] = {"source": str(source), "config": asdict(config), "splits": {}}
+    with (
+        atomic_path(out, is_dir=True) as tmp,
+        tempfile.TemporaryDirectory(prefix=".prepare-", dir=out.parent) as work,
+    ):
+        result = {}
+        for name, (split, positions) in plan.items():
+            parts = []
+            with tqdm(total=len(positions), desc=f"prepare {name}", unit="row") as bar:
+                for start in range(0, len(positions), config.chunk_size):
+                    chunk = positions[start : start + config.chunk_size]
+                    columns = _chunk_records(split, chunk, config, prober)
+                    part_dir = Path(work, name, f"{start:09d}")
+                    datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(part_dir))
+                    parts.append(datasets.load_from_disk(str(part_dir)))
+                    bar.update(len(chunk))
+            dataset = (
+                datasets.concatenate_datasets(parts)
+                if parts
+                else datasets.Dataset.from_dict({c: [] for c in PREPARED_COLUMNS}, features=features)
+            )
+            counts = Counter(dataset["label"])
+            if config.balance and len(dataset):
+                keep = balance_indices(
+                    dataset["label"], derive_seed(config.seed, zlib.crc32(name.encode())), name
+                )
+                dataset = dataset.select(keep)
+            result[name] = dataset
+            summary["splits"][name] = {"rows": len(dataset), "labels_before_balance": dict(counts)}
+            summary["splits"][name]["labels"] = dict(Counter(dataset["label"]))
+            logger.info("%s: %d rows, labels %s", name, len(dataset), summary["splits"][name]["labels"])
+        datasets.DatasetDict(result).save_to_disk(str(tmp))
+        Path(tmp, MANIFEST_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

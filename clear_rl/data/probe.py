@@ -1,0 +1,71 @@
+"""Probe labelling: ask a model each question on the degraded and on the clean image.
+
+As in the paper, a row the model answers wrongly on its degraded image becomes restore-then-answer;
+by default it must also answer the clean image rightly (otherwise restoring would not help it, and
+the row stays direct). Answers come from greedy decoding with restoration banned, scored with the
+same rule-based matching as the accuracy reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from clear_rl.data.collate import encode_prompts
+from clear_rl.data.prompts import format_question
+from clear_rl.data.samples import ProbeSettings
+from clear_rl.data.sources import SourceRow
+from clear_rl.eval.extract import score_answer
+from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.models.tokens import SYSTEM_PROMPT
+
+
+class Prober:
+    """A loaded model that says, per row, whether it answers correctly."""
+
+    def __init__(self, settings: ProbeSettings):
+        from clear_rl.models.io import load_unified
+
+        self.settings = settings
+        model, self.processor = load_unified(settings.model_path)
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.system_prompt = settings.system_prompt if settings.system_prompt is not None else SYSTEM_PROMPT
+        self.generation = InterleavedGenerationConfig(
+            max_new_tokens=settings.max_new_tokens, do_sample=False, restore="never"
+        )
+
+    def correct(self, images: Sequence[Image.Image], rows: Sequence[SourceRow]) -> list[bool]:
+        """Whether the greedy answer on each image scores >= 0.5 against its row's answer."""
+        verdicts: list[bool] = []
+        size = self.settings.batch_size
+        for start in range(0, len(rows), size):
+            part = rows[start : start + size]
+            questions = [format_question(r.question, r.options) for r in part]
+            batch = encode_prompts(
+                self.processor,
+                images[start : start + size],
+                questions,
+                self.system_prompt,
+                padding_side="left",
+            ).to(self.device)
+            vlm_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+            out = generate_interleaved(
+                self.model, batch["input_ids"], batch["attention_mask"], self.generation, **vlm_inputs
+            )
+            texts = self.processor.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+            verdicts += [score_answer(t, r.answer, r.options) >= 0.5 for t, r in zip(texts, part)]
+        return verdicts
+
+    def labels(self, rows: Sequence[SourceRow], degraded: Sequence[Image.Image]) -> list[str]:
+        """`restore` where the degraded image is answered wrongly (and the clean one rightly)."""
+        wrong = [not ok for ok in self.correct(degraded, rows)]
+        if self.settings.require_clean_correct:
+            failing = [i for i, w in enumerate(wrong) if w]
+            clean_ok = self.correct([rows[i].image for i in failing], [rows[i] for i in failing])
+            for i, ok in zip(failing, clean_ok):
+                wrong[i] = ok
+        return ["restore" if w else "direct" for w in wrong]

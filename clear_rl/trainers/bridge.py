@@ -1,0 +1,109 @@
+"""Stage 2: train the latent bridge on the restoration head's own outputs.
+
+The restored slot holds latents the head itself denoised from the degraded image (ODE sampling,
+no gradient), conditioned on the context up to `<image_restore>`. A first no-grad pass provides
+that context: causality makes it independent of what later fills the slot. Loss = CE on the
+answer (the text after the slot, by default) + lambda_distill * distill, so the understanding side
+learns to read imperfect restorations. The bridge trains by default; `model.lora` adds LoRA on the
+LLM (list `latent_bridge` in `lora.modules_to_save` to train the bridge beside the adapters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from clear_rl.data.collate import split_inputs
+from clear_rl.recipe import Recipe
+from clear_rl.restoration import restore_latents
+from clear_rl.trainers.common import run_stage
+from clear_rl.trainers.sft import ClearSFTTrainer, ClearTrainingConfig
+
+DEFAULT_TRAINABLE_PARTS = ("bridge",)
+
+
+@dataclass
+class BridgeConfig(ClearTrainingConfig):
+    """TRL's SFTConfig fields plus the restoration sampling that fills the slot."""
+
+    restoration_steps: int | None = None  # None: the model's num_inference_steps
+    restoration_shift: float | None = None  # None: the model's flow_shift
+    restoration_sampler: Literal["ode", "sde"] = "ode"
+    restoration_noise_level: float = 0.7  # the SDE sampler's noise level
+    answer_only: bool = True  # CE only on the text after the restored slot (rows without one: none)
+    restore_rows_only: bool = True  # train on `restore` rows only (direct rows have no slot)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.restoration_steps is not None and self.restoration_steps < 1:
+            raise ValueError(f"restoration_steps must be >= 1, got {self.restoration_steps}")
+
+
+CONFIG_CLASS = BridgeConfig
+
+
+@torch.no_grad()
+def denoised_latents(
+    model, forward, inputs, degraded_latents: torch.Tensor, generator: torch.Generator, config: BridgeConfig
+) -> torch.Tensor:
+    """The head's restoration of every restoring row (zeros elsewhere), from a no-grad context pass."""
+    restore = inputs["restore"].bool()
+    latents = torch.zeros(restore.shape[0], *model.latent_shape, device=degraded_latents.device)
+    rows = restore.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return latents
+    student, _ = split_inputs(inputs)
+    # The placeholders need some latent; zeros do, since nothing up to <image_restore> sees them.
+    out = forward(
+        **student, restored_latents=latents, output_hidden_states=True, use_cache=False, logits_to_keep=1
+    )
+    states = out.hidden_states[model.config.condition_layer]
+    context = model.restoration_context(
+        inputs["input_ids"], inputs["attention_mask"], states, degraded_latents
+    )
+    sample = restore_latents(
+        model,
+        context.select(rows),
+        num_steps=config.restoration_steps,
+        shift=config.restoration_shift,
+        sampler=config.restoration_sampler,
+        noise_level=config.restoration_noise_level,
+        generator=generator,
+    )
+    latents[rows] = sample.latents.to(latents.dtype)
+    return latents
+
+
+class BridgeTrainer(ClearSFTTrainer):
+    """Stage 2: the slot holds the head's own restorations; CE + distill."""
+
+    _tag_names = ["trl", "sft", "clear-rl", "clear-bridge"]
+    _name = "CLEAR bridge"
+
+    def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
+        args = self.args
+        return {
+            "with_mse": False,
+            "restored_latents": lambda degraded: denoised_latents(
+                model, forward, inputs, degraded, generator, args
+            ),
+        }
+
+
+def _restore_rows(dataset):
+    # `select`, not `filter`: filter would write cache files into the prepared dataset's folder.
+    return dataset.select([i for i, label in enumerate(dataset["label"]) if label == "restore"])
+
+
+def train(recipe: Recipe) -> BridgeTrainer:
+    """Run stage 2 from a validated recipe; the model is saved into training.output_dir."""
+    select = _restore_rows if recipe.training.restore_rows_only else None
+    return run_stage(
+        recipe,
+        BridgeTrainer,
+        default_parts=DEFAULT_TRAINABLE_PARTS,
+        select=select,
+        labels_after_slot=recipe.training.answer_only,
+    )

@@ -1,0 +1,199 @@
+"""The loss terms of stages 1 and 2, computed from one teacher-forced pass over a collated batch.
+
+- CE: next-token cross-entropy on the assistant text (labels from the collator: prompt,
+  placeholders and padding are -100). Logits are built only at positions that have a label.
+- MSE (stage 1): the flow-matching velocity loss of the restoration head, conditioned on the
+  hidden states up to each restoring row's `<image_restore>` from the same pass, with the CLEAN
+  image's latent as x0: mean over restoring rows and latent elements of
+  (v_theta(x_t, t, context) - (eps - x0))^2, x_t = (1 - t) x0 + t eps, t = shift(sigmoid(randn)).
+- Distill: how well the bridged-latent tokens (student, at `<|restored_pad|>` positions of the
+  same pass) match the clean image's ViT tokens (teacher: a no-grad pass of the prompt with the
+  clean image). `per_layer_kl` (CLEAR's released code): at every LLM layer l = 1..L and token,
+  KL(softmax(h_vit.detach()) || softmax(h_vae)) over the hidden dimension, on token grids
+  matched by adaptive average pooling; mean over tokens, sum over layers with weight
+  l / sum(1..L), mean over restoring rows. `pooled_mse`: mean over rows of the squared distance
+  between the token-mean last-layer states, averaged over the hidden dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from clear_rl.data.collate import IGNORE_INDEX, split_inputs
+from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
+from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+
+DistillMode = Literal["per_layer_kl", "pooled_mse"]
+
+
+@dataclass
+class LossTerms:
+    """Unweighted loss terms of one micro-batch; `None` where a term does not apply."""
+
+    ce_sum: torch.Tensor  # summed token cross-entropy
+    ce_tokens: torch.Tensor  # number of label tokens
+    ce_correct: torch.Tensor  # label tokens predicted by the argmax
+    mse: torch.Tensor | None  # flow-matching MSE, mean over restoring rows
+    distill: torch.Tensor | None  # distill loss, mean over restoring rows
+    restore_rows: int
+
+
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose logits predict a label (in any row): the only logits the CE needs."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of CE, token count, correct count) for logits (B, K, V) computed at `positions` (K,)."""
+    targets = labels[:, positions + 1]
+    valid = targets != IGNORE_INDEX
+    flat = logits.float().flatten(0, 1)
+    ce = F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    correct = ((logits.argmax(-1) == targets) & valid).sum()
+    return ce, valid.sum(), correct
+
+
+def flow_matching_loss(
+    model: ComposedUnifiedModel,
+    context: RestorationContext,
+    clean_latents: torch.Tensor,
+    shift: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Velocity MSE at one random noise level per row, x0 = the clean latent."""
+    x0 = clean_latents.float()
+    t = sample_training_timesteps(x0.shape[0], shift, generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    velocity = model.velocity(add_noise(x0, noise, t), t, context).float()
+    return (velocity - velocity_target(x0, noise)).pow(2).mean()
+
+
+def vit_token_grid(model: ComposedUnifiedModel, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
+    """The (rows, cols) layout of one image's ViT tokens in the LLM sequence."""
+    if grid_thw is not None:  # Qwen2-VL style: patches (t, h, w), merged spatially before the LLM
+        merge = getattr(model.config.vlm_config.vision_config, "spatial_merge_size", 1)
+        _, h, w = (int(v) for v in grid_thw)
+        if (h // merge) * (w // merge) == count:
+            return h // merge, w // merge
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(
+            f"cannot lay out {count} ViT tokens as a grid for the per_layer_kl distill; "
+            "use training.distill_mode: pooled_mse for this VLM"
+        )
+    return side, side
+
+
+def _grid_states(states: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(layers, tokens, D) row-major tokens -> (layers, D, rows, cols)."""
+    return states.transpose(1, 2).reshape(states.shape[0], states.shape[2], *grid)
+
+
+def per_layer_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Layer-weighted token KL(softmax(teacher) || softmax(student)); inputs (layers, D, rows, cols)."""
+    size = (min(student.shape[2], teacher.shape[2]), min(student.shape[3], teacher.shape[3]))
+    s = F.adaptive_avg_pool2d(student.float(), size).flatten(2).transpose(1, 2)  # (layers, T, D)
+    t = F.adaptive_avg_pool2d(teacher.detach().float(), size).flatten(2).transpose(1, 2)
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none")
+    per_layer = kl.sum(-1).mean(-1)  # (layers,)
+    weights = torch.arange(1, per_layer.shape[0] + 1, device=per_layer.device, dtype=per_layer.dtype)
+    return (per_layer * weights).sum() / weights.sum()
+
+
+def distill_loss(
+    model: ComposedUnifiedModel,
+    student_states: tuple[torch.Tensor, ...],
+    student_ids: torch.Tensor,
+    teacher_states: tuple[torch.Tensor, ...],
+    teacher_ids: torch.Tensor,
+    rows: torch.Tensor,
+    mode: DistillMode = "per_layer_kl",
+    teacher_grid_thw: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over `rows` of the distance between bridged-latent tokens and clean ViT tokens."""
+    restored_mask = model.restored_token_mask(student_ids)
+    image_mask = model.image_token_mask(teacher_ids)
+    grid_s = model.latent_bridge.grid_size(model.latent_shape[1:])
+    losses = []
+    for row in rows.tolist():
+        # (layers, tokens, D) over the outputs of every LLM layer (index 0 is the input embedding)
+        s = torch.stack([h[row, restored_mask[row]] for h in student_states[1:]])
+        t = torch.stack([h[row, image_mask[row]] for h in teacher_states[1:]])
+        if mode == "pooled_mse":
+            losses.append((t[-1].detach().float().mean(0) - s[-1].float().mean(0)).pow(2).mean())
+            continue
+        thw = None if teacher_grid_thw is None else teacher_grid_thw[row]  # one image per row
+        grid_t = vit_token_grid(model, t.shape[1], thw)
+        losses.append(per_layer_kl(_grid_states(s, grid_s), _grid_states(t, grid_t)))
+    return torch.stack(losses).mean()
+
+
+def loss_terms(
+    model: ComposedUnifiedModel,
+    forward: Callable[..., Any],
+    inputs: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    with_mse: bool,
+    with_distill: bool,
+    distill_mode: DistillMode = "per_layer_kl",
+    flow_shift: float | None = None,
+    vit_token_dropout: float = 0.0,
+    restored_latents: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> LossTerms:
+    """Run the teacher-forced pass (and the teacher's, for distill) and return the loss terms.
+
+    `forward` is the model's own forward (called with `restored_latents=...`); `restored_latents`
+    maps the degraded latents to what fills the restored slot (stage 2); by default the clean
+    image's latent fills it (stage 1, teacher forcing).
+    """
+    student, teacher = split_inputs(inputs)
+    input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+    restore = inputs["restore"].bool()
+    rows = restore.nonzero().squeeze(1)
+    with torch.no_grad():  # the VAE never trains
+        clean_latents = model.encode_latents(inputs["clean_vae_pixel_values"]).float()
+        need_degraded = (with_mse or restored_latents is not None) and len(rows) > 0
+        degraded_latents = model.encode_latents(inputs["vae_pixel_values"]).float() if need_degraded else None
+    slot = restored_latents(degraded_latents) if restored_latents is not None and len(rows) else clean_latents
+    positions = label_positions(labels)
+    out = forward(
+        **student,
+        restored_latents=slot,
+        output_hidden_states=True,
+        use_cache=False,
+        logits_to_keep=positions,
+    )
+    ce_sum, ce_tokens, ce_correct = token_cross_entropy(out.logits, labels, positions)
+    mse = distill = None
+    if with_mse and len(rows):
+        states = out.hidden_states[model.config.condition_layer]
+        context = model.restoration_context(input_ids, attention_mask, states, degraded_latents).select(rows)
+        if vit_token_dropout > 0:  # hide the degraded image's ViT tokens from the head (BAGEL's vit dropout)
+            dropped = torch.rand(len(rows), generator=generator, device=generator.device) < vit_token_dropout
+            hide = model.image_token_mask(input_ids[rows]) & dropped.to(input_ids.device)[:, None]
+            context.attention_mask = context.attention_mask & ~hide
+        shift = model.config.flow_shift if flow_shift is None else flow_shift
+        mse = flow_matching_loss(model, context, clean_latents[rows], shift, generator)
+    if with_distill and len(rows):
+        with torch.no_grad():
+            teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        distill = distill_loss(
+            model,
+            out.hidden_states,
+            input_ids,
+            teacher_out.hidden_states,
+            teacher["input_ids"],
+            rows,
+            distill_mode,
+            teacher.get("image_grid_thw"),
+        )
+    return LossTerms(ce_sum, ce_tokens, ce_correct, mse, distill, len(rows))

@@ -1,0 +1,213 @@
+"""Stage 1: corruption-aware interleaved SFT (CE + lambda_mse * flow MSE + lambda_distill * distill).
+
+Teacher-forced interleaved sequences: the CLEAN image's latent fills the restored slot of every
+restoring row. `ClearSFTTrainer` is a `trl.SFTTrainer`: TRL's dataset preparation is skipped (the
+collator builds batches from prepared rows), and `compute_loss` adds the restoration head's flow
+loss and the bridge distillation to the text loss, logging each term on its own.
+
+The whole step (VAE encodes, the pass, the head, the teacher pass) runs inside ONE call of the
+wrapped model, so DDP, FSDP and DeepSpeed see every parameter used in their own forward.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from clear_rl.recipe import Recipe
+from clear_rl.seeds import generator_for
+from clear_rl.trainers.common import DEFAULT_TRAINABLE_PARTS, UnifiedCheckpointMixin, run_stage, unified_core
+from clear_rl.trainers.losses import LossTerms, loss_terms
+
+
+@dataclass
+class ClearTrainingConfig(SFTConfig):
+    """TRL's SFTConfig (all its fields, by their own names) plus what stages 1 and 2 share."""
+
+    lambda_distill: float = 0.1  # paper 0.1; released script 0.4
+    distill_mode: Literal["per_layer_kl", "pooled_mse"] = "per_layer_kl"
+    # TRL would tokenize a text column; the collator builds batches from prepared rows instead.
+    dataset_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True}
+    )
+    remove_unused_columns: bool = False
+    prediction_loss_only: bool = True
+    # None: bf16 on a GPU that supports it, fp32 otherwise (TRL's default of True fails on a CPU).
+    bf16: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+        for name in ("lambda_distill", "lambda_mse", "vit_token_dropout"):
+            if getattr(self, name, 0.0) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must stay false: the collator reads the prepared columns")
+
+
+@dataclass
+class ClearSFTConfig(ClearTrainingConfig):
+    """Stage 1: the paper's defaults (lambda_mse 0.5, lambda_distill 0.1, lr 2e-5)."""
+
+    lambda_mse: float = 0.5  # paper 0.5; released script 1.0
+    vit_token_dropout: float = 0.0  # paper 0.4: per restoring row, hide the degraded ViT tokens from the head
+    flow_shift: float | None = None  # training timestep shift; None: the model's flow_shift
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.vit_token_dropout <= 1.0:
+            raise ValueError(f"vit_token_dropout must be in [0, 1], got {self.vit_token_dropout}")
+
+
+CONFIG_CLASS = ClearSFTConfig
+
+
+def install_step_forward(model) -> None:
+    """Let `model(clear_step=fn, **batch)` run `fn(model, forward, batch)` inside the model's forward call.
+
+    Wrappers (DDP, FSDP, DeepSpeed, peft, accelerate's autocast) act around `forward`; running the
+    whole loss computation inside it keeps their bookkeeping right for parameters used beside the
+    VLM (restoration head, bridge). Without `clear_step` the forward is unchanged.
+    """
+    if getattr(model, "_clear_step_forward", False):
+        return
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args, clear_step=None, **kwargs):
+        if clear_step is None:
+            return original(*args, **kwargs)
+        return clear_step(model, original, kwargs)
+
+    model.forward = forward
+    model._clear_step_forward = True
+
+
+class ClearSFTTrainer(UnifiedCheckpointMixin, SFTTrainer):
+    """`trl.SFTTrainer` with CLEAR's stage-1 loss; the data collator is a `ClearCollator`."""
+
+    _tag_names = ["trl", "sft", "clear-rl"]
+    _name = "CLEAR SFT"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        install_step_forward(unified_core(self.model))
+        self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
+        self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
+
+    # -- the stage's loss terms ---------------------------------------------------------------
+    def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
+        """The stage's own keyword arguments of `losses.loss_terms` (stage 2 overrides this)."""
+        args = self.args
+        return {
+            "with_mse": args.lambda_mse > 0,
+            "flow_shift": args.flow_shift,
+            "vit_token_dropout": args.vit_token_dropout,
+        }
+
+    def loss_terms(self, model, forward, inputs, generator: torch.Generator) -> LossTerms:
+        return loss_terms(
+            model,
+            forward,
+            inputs,
+            generator,
+            with_distill=self.args.lambda_distill > 0,
+            distill_mode=self.args.distill_mode,
+            **self.stage_loss_options(model, forward, inputs, generator),
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """A generator for this micro-batch, a function of (seed, step, micro-batch, rank): resumable."""
+        if self.model.training:
+            step, micro = self._draw
+            micro = micro + 1 if step == self.state.global_step else 0
+            self._draw = (self.state.global_step, micro)
+            return generator_for(
+                device, self.args.seed, self.state.global_step, micro, self.args.process_index
+            )
+        return generator_for(device, self.args.seed, -1, self.args.process_index)
+
+    def _step(self, generator):
+        def step(model, forward, batch):
+            terms = self.loss_terms(model, forward, batch, generator)
+            return {f.name: getattr(terms, f.name) for f in fields(terms)}  # a dict: wrappers map over it
+
+        return step
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        generator = self._generator(inputs["input_ids"].device)
+        terms = LossTerms(**model(clear_step=self._step(generator), **inputs))
+        args = self.args
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if num_items_in_batch is not None and mode == "train":
+            ce = terms.ce_sum / num_items_in_batch
+            if args.average_tokens_across_devices:
+                ce = ce * self.accelerator.num_processes
+        else:
+            ce = terms.ce_sum / terms.ce_tokens.clamp(min=1) / accumulation
+        loss = ce
+        if terms.mse is not None:
+            loss = loss + getattr(args, "lambda_mse", 0.0) * terms.mse / accumulation
+        if terms.distill is not None:
+            loss = loss + args.lambda_distill * terms.distill / accumulation
+        self._log_terms(terms, inputs, mode)
+        return (loss, terms) if return_outputs else loss
+
+    def _log_terms(self, terms: LossTerms, inputs, mode: str) -> None:
+        """Gather every term over processes and keep it in `self._metrics`, TRL's way."""
+        device = terms.ce_sum.device
+        rows = float(terms.restore_rows)
+
+        def part(value):
+            return (value.detach().float() * rows, rows) if value is not None else (0.0, 0.0)
+
+        mse, mse_rows = part(terms.mse)
+        distill, distill_rows = part(terms.distill)
+        local = torch.tensor(
+            [
+                float(terms.ce_sum.detach()),
+                float(terms.ce_tokens),
+                float(terms.ce_correct),
+                float(mse),
+                mse_rows,
+                float(distill),
+                distill_rows,
+                rows,
+                float(inputs["input_ids"].shape[0]),
+                float(inputs["attention_mask"].sum()),
+            ],
+            device=device,
+        )
+        total = self.accelerator.gather(local).view(-1, local.numel()).sum(0).tolist()
+        ce_sum, tokens, correct, mse, mse_rows, distill, distill_rows, restoring, batch, seen = total
+        metrics = self._metrics[mode]
+        if tokens:
+            metrics["ce_loss"].append(ce_sum / tokens)
+            metrics["mean_token_accuracy"].append(correct / tokens)
+        if mse_rows:
+            metrics["mse_loss"].append(mse / mse_rows)
+        if distill_rows:
+            metrics["distill_loss"].append(distill / distill_rows)
+        metrics["restore_fraction"].append(restoring / batch)
+        if mode == "train":
+            self._total_train_tokens += int(seen)
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation reports the loss (and its logged terms) only: no logits are gathered."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def train(recipe: Recipe) -> ClearSFTTrainer:
+    """Run stage 1 from a validated recipe; the model is saved into training.output_dir."""
+    return run_stage(recipe, ClearSFTTrainer, default_parts=DEFAULT_TRAINABLE_PARTS)

@@ -1,0 +1,135 @@
+"""Recipes: validation before any work, overrides, the resolved copy, and the shipped recipes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clear_rl.errors import RecipeError
+from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe
+from clear_rl.trainers.bridge import BridgeConfig
+from clear_rl.trainers.sft import ClearSFTConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+BASE = {
+    "stage": "sft",
+    "model": {"tiny": {}},
+    "data": {"path": "data/prepared"},
+    "training": {"output_dir": "out", "max_steps": 3, "report_to": "none"},
+}
+
+
+def write(tmp_path, recipe: dict, name: str = "recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def with_training(**values) -> dict:
+    return {**BASE, "training": {**BASE["training"], **values}}
+
+
+@pytest.mark.parametrize(
+    "name, stage, config_class",
+    [
+        ("demo/sft.yaml", "sft", ClearSFTConfig),
+        ("demo/bridge.yaml", "bridge", BridgeConfig),
+        ("qwen2_5_vl_3b/sft-lora.yaml", "sft", ClearSFTConfig),
+        ("qwen2_5_vl_3b/bridge-lora.yaml", "bridge", BridgeConfig),
+    ],
+)
+def test_shipped_recipes_validate(name, stage, config_class):
+    recipe = load_recipe(RECIPES / name)
+    assert recipe.stage == stage and type(recipe.training) is config_class
+    assert recipe.training.remove_unused_columns is False
+
+
+def test_qwen_recipe_is_lora_on_a_4bit_base():
+    recipe = load_recipe(RECIPES / "qwen2_5_vl_3b/sft-lora.yaml")
+    assert recipe.model.load_in_4bit and recipe.model.lora is not None
+    assert set(recipe.model.lora.modules_to_save) == {"restoration_head", "latent_bridge"}
+    assert recipe.training.gradient_checkpointing and recipe.training.learning_rate == 1e-4
+
+
+def test_paper_defaults_and_yaml_exponents_are_floats(tmp_path):
+    recipe = load_recipe(write(tmp_path, with_training()))
+    assert (recipe.training.lambda_mse, recipe.training.lambda_distill) == (0.5, 0.1)
+    (tmp_path / "lr.yaml").write_text(
+        "stage: sft\nmodel: {tiny: {}}\ndata: {path: d}\ntraining: {output_dir: o, learning_rate: 2e-5}\n"
+    )
+    lr = load_recipe(tmp_path / "lr.yaml").training.learning_rate
+    assert isinstance(lr, float) and lr == 2e-5
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path):
+    with pytest.raises(
+        RecipeError, match=r"training\.lambda_mes: unknown key \(did you mean 'lambda_mse'\?\)"
+    ):
+        load_recipe(write(tmp_path, with_training(lambda_mes=0.5)))
+    # Stage 2 has no flow loss: lambda_mse is not one of its keys.
+    with pytest.raises(RecipeError, match=r"training\.lambda_mse: unknown key"):
+        load_recipe(write(tmp_path, {**with_training(lambda_mse=0.5), "stage": "bridge"}))
+
+
+def test_wrong_type_and_bad_value_name_the_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"training\.lambda_mse: expected float"):
+        load_recipe(write(tmp_path, with_training(lambda_mse="high")))
+    with pytest.raises(RecipeError, match=r"training\.distill_mode: expected one of"):
+        load_recipe(write(tmp_path, with_training(distill_mode="cosine")))
+    with pytest.raises(RecipeError, match=r"model\.lora\.r: expected int"):
+        load_recipe(write(tmp_path, {**BASE, "model": {"tiny": {}, "lora": {"r": "sixteen"}}}))
+    with pytest.raises(RecipeError, match="lambda_mse must be >= 0"):
+        load_recipe(write(tmp_path, with_training(lambda_mse=-1)))
+
+
+def test_missing_required_key_and_section(tmp_path):
+    with pytest.raises(RecipeError, match=r"data: missing required key\(s\) path"):
+        load_recipe(write(tmp_path, {**BASE, "data": {"split": "train"}}))
+    without_data = {k: v for k, v in BASE.items() if k != "data"}
+    with pytest.raises(RecipeError, match="missing required section 'data'"):
+        load_recipe(write(tmp_path, without_data))
+
+
+def test_dotted_overrides_apply_before_validation(tmp_path):
+    path = write(tmp_path, BASE)
+    recipe = load_recipe(
+        path, ["training.max_steps=7", "model.lora.r=8", "data.split=test", "training.lambda_mse=0"]
+    )
+    assert recipe.training.max_steps == 7 and recipe.model.lora.r == 8 and recipe.data.split == "test"
+    assert recipe.training.lambda_mse == 0.0
+    with pytest.raises(RecipeError, match=r"training\.max_step: unknown key \(did you mean 'max_steps'\?\)"):
+        load_recipe(path, ["training.max_step=7"])
+
+
+def test_resolved_recipe_is_saved_with_overrides(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE), ["training.max_steps=9"])
+    saved = recipe.save_resolved(tmp_path / "run")
+    assert saved == tmp_path / "run" / RESOLVED_RECIPE_NAME
+    reloaded = load_recipe(saved)
+    assert reloaded.training.max_steps == 9 and reloaded.raw == recipe.raw
+
+
+def test_train_command_rejects_a_bad_recipe_before_loading_anything(tmp_path, capsys, monkeypatch):
+    from clear_rl import cli
+    from clear_rl.trainers import common
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the recipe was validated")
+
+    monkeypatch.setattr(common, "load_model", no_model)
+    path = write(tmp_path, with_training(lambda_mse="lots"))
+    assert cli.main(["train", str(path), "training.max_steps=1"]) == 2
+    assert "training.lambda_mse: expected float" in capsys.readouterr().err
+    assert cli.main(["train", str(write(tmp_path, BASE)), "training.lamda_distill=1"]) == 2
+    assert "did you mean 'lambda_distill'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp"])
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(RECIPES / "accelerate" / f"{name}.yaml"))
+    kind = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
+    assert config.distributed_type.value == kind.get(name, "FSDP")
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
