@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from trl import GRPOTrainer
@@ -35,12 +36,22 @@ from clear_rl.flow import sampling_schedule, sde_step, step_mean_kl
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import Recipe
-from clear_rl.trainers.common import build_model, finish, load_split, seed_everything
+from clear_rl.trainers.common import (
+    DEFAULT_TRAINABLE_PARTS,
+    UnifiedCheckpointMixin,
+    build_model,
+    finish,
+    load_split,
+    resume_checkpoint,
+    seed_everything,
+    unified_core,
+)
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
 FLOW_KEYS = ("flow_latents", "flow_next", "flow_t", "flow_t_next")
+GRPO_COLUMNS = ("image", "question", "answer")  # clean_image, corruption, severity, ... are optional
 
 
 @dataclass
@@ -122,7 +133,7 @@ def _first_image(prompt: list[dict]):
     raise ValueError("an interleaved rollout needs one image per prompt; this prompt has none")
 
 
-class InterleavedGRPOTrainer(GRPOTrainer):
+class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
     """GRPO over interleaved text + restoration rollouts, with Flow-GRPO on the restoration head."""
 
     def __init__(
@@ -152,8 +163,7 @@ class InterleavedGRPOTrainer(GRPOTrainer):
         self._state: _ForwardState | None = None  # what forward passes need beside TRL's inputs
 
     def _unified_model(self):
-        model = self.accelerator.unwrap_model(self.model)
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
+        return unified_core(self.model)
 
     # -- rollouts ---------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
@@ -388,10 +398,13 @@ def train(recipe: Recipe) -> None:
         )
     args.reward_weights = weights
     seed_everything(args.seed)
-    model, processor = build_model(recipe.model)
-    data = load_split(
-        recipe.data.path, recipe.data.split, recipe.data.max_samples, required=("image", "question", "answer")
+    model, processor = build_model(
+        recipe.model,
+        default_parts=DEFAULT_TRAINABLE_PARTS,
+        adapter_base_dir=Path(args.output_dir) / "base",
+        args=args,
     )
+    data = load_split(recipe.data.path, recipe.data.split, recipe.data.max_samples, required=GRPO_COLUMNS)
     trainer = InterleavedGRPOTrainer(
         model,
         reward_funcs,
@@ -399,5 +412,5 @@ def train(recipe: Recipe) -> None:
         to_grpo_dataset(data, recipe.data.system_prompt),
         processing_class=processor,
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)
