@@ -194,3 +194,13 @@ def test_output_path_is_named_in_the_summary(source, tmp_path):
     )
     assert list(summary["splits"]) == ["test"] and summary["splits"]["test"]["rows"] == 2
     assert Path(summary["source"]) == Path(source.dataset_dir)
+
+
+def test_clean_level_rows_keep_their_image(source, tmp_path):
+    prepare_dataset(source.dataset_dir, tmp_path / "out", PrepareConfig(levels=("clean",), restore_levels=()))
+    rows = datasets.load_from_disk(str(tmp_path / "out"))["train"]
+    assert set(rows["severity"]) == {"clean"} and set(rows["corruption"]) == {"none"}
+    assert set(rows["label"]) == {"direct"}
+    for row in rows.select(range(3)):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(row["clean_image"]))
+        assert "no degradation" in row["target"]

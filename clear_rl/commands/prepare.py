@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a datasets folder (save_to_disk) or a VLMEvalKit .tsv file")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every corruption, level and choice")
-    parser.add_argument("--levels", default="low,mid,high", help="levels to draw from (default low,mid,high)")
+    parser.add_argument(
+        "--levels",
+        default="low,mid,high",
+        help="levels to draw from, among clean,low,mid,high (default low,mid,high)",
+    )
     parser.add_argument("--level-weights", default=None, help="relative weights of --levels (default equal)")
     parser.add_argument("--label", choices=("rule", "probe"), default="rule", help="how rows are labelled")
     parser.add_argument("--restore-levels", default="high", help="rule labelling: levels that restore")

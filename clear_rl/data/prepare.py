@@ -22,6 +22,7 @@ import numpy as np
 from clear_rl.atomic import atomic_path
 from clear_rl.data.images import png_bytes
 from clear_rl.data.samples import (
+    CLEAN,
     OPTION_COLUMNS,
     PREPARED_COLUMNS,
     PrepareConfig,
@@ -29,7 +30,6 @@ from clear_rl.data.samples import (
     build_target,
     check_reasoning,
     choose_levels,
-    degrade_images,
     prepared_features,
     row_seed,
     rule_labels,
@@ -71,14 +71,20 @@ def _chunk_records(
     split: SourceSplit, positions: list[int], config: PrepareConfig, prober
 ) -> dict[str, list]:
     """Degrade and label one chunk of rows; returns the prepared columns."""
-    from clear_rl.degrade import LEVELS, choose_corruptions
+    from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 
     rows = list(split.rows(positions))
     seeds = [row_seed(config.seed, split.name, p) for p in positions]
     severities = choose_levels(seeds, config.levels, config.level_weights)
-    corruptions = choose_corruptions(seeds)
-    intensities = [LEVELS[s] for s in severities]
-    degraded = degrade_images([r.image for r in rows], corruptions, intensities, seeds)
+    corruptions = [name if s != CLEAN else "none" for name, s in zip(choose_corruptions(seeds), severities)]
+    intensities = [LEVELS.get(s, 0.0) for s in severities]
+    degraded = corrupt_images(
+        [r.image for r in rows],
+        [None if s == CLEAN else name for name, s in zip(corruptions, severities)],
+        [None if s == CLEAN else level for level, s in zip(intensities, severities)],
+        seeds,
+        batch_size=config.chunk_size,
+    )
     if config.label == "probe":
         labels = prober.labels(rows, degraded)
     else:

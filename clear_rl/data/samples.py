@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from clear_rl.errors import DataError
 from clear_rl.models.tokens import (
@@ -34,6 +33,8 @@ from clear_rl.seeds import derive_seed
 LABELS = ("restore", "direct")
 OPTION_COLUMNS = ("A", "B", "C", "D")
 SEVERITY_WORDS = {"low": "mild", "mid": "moderate", "high": "severe"}
+CLEAN = "clean"  # a level without corruption (corruption "none"): clean rows in a prepared set
+SEVERITIES = (CLEAN, *SEVERITY_WORDS)
 
 
 def prepared_features():
@@ -92,27 +93,6 @@ def choose_levels(
     return [levels[int(np.random.default_rng([int(s) % 2**63, 1]).choice(len(levels), p=p))] for s in seeds]
 
 
-def degrade_images(
-    images: Sequence[Image.Image], names: Sequence[str], intensities: Sequence[float], seeds: Sequence[int]
-) -> list[Image.Image]:
-    """Apply one corruption per image, batched per image size (the engine needs equal sizes)."""
-    from clear_rl.data.images import pils_to_batch, tensor_to_pil
-    from clear_rl.degrade import corrupt_rows
-
-    out: list[Image.Image | None] = [None] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(image.size, []).append(i)
-    for rows in groups.values():
-        batch = pils_to_batch([images[i] for i in rows])
-        degraded = corrupt_rows(
-            batch, [names[i] for i in rows], [intensities[i] for i in rows], [seeds[i] for i in rows]
-        )
-        for i, tensor in zip(rows, degraded):
-            out[i] = tensor_to_pil(tensor)
-    return out  # type: ignore[return-value]
-
-
 def rule_labels(severities: Sequence[str], restore_levels: Sequence[str]) -> list[str]:
     """`restore` for rows whose level is one of `restore_levels`, `direct` otherwise."""
     return ["restore" if s in restore_levels else "direct" for s in severities]
@@ -134,7 +114,9 @@ def balance_indices(labels: Sequence[str], seed: int, where: str) -> list[int]:
 
 # -- targets -------------------------------------------------------------------------------------
 def describe(corruption: str, severity: str) -> str:
-    """'severe motion blur' for ('motion_blur', 'high')."""
+    """'severe motion blur' for ('motion_blur', 'high'); 'no degradation' for a clean row."""
+    if severity == CLEAN:
+        return "no degradation"
     return f"{SEVERITY_WORDS.get(severity, severity)} {corruption.replace('_', ' ')}"
 
 
@@ -220,12 +202,10 @@ class PrepareConfig:
     chunk_size: int = 64  # rows decoded, degraded and probed at once
 
     def __post_init__(self) -> None:
-        from clear_rl.degrade import LEVELS
-
         for name, values in (("levels", self.levels), ("restore_levels", self.restore_levels)):
-            unknown = [v for v in values if v not in LEVELS]
+            unknown = [v for v in values if v not in SEVERITIES]
             if unknown:
-                raise DataError(f"{name}: unknown level(s) {unknown}; valid: {list(LEVELS)}")
+                raise DataError(f"{name}: unknown level(s) {unknown}; valid: {list(SEVERITIES)}")
         if not self.levels:
             raise DataError("levels: give at least one level")
         if self.level_weights is not None and len(self.level_weights) != len(self.levels):

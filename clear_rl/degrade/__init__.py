@@ -8,7 +8,7 @@ Faithful to the released generator (see /shared/MMD_BENCH_SPEC.md): same formula
 draw ranges, level-gated parts and quirks, in RGB.
 """
 
-from clear_rl.degrade.engine import corrupt, corrupt_pil, corrupt_rows
+from clear_rl.degrade.engine import corrupt, corrupt_images, corrupt_pil, corrupt_rows
 from clear_rl.degrade.registry import (
     CATEGORIES,
     CORRUPTIONS,
@@ -27,6 +27,7 @@ __all__ = [
     "Corruption",
     "choose_corruptions",
     "corrupt",
+    "corrupt_images",
     "corrupt_pil",
     "corrupt_rows",
     "derive_seed",

@@ -122,26 +122,33 @@ def corrupt_pil(image: Image.Image, name: str, level: str | float = "high", seed
 
 def corrupt_images(
     images: Sequence[Image.Image],
-    names: Sequence[str],
-    intensity: str | float,
+    names: Sequence[str | None],
+    intensity: str | float | Sequence[str | float | None],
     seeds: Sequence[int],
     batch_size: int = 16,
 ) -> list[Image.Image]:
-    """Corrupt PIL images of any sizes, each with its own corruption and seed, in batches of
-    same-size images (for data builders and benchmark files). Returns RGB images in order."""
-    if not (len(images) == len(names) == len(seeds)):
+    """Corrupt PIL images of any sizes, each with its own corruption, intensity and seed, in
+    batches of same-size images (for data builders and benchmark files). A row whose name or
+    intensity is None stays clean. Returns RGB images in order."""
+    count = len(images)
+    levels = [intensity] * count if isinstance(intensity, (str, int, float)) else list(intensity)
+    if not (count == len(names) == len(seeds) == len(levels)):
         raise ClearRLError(
-            f"need one name and one seed per image: {len(images)} images, {len(names)} names, {len(seeds)} seeds"
+            f"need one name, intensity and seed per image: {count} images, {len(names)} names, "
+            f"{len(levels)} intensities, {len(seeds)} seeds"
         )
+    out: list[Image.Image] = [image.convert("RGB") for image in images]
     by_size: dict[tuple[int, int], list[int]] = {}
     for position, image in enumerate(images):
-        by_size.setdefault(image.size, []).append(position)
-    out: list[Image.Image | None] = [None] * len(images)
+        if names[position] is not None and levels[position] is not None:
+            by_size.setdefault(image.size, []).append(position)
     for positions in by_size.values():
         for start in range(0, len(positions), max(1, batch_size)):
             chunk = positions[start : start + max(1, batch_size)]
             batch = torch.stack([pil_to_tensor(images[p]) for p in chunk])
-            result = corrupt_rows(batch, [names[p] for p in chunk], intensity, [seeds[p] for p in chunk])
+            result = corrupt_rows(
+                batch, [names[p] for p in chunk], [levels[p] for p in chunk], [seeds[p] for p in chunk]
+            )
             for p, tensor in zip(chunk, result):
                 out[p] = tensor_to_pil(tensor)
     return out
