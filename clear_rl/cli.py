@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "train": "clear_rl.commands.train",
     "eval": "clear_rl.commands.eval",
     "degrade": "clear_rl.commands.degrade",
+    "demo": "clear_rl.commands.demo",
     "prepare": "clear_rl.commands.prepare",
 }
 

@@ -1,0 +1,215 @@
+"""`make demo`: the whole CLEAR pipeline on a tiny model and ShapesVQA, made locally, on a CPU.
+
+1. ShapesVQA: a synthetic VQA set whose fine details strong degradation destroys.
+2. Stage 0 (demo only): the random tiny model becomes a competent small base: the VAE learns to
+   reconstruct, the VLM to answer on clean and mildly degraded images, the restoration head to
+   restore degraded latents.
+3. `clear-rl prepare` labels the corruption-aware data by probing the base model.
+4. Stages 1-3 from `recipes/demo/*.yaml`, through the same path `clear-rl train` runs.
+5. `clear-rl eval` on the held-out split at clean / low / mid / high for Base, CLEAR-SFT and
+   CLEAR-RL, and the paper's tables and targets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from clear_rl.atomic import write_text
+from clear_rl.data.images import pil_to_tensor
+from clear_rl.data.prepare import prepare_dataset
+from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
+from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
+from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
+from clear_rl.demo.summary import write_summary
+from clear_rl.demo.vae import train_vae
+from clear_rl.eval.runner import EvalConfig, evaluate
+from clear_rl.models import TinyModelConfig, build_tiny_model
+from clear_rl.models.io import load_unified, save_unified
+from clear_rl.recipe import load_recipe, stage_module
+
+logger = logging.getLogger(__name__)
+PREPARED_LEVELS = ("clean", "low", "mid", "high")  # clean rows keep the model's clean accuracy
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo run; `smoke()` gives the seconds-long version CI runs."""
+
+    out_dir: str = "demo_out"
+    recipes_dir: str = "recipes/demo"
+    seed: int = 0
+    image_size: int = 64
+    num_train: int = 2000
+    num_test: int = 300
+    vae_images: int = 1024
+    vae_steps: int = 300
+    # Stage counts override the recipes' max_steps when set (None: the recipe's own).
+    steps: dict[str, int | None] = field(
+        default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
+    )
+    eval_levels: tuple[str, ...] = ("clean", "low", "mid", "high")
+    eval_batch_size: int = 32
+    max_new_tokens: int = 64
+    model: dict = field(default_factory=lambda: {"head_layers": 4, "num_inference_steps": 8})
+
+    @classmethod
+    def smoke(cls, out_dir: str = "demo_smoke_out") -> DemoConfig:
+        """A few steps per stage: checks that every stage hands a loadable model to the next."""
+        return cls(
+            out_dir=out_dir,
+            num_train=48,
+            num_test=8,
+            vae_images=32,
+            vae_steps=3,
+            steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            eval_levels=("clean", "high"),
+            eval_batch_size=8,
+            max_new_tokens=16,
+            model={"head_layers": 1, "num_inference_steps": 2},
+        )
+
+
+class _Paths:
+    def __init__(self, root: Path):
+        self.root = root
+        self.shapes = root / "data" / "shapes"
+        self.base_direct = root / "data" / "base_direct"
+        self.base_restore = root / "data" / "base_restore"
+        self.prepared = root / "data" / "prepared"
+        self.models = root / "models"
+        self.eval = root / "eval"
+
+    def model(self, name: str) -> Path:
+        return self.models / name
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _vae_images(config: DemoConfig) -> torch.Tensor:
+    """Clean and degraded ShapesVQA images in [-1, 1]: what the VAE will have to encode."""
+    records = generate_shapes_vqa(
+        config.vae_images, seed=config.seed + 1, config=ShapesVQAConfig(config.image_size)
+    )
+    images = [r["image"] for r in records]
+    seeds = [config.seed * 100_003 + i for i in range(len(images))]
+    levels = [None, *LEVELS.values()]
+    degraded = corrupt_images(
+        images, choose_corruptions(seeds), [levels[i % 4] for i in range(len(images))], seeds
+    )
+    return torch.stack([pil_to_tensor(im) for im in images + degraded]).mul(2).sub(1)
+
+
+def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
+    """The tiny model with a tokenizer for ShapesVQA and the protocol, and a trained VAE."""
+    tiny = TinyModelConfig(image_size=config.image_size, **config.model)
+    model, processor = build_tiny_model(
+        tiny, corpus=shapes_vqa_corpus() + template_corpus(), seed=config.seed
+    )
+    train_vae(model, _vae_images(config), steps=config.vae_steps, seed=config.seed)
+    folder = paths.model("init")
+    save_unified(model, processor, folder)
+    return folder
+
+
+def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
+    """Stage 0's data: direct answers on clean and mild images (the VLM), restorations at every
+    level (the head)."""
+    direct = PrepareConfig(seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",))
+    prepare_dataset(source, paths.base_direct, direct)
+    levels = ("low", "mid", "high")
+    restore = PrepareConfig(seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",))
+    prepare_dataset(source, paths.base_restore, restore)
+
+
+def train_stage(
+    config: DemoConfig, paths: _Paths, recipe: str, model_from: Path, data: Path, output: str
+) -> Path:
+    """Run one recipe of recipes/demo with this run's folders (and step count, if set)."""
+    out = paths.model(output)
+    overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
+    if config.steps.get(recipe) is not None:
+        overrides.append(f"training.max_steps={config.steps[recipe]}")
+    loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides)
+    stage_module(loaded.stage).train(loaded)
+    return out
+
+
+def run_demo(config: DemoConfig) -> Path:
+    """Run every step; returns the summary file. Each step's outputs land under `out_dir`."""
+    paths = _Paths(Path(config.out_dir))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def timed(name: str, fn, *args):
+        _banner(name)
+        began = time.perf_counter()
+        result = fn(*args)
+        timings[name] = time.perf_counter() - began
+        print(f"--- {name}: {timings[name]:.0f}s", flush=True)
+        return result
+
+    shapes = ShapesVQAConfig(image_size=config.image_size)
+    files = timed(
+        "data: ShapesVQA",
+        build_shapes_vqa,
+        paths.shapes,
+        config.num_train,
+        config.num_test,
+        config.seed,
+        shapes,
+    )
+    source = files.dataset_dir
+    timed("stage 0: tiny model + VAE", build_base_init, config, paths)
+    timed("stage 0: base data", prepare_base_data, config, source, paths)
+    timed(
+        "stage 0: base VLM",
+        train_stage,
+        config,
+        paths,
+        "base",
+        paths.model("init"),
+        paths.base_direct,
+        "base_vlm",
+    )
+    base = timed(
+        "stage 0: base restoration head",
+        train_stage, config, paths, "base_head", paths.model("base_vlm"), paths.base_restore, "base",
+    )  # fmt: skip
+    probe = ProbeSettings(model_path=str(base), batch_size=32, max_new_tokens=config.max_new_tokens)
+    timed(
+        "prepare: corruption-aware data (probe labels)",
+        prepare_dataset,
+        source,
+        paths.prepared,
+        PrepareConfig(seed=config.seed + 2, levels=PREPARED_LEVELS, label="probe", probe=probe, balance=True),
+    )
+    sft = timed("stage 1: SFT", train_stage, config, paths, "sft", base, paths.prepared, "sft")
+    bridge = timed("stage 2: bridge", train_stage, config, paths, "bridge", sft, paths.prepared, "bridge")
+    rl = timed(
+        "stage 3: Interleaved GRPO", train_stage, config, paths, "grpo", bridge, paths.prepared, "grpo"
+    )
+    models = {
+        name: load_unified(path) for name, path in (("Base", base), ("CLEAR-SFT", sft), ("CLEAR-RL", rl))
+    }
+    eval_config = EvalConfig(
+        levels=config.eval_levels,
+        batch_size=config.eval_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
+    report = timed(
+        "eval: Base, CLEAR-SFT, CLEAR-RL", evaluate, models, [files.tsv["test"]], paths.eval, eval_config
+    )
+    timings["total"] = time.perf_counter() - started
+    write_text(paths.root / "demo_config.json", json.dumps(asdict(config), indent=2))
+    summary = write_summary(report, paths.root / "SUMMARY.md", timings)
+    print(summary.read_text(encoding="utf-8"), flush=True)
+    return summary
