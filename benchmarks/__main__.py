@@ -1,7 +1,8 @@
 """`python -m benchmarks [NAME ...]`: run every benchmark module (or the named ones).
 
 A benchmark is a module `benchmarks/<name>.py` with a `main()` that measures and calls
-`benchmarks.results.update_section`. Benchmarks measure; they never pass or fail on time.
+`benchmarks.results.update_section`; modules named `_*` (helpers, this file) are not benchmarks.
+Benchmarks measure; they never pass or fail on time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ SKIP = {"results"}
 
 
 def main(names: list[str]) -> int:
-    available = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in SKIP)
+    available = sorted(
+        m.name
+        for m in pkgutil.iter_modules(benchmarks.__path__)
+        if m.name not in SKIP and not m.name.startswith("_")
+    )
     unknown = sorted(set(names) - set(available))
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {available}", file=sys.stderr)

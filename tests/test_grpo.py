@@ -14,6 +14,7 @@ from datasets import Dataset
 from clear_rl.data.synthetic import generate_shapes_vqa
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
+from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import load_recipe
 from clear_rl.trainers import grpo
 from clear_rl.trainers.grpo import InterleavedGRPOTrainer, to_grpo_dataset
@@ -222,3 +223,35 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def _scored_first_batch(trainer):
+    """Run TRL's rollout-and-score on the first training batch; returns (rows, scored output)."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    return batch, trainer._generate_and_score_completions(batch)
+
+
+def test_restoring_rollouts_condition_on_the_degraded_images_latents(tmp_path):
+    trainer = _trainer(tmp_path, [constant_by_position], restore_policy="always")
+    rows, scored = _scored_first_batch(trainer)
+    model = trainer._unified_model()
+    with torch.no_grad():
+        expected = model.encode_latents(
+            vae_pixel_values([row["image"] for row in rows], model.config.vae_image_size)
+        ).float()
+    assert bool(scored["restored"].all())
+    torch.testing.assert_close(scored["degraded_latents"], expected)
+
+
+def test_rollouts_without_restoration_skip_the_degraded_images_encode(tmp_path):
+    trainer = _trainer(tmp_path, [constant_by_position], restore_policy="never")
+    model = trainer._unified_model()
+    encoded_batches = []
+    original = model.encode_latents
+    model.encode_latents = lambda images: encoded_batches.append(len(images)) or original(images)
+    rows, scored = _scored_first_batch(trainer)
+    assert not bool(scored["restored"].any())
+    assert encoded_batches == [len(rows)]  # the clean images only, for the rewards' clean_latents
+    assert not bool(scored["degraded_latents"].any())  # all-masked flow tensors keep their shape
+    assert scored["degraded_latents"].shape == (len(rows), *model.latent_shape)

@@ -221,16 +221,21 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             ) as generator_model,
             torch.no_grad(),
         ):
-            degraded = generator_model.encode_latents(vae_pixel_values(images, size).to(device)).float()
+            # The degraded images' latents only condition restorations: generation encodes them when
+            # the first row restores, so a batch in which nobody restores (all of them under
+            # `restore_policy: never`) skips that VAE encode.
             out = generate_interleaved(
                 generator_model,
                 encoded["input_ids"],
                 encoded["attention_mask"],
                 config,
-                degraded_latents=degraded,
+                vae_pixel_values=vae_pixel_values(images, size).to(device),
                 generator=self._generator,
                 **vlm_inputs,
             )
+            degraded = out.degraded_latents
+            if degraded is None:  # nobody restored: the flow tensors, all masked, only need the shape
+                degraded = torch.zeros(len(prompts), *unified.latent_shape, device=device)
             clean_latents = None
             if clean and all(image is not None for image in clean):
                 clean_latents = generator_model.encode_latents(
