@@ -244,7 +244,7 @@ def test_restoring_rollouts_condition_on_the_degraded_images_latents(tmp_path):
     torch.testing.assert_close(scored["degraded_latents"], expected)
 
 
-def test_rollouts_without_restoration_skip_the_degraded_images_encode(tmp_path):
+def test_rollouts_without_restoration_encode_nothing(tmp_path):
     trainer = _trainer(tmp_path, [constant_by_position], restore_policy="never")
     model = trainer._unified_model()
     encoded_batches = []
@@ -252,6 +252,8 @@ def test_rollouts_without_restoration_skip_the_degraded_images_encode(tmp_path):
     model.encode_latents = lambda images: encoded_batches.append(len(images)) or original(images)
     rows, scored = _scored_first_batch(trainer)
     assert not bool(scored["restored"].any())
-    assert encoded_batches == [len(rows)]  # the clean images only, for the rewards' clean_latents
+    # Neither the degraded images (no restoration to condition) nor the clean ones (latent_quality
+    # compares restorations only) are encoded; rewards get clean_latents None for every row.
+    assert encoded_batches == []
     assert not bool(scored["degraded_latents"].any())  # all-masked flow tensors keep their shape
     assert scored["degraded_latents"].shape == (len(rows), *model.latent_shape)

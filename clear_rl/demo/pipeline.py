@@ -53,6 +53,8 @@ class DemoConfig:
     steps: dict[str, int | None] = field(
         default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
     )
+    # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
+    label: str = "probe"
     eval_levels: tuple[str, ...] = ("clean", "low", "mid", "high")
     eval_batch_size: int = 32
     max_new_tokens: int = 64
@@ -68,6 +70,7 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
             eval_batch_size=8,
             max_new_tokens=16,
@@ -129,6 +132,18 @@ def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
     prepare_dataset(source, paths.base_restore, restore)
 
 
+def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base: Path) -> None:
+    """Stages 1-3's data: each row degraded once, labelled restore where the base model fails."""
+    if config.label == "probe":
+        probe = ProbeSettings(model_path=str(base), batch_size=32, max_new_tokens=config.max_new_tokens)
+        labels = {"label": "probe", "probe": probe, "balance": True}
+    else:
+        labels = {"label": "rule", "restore_levels": ("mid", "high")}
+    prepare_dataset(
+        source, paths.prepared, PrepareConfig(seed=config.seed + 2, levels=PREPARED_LEVELS, **labels)
+    )
+
+
 def train_stage(
     config: DemoConfig, paths: _Paths, recipe: str, model_from: Path, data: Path, output: str
 ) -> Path:
@@ -183,14 +198,7 @@ def run_demo(config: DemoConfig) -> Path:
         "stage 0: base restoration head",
         train_stage, config, paths, "base_head", paths.model("base_vlm"), paths.base_restore, "base",
     )  # fmt: skip
-    probe = ProbeSettings(model_path=str(base), batch_size=32, max_new_tokens=config.max_new_tokens)
-    timed(
-        "prepare: corruption-aware data (probe labels)",
-        prepare_dataset,
-        source,
-        paths.prepared,
-        PrepareConfig(seed=config.seed + 2, levels=PREPARED_LEVELS, label="probe", probe=probe, balance=True),
-    )
+    timed("prepare: corruption-aware data", prepare_training_data, config, source, paths, base)
     sft = timed("stage 1: SFT", train_stage, config, paths, "sft", base, paths.prepared, "sft")
     bridge = timed("stage 2: bridge", train_stage, config, paths, "bridge", sft, paths.prepared, "bridge")
     rl = timed(

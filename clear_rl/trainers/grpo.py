@@ -236,11 +236,20 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             degraded = out.degraded_latents
             if degraded is None:  # nobody restored: the flow tensors, all masked, only need the shape
                 degraded = torch.zeros(len(prompts), *unified.latent_shape, device=device)
-            clean_latents = None
-            if clean and all(image is not None for image in clean):
-                clean_latents = generator_model.encode_latents(
-                    vae_pixel_values(clean, size).to(device)
+            # The clean image's latent is what restorations are compared with (latent_quality):
+            # encoded for the rows that restored, None for the others.
+            clean_latents: list[torch.Tensor | None] = [None] * len(prompts)
+            rows = [
+                i
+                for i, r in enumerate(out.restored.tolist())
+                if r and i < len(clean) and clean[i] is not None
+            ]
+            if rows:
+                encoded_clean = generator_model.encode_latents(
+                    vae_pixel_values([clean[i] for i in rows], size).to(device)
                 ).float()
+                for i, latent in zip(rows, encoded_clean.cpu()):
+                    clean_latents[i] = latent
         self._stash = self._flow_stash(out, degraded)
         self._state = _ForwardState(
             out.restored_latents, degraded, out.restored, self._stash["flow_latents"], self._stash["flow_t"]
@@ -258,7 +267,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             # Per-completion keyword arguments of the reward functions.
             "restored": restored,
             "restored_latents": [lat.cpu() if r else None for lat, r in zip(out.restored_latents, restored)],
-            "clean_latents": [None] * len(prompts) if clean_latents is None else list(clean_latents.cpu()),
+            "clean_latents": clean_latents,
         }
 
     def _flow_stash(self, out, degraded: torch.Tensor) -> dict[str, torch.Tensor]:
