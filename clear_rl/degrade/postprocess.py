@@ -111,11 +111,13 @@ def inpaint(x: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
         sums = box_sum(stacked, radius)
         counts = sums[:, 3:]
         fill = ~known & (counts > 0)
+        if not bool(fill.any()):
+            break  # an image that is all hole (small images, large rectangles): nothing to fill from
         mean = torch.round(sums[:, :3] / counts.clamp(min=1))
         stacked = torch.where(fill, torch.cat([mean, torch.ones_like(counts)], 1), stacked)
         known = known | fill
         radius *= 3
-    return stacked[:, :3]
+    return torch.where(known, stacked[:, :3], x)
 
 
 def mask_outline(mask: torch.Tensor) -> torch.Tensor:

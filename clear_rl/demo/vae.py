@@ -21,7 +21,7 @@ def train_vae(
     model: ComposedUnifiedModel,
     images: torch.Tensor,
     steps: int,
-    batch_size: int = 32,
+    batch_size: int = 16,
     learning_rate: float = 1e-3,
     kl_weight: float = 1e-6,
     seed: int = 0,

@@ -58,7 +58,7 @@ class TinyModelConfig:
     llm_layers: int = 4
     llm_heads: int = 4
     llm_kv_heads: int = 2
-    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_channels: tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 4
     head_layers: int = 2
     head_heads: int = 4
