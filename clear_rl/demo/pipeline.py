@@ -28,6 +28,7 @@ from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
+from clear_rl.demo.vision import warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
@@ -45,10 +46,14 @@ class DemoConfig:
     recipes_dir: str = "recipes/demo"
     seed: int = 0
     image_size: int = 64
+    # The demo's task: a tiny ViT trained for minutes on a CPU learns colours reliably, not yet
+    # shapes or printed digits (ShapesVQA has those for larger models).
+    question_types: tuple[str, ...] = ("color",)
     num_train: int = 2000
     num_test: int = 300
     vae_images: int = 1024
     vae_steps: int = 300
+    vision_steps: int = 300
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
         default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
@@ -69,6 +74,7 @@ class DemoConfig:
             num_test=8,
             vae_images=32,
             vae_steps=3,
+            vision_steps=3,
             steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
@@ -92,6 +98,17 @@ class _Paths:
         return self.models / name
 
 
+def shapes_config(config: DemoConfig) -> ShapesVQAConfig:
+    """ShapesVQA as the demo uses it: one object per image, short answers."""
+    return ShapesVQAConfig(
+        image_size=config.image_size,
+        question_types=config.question_types,
+        multiple_choice_fraction=0.0,
+        min_shapes=1,
+        max_shapes=1,
+    )
+
+
 def _banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
@@ -111,11 +128,14 @@ def _vae_images(config: DemoConfig) -> torch.Tensor:
 
 
 def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
-    """The tiny model with a tokenizer for ShapesVQA and the protocol, and a trained VAE."""
+    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT, a trained VAE."""
     tiny = TinyModelConfig(image_size=config.image_size, **config.model)
+    shapes = shapes_config(config)
     model, processor = build_tiny_model(
-        tiny, corpus=shapes_vqa_corpus() + template_corpus(), seed=config.seed
+        tiny, corpus=shapes_vqa_corpus(shapes) + template_corpus(), seed=config.seed
     )
+    records = generate_shapes_vqa(config.num_train, seed=config.seed + 3, config=shapes)
+    warm_up_vision(model, processor, records, shapes, steps=config.vision_steps, seed=config.seed)
     train_vae(model, _vae_images(config), steps=config.vae_steps, seed=config.seed)
     folder = paths.model("init")
     save_unified(model, processor, folder)
@@ -132,10 +152,20 @@ def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
     prepare_dataset(source, paths.base_restore, restore)
 
 
+def system_prompt(config: DemoConfig) -> str | None:
+    """The system prompt the demo recipes train with; probing and evaluation use the same."""
+    return load_recipe(Path(config.recipes_dir) / "sft.yaml").data.system_prompt
+
+
 def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base: Path) -> None:
     """Stages 1-3's data: each row degraded once, labelled restore where the base model fails."""
     if config.label == "probe":
-        probe = ProbeSettings(model_path=str(base), batch_size=32, max_new_tokens=config.max_new_tokens)
+        probe = ProbeSettings(
+            model_path=str(base),
+            batch_size=32,
+            max_new_tokens=config.max_new_tokens,
+            system_prompt=system_prompt(config),
+        )
         labels = {"label": "probe", "probe": probe, "balance": True}
     else:
         labels = {"label": "rule", "restore_levels": ("mid", "high")}
@@ -171,7 +201,7 @@ def run_demo(config: DemoConfig) -> Path:
         print(f"--- {name}: {timings[name]:.0f}s", flush=True)
         return result
 
-    shapes = ShapesVQAConfig(image_size=config.image_size)
+    shapes = shapes_config(config)
     files = timed(
         "data: ShapesVQA",
         build_shapes_vqa,
@@ -208,6 +238,7 @@ def run_demo(config: DemoConfig) -> Path:
         name: load_unified(path) for name, path in (("Base", base), ("CLEAR-SFT", sft), ("CLEAR-RL", rl))
     }
     eval_config = EvalConfig(
+        system_prompt=system_prompt(config),
         levels=config.eval_levels,
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
