@@ -8,6 +8,7 @@ import yaml
 from clear_rl.errors import RecipeError
 from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe
 from clear_rl.trainers.bridge import BridgeConfig
+from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 from clear_rl.trainers.sft import ClearSFTConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -36,12 +37,24 @@ def with_training(**values) -> dict:
         ("demo/bridge.yaml", "bridge", BridgeConfig),
         ("qwen2_5_vl_3b/sft-lora.yaml", "sft", ClearSFTConfig),
         ("qwen2_5_vl_3b/bridge-lora.yaml", "bridge", BridgeConfig),
+        ("demo/base.yaml", "sft", ClearSFTConfig),
+        ("demo/base_head.yaml", "sft", ClearSFTConfig),
+        ("demo/grpo.yaml", "grpo", InterleavedGRPOConfig),
+        ("qwen2_5_vl_3b/grpo-qlora.yaml", "grpo", InterleavedGRPOConfig),
     ],
 )
 def test_shipped_recipes_validate(name, stage, config_class):
     recipe = load_recipe(RECIPES / name)
     assert recipe.stage == stage and type(recipe.training) is config_class
     assert recipe.training.remove_unused_columns is False
+
+
+def test_grpo_recipes_declare_the_four_rewards_with_paper_weights():
+    for name in ("demo/grpo.yaml", "qwen2_5_vl_3b/grpo-qlora.yaml"):
+        recipe = load_recipe(RECIPES / name)
+        weights = {spec.name: spec.weight for spec in recipe.rewards}
+        assert weights == {"accuracy": 0.75, "format": 0.10, "decision": 0.15, "latent_quality": 0.0}
+        assert recipe.training.flow_loss_weight == 0.3 and recipe.training.epsilon == 0.2
 
 
 def test_qwen_recipe_is_lora_on_a_4bit_base():
