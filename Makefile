@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # as a dependency of the project. On a GPU machine: `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-fast lint format bench
+.PHONY: install test test-fast lint format bench demo demo-smoke
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,11 @@ format:
 
 bench:
 	$(BIN)/python -m benchmarks
+
+# The whole CLEAR pipeline on a tiny model and ShapesVQA (about 15-20 minutes on 2 CPU cores).
+demo:
+	$(BIN)/clear-rl demo --out demo_out
+
+# A few steps per stage: every stage hands a loadable model to the next and the report is written.
+demo-smoke:
+	$(BIN)/clear-rl demo --smoke --out demo_smoke_out

@@ -107,3 +107,29 @@ def test_terms_are_absent_without_restoring_rows(setup):
     terms = loss_terms(model, model.forward, direct, torch.Generator(), with_mse=True, with_distill=True)
     assert terms.mse is None and terms.distill is None and terms.restore_rows == 0
     assert int(terms.ce_tokens) > 0
+
+
+def test_vit_token_dropout_makes_restoring_answers_come_from_the_slot(setup):
+    model, batch = setup
+    restoring = {k: v[0::2] for k, v in batch.items()}  # the even rows restore
+
+    def ce(inputs, dropout):
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            terms = loss_terms(
+                model,
+                model.forward,
+                inputs,
+                generator,
+                with_mse=False,
+                with_distill=False,
+                vit_token_dropout=dropout,
+            )
+        return float(terms.ce_sum), int(terms.ce_tokens)
+
+    scrambled = {**restoring, "pixel_values": torch.randn_like(restoring["pixel_values"])}
+    # Without dropout the answer reads the degraded image's ViT tokens; with it, it cannot.
+    assert ce(restoring, 0.0)[0] != pytest.approx(ce(scrambled, 0.0)[0], rel=1e-6)
+    assert ce(restoring, 1.0)[0] == pytest.approx(ce(scrambled, 1.0)[0], rel=1e-5)
+    # The quality check before <image_restore> (about an image the row no longer sees) leaves the CE.
+    assert ce(restoring, 1.0)[1] < ce(restoring, 0.0)[1]

@@ -2,8 +2,8 @@
 
 1. ShapesVQA: a synthetic VQA set whose fine details strong degradation destroys.
 2. Stage 0 (demo only): the random tiny model becomes a competent small base: the VAE learns to
-   reconstruct, the VLM to answer on clean and mildly degraded images, the restoration head to
-   restore degraded latents.
+   reconstruct, the VLM to answer on clean and mildly degraded images (and to read a clean image's
+   VAE latent, as BAGEL's LLM does), the restoration head to restore degraded latents.
 3. `clear-rl prepare` labels the corruption-aware data by probing the base model.
 4. Stages 1-3 from `recipes/demo/*.yaml`, through the same path `clear-rl train` runs.
 5. `clear-rl eval` on the held-out split at clean / low / mid / high for Base, CLEAR-SFT and
@@ -88,7 +88,7 @@ class _Paths:
     def __init__(self, root: Path):
         self.root = root
         self.shapes = root / "data" / "shapes"
-        self.base_direct = root / "data" / "base_direct"
+        self.base_vlm = root / "data" / "base_vlm"
         self.base_restore = root / "data" / "base_restore"
         self.prepared = root / "data" / "prepared"
         self.models = root / "models"
@@ -143,10 +143,20 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
 
 
 def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
-    """Stage 0's data: direct answers on clean and mild images (the VLM), restorations at every
-    level (the head)."""
-    direct = PrepareConfig(seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",))
-    prepare_dataset(source, paths.base_direct, direct)
+    """Stage 0's data: for the VLM, direct answers on clean and mild images plus rows that show the
+    image only as its VAE latent in the slot; for the head, restorations at every level."""
+    # BAGEL's pretraining puts context images in its LLM as VAE latents as well as ViT tokens; the
+    # random tiny model gets that ability here. Its "restore" rows hide the ViT tokens
+    # (vit_token_dropout 1.0 in base.yaml) and keep their labels only after the slot, so the base
+    # learns to read a clean latent there but never to ask for a restoration.
+    vlm = PrepareConfig(
+        seed=config.seed,
+        levels=("clean", "low", "mid", "high"),
+        level_weights=(0.35, 0.35, 0.15, 0.15),
+        restore_levels=("mid", "high"),
+        splits=("train",),
+    )
+    prepare_dataset(source, paths.base_vlm, vlm)
     levels = ("low", "mid", "high")
     restore = PrepareConfig(seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",))
     prepare_dataset(source, paths.base_restore, restore)
@@ -221,7 +231,7 @@ def run_demo(config: DemoConfig) -> Path:
         paths,
         "base",
         paths.model("init"),
-        paths.base_direct,
+        paths.base_vlm,
         "base_vlm",
     )
     base = timed(

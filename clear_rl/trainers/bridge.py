@@ -86,6 +86,7 @@ class BridgeTrainer(ClearSFTTrainer):
         args = self.args
         return {
             "with_mse": False,
+            "vit_token_dropout": args.vit_token_dropout,
             "restored_latents": lambda degraded: denoised_latents(
                 model, forward, inputs, degraded, generator, args
             ),

@@ -136,6 +136,32 @@ def distill_loss(
     return torch.stack(losses).mean()
 
 
+def _drop_vit_tokens(model, input_ids, attention_mask, labels, rows, probability: float, generator):
+    """CLEAR's ViT-token dropout: some restoring rows do not see the degraded image's ViT tokens.
+
+    For a dropped row the attention mask hides its image tokens from every position, so the answer
+    must come from the restored slot (the bridged latent) and the head's context from the degraded
+    latent it is given; the text up to `<image_restore>`, a quality check of the now unseen image,
+    leaves the CE. Without it the model can answer from the degraded view and ignore the slot.
+    Returns the new (attention_mask, labels).
+    """
+    chosen = torch.rand(len(rows), generator=generator, device=generator.device).to(rows.device) < probability
+    dropped = rows[chosen]
+    if not len(dropped):
+        return attention_mask, labels
+    attention_mask, labels = attention_mask.clone(), labels.clone()
+    ids = input_ids[dropped]
+    attention_mask[dropped] = attention_mask[dropped] * (~model.image_token_mask(ids)).to(
+        attention_mask.dtype
+    )
+    # Up to the row's last `<image_restore>` (the prompt may mention the tag too): the decision and
+    # the quality check before it judged an image this row no longer sees.
+    is_restore = (ids == model.config.image_restore_token_id).long()
+    up_to_restore = is_restore.flip(1).cumsum(1).flip(1) > 0
+    labels[dropped] = labels[dropped].masked_fill(up_to_restore, -100)
+    return attention_mask, labels
+
+
 def loss_terms(
     model: ComposedUnifiedModel,
     forward: Callable[..., Any],
@@ -159,6 +185,11 @@ def loss_terms(
     input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     restore = inputs["restore"].bool()
     rows = restore.nonzero().squeeze(1)
+    if vit_token_dropout > 0 and len(rows):
+        attention_mask, labels = _drop_vit_tokens(
+            model, input_ids, attention_mask, labels, rows, vit_token_dropout, generator
+        )
+        student = {**student, "attention_mask": attention_mask}
     with torch.no_grad():  # the VAE never trains
         clean_latents = model.encode_latents(inputs["clean_vae_pixel_values"]).float()
         need_degraded = (with_mse or restored_latents is not None) and len(rows) > 0
@@ -177,10 +208,6 @@ def loss_terms(
     if with_mse and len(rows):
         states = out.hidden_states[model.config.condition_layer]
         context = model.restoration_context(input_ids, attention_mask, states, degraded_latents).select(rows)
-        if vit_token_dropout > 0:  # hide the degraded image's ViT tokens from the head (BAGEL's vit dropout)
-            dropped = torch.rand(len(rows), generator=generator, device=generator.device) < vit_token_dropout
-            hide = model.image_token_mask(input_ids[rows]) & dropped.to(input_ids.device)[:, None]
-            context.attention_mask = context.attention_mask & ~hide
         shift = model.config.flow_shift if flow_shift is None else flow_shift
         mse = flow_matching_loss(model, context, clean_latents[rows], shift, generator)
     if with_distill and len(rows):
