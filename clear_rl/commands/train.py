@@ -2,7 +2,7 @@
 
   clear-rl train recipes/demo/sft.yaml
   clear-rl train recipes/demo/grpo.yaml training.max_steps=20 training.learning_rate=1e-6
-  accelerate launch --config_file recipes/accelerate/ddp.yaml -m clear_rl train RECIPE
+  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m clear_rl train RECIPE
 
 The recipe is validated completely (unknown keys, wrong types, missing fields) before any model
 is loaded. `key.path=value` arguments override recipe keys; the merged recipe is saved beside the
