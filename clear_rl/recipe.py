@@ -20,6 +20,7 @@ import difflib
 import enum
 import importlib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,6 +105,26 @@ class Recipe:
 
 
 # -- overrides --------------------------------------------------------------------------------
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false. YAML 1.1 (PyYAML's default) reads `no`, `off`,
+    `yes` and `on` as booleans, which would turn `save_strategy: no`, a TrainingArguments value,
+    into False."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse recipe YAML (a file or an override's value) with 1.2 booleans."""
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:
@@ -120,7 +141,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> di
             else:
                 raise RecipeError(f"{where}: override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
         last = parts[-1]
-        value = yaml.safe_load(text) if text.strip() else None
+        value = parse_yaml(text) if text.strip() else None
         if isinstance(node, list) and last.isdigit() and int(last) < len(node):
             node[int(last)] = value
         elif isinstance(node, dict):
@@ -249,7 +270,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -114,6 +114,17 @@ def test_dotted_overrides_apply_before_validation(tmp_path):
         load_recipe(path, ["training.max_step=7"])
 
 
+def test_yes_and_no_stay_strings_as_trainingarguments_expects(tmp_path):
+    # PyYAML's YAML 1.1 would read `no` as False and fail `save_strategy`; only true/false are booleans.
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "stage: sft\nmodel: {tiny: {}}\ndata: {path: d}\ntraining: {output_dir: o, save_strategy: no}\n"
+    )
+    recipe = load_recipe(path, ["training.eval_strategy=no", "training.bf16=false", "training.use_cpu=True"])
+    assert recipe.training.save_strategy == "no" and recipe.training.eval_strategy == "no"
+    assert recipe.training.bf16 is False and recipe.training.use_cpu is True
+
+
 def test_resolved_recipe_is_saved_with_overrides(tmp_path):
     recipe = load_recipe(write(tmp_path, BASE), ["training.max_steps=9"])
     saved = recipe.save_resolved(tmp_path / "run")
