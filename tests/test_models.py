@@ -8,7 +8,7 @@ import torch
 from clear_rl.errors import ClearRLError
 from clear_rl.models import ComposedUnifiedModel, patchify_latents
 from clear_rl.models.adapters import LoraSettings, apply_lora, part_paths, set_trainable_parts
-from clear_rl.models.compose import load_vlm
+from clear_rl.models.compose import compose_unified, load_vlm
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
 from tests.conftest import make_prompts
@@ -193,6 +193,31 @@ def test_4bit_without_cuda_is_a_clear_error(tiny, tmp_path):
         load_vlm(tmp_path / "vlm", load_in_4bit=True)
     with pytest.raises(ClearRLError, match="VLM folder not found"):
         load_vlm(tmp_path / "nope")
+
+
+def test_a_4bit_composite_saves_how_to_requantize_its_vlm_only(tiny, tmp_path):
+    from transformers import BitsAndBytesConfig
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    model, processor = tiny
+    vlm = model.vlm
+    vlm.config.quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    try:  # the bookkeeping of a 4-bit VLM; loading one needs CUDA (tests/test_gpu_recipes.py)
+        composite, _ = compose_unified(vlm, processor, model.vae, vae_image_size=model.config.vae_image_size)
+    finally:
+        del vlm.config.quantization_config
+    settings = composite.config.quantization_config
+    assert settings["load_in_4bit"] and settings["bnb_4bit_quant_type"] == "nf4"
+    skip = settings["llm_int8_skip_modules"]
+    names = {name for name, module in composite.named_modules() if isinstance(module, torch.nn.Linear)}
+    quantized = {name for name in names if should_convert_module(name, skip)}
+    assert quantized and all(name.startswith("vlm.model.language_model.") for name in quantized)
+    assert not any(should_convert_module(n, skip) for n in names if "vision_tower" in n or "lm_head" in n)
+    save_unified(composite, processor, tmp_path / "q")
+    assert "quantization_config" in json.loads((tmp_path / "q" / "config.json").read_text())
+    if not torch.cuda.is_available():
+        with pytest.raises(ClearRLError, match="4-bit base; loading it needs a CUDA GPU"):
+            load_unified(tmp_path / "q")
 
 
 def test_model_is_a_registered_transformers_model(tiny, tmp_path):

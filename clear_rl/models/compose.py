@@ -18,6 +18,12 @@ from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.tokens import ClearTokenIds, add_clear_tokens
 
+# Left in bf16 by a 4-bit load: the vision side (small, and sensitive) and the output head.
+# transformers 5 matches these as regexes from the start of a module's full name.
+VLM_4BIT_SKIP = [r".*vision_tower", r".*visual", r".*multi_modal_projector", r".*lm_head"]
+# The composite's own parts never quantize: the VAE, and the head and bridge that train in full.
+COMPOSITE_4BIT_SKIP = [*VLM_4BIT_SKIP, "vae", "restoration_head", "latent_bridge"]
+
 # A small PixArt-style DiT: 12 layers of width 1152 (PixArt-alpha's width, half its depth).
 DEFAULT_HEAD: dict[str, Any] = {"num_layers": 12, "num_attention_heads": 16, "attention_head_dim": 72}
 
@@ -79,10 +85,25 @@ def compose_unified(
         num_inference_steps=num_inference_steps,
         attn_implementation=vlm.config._attn_implementation,
     )
+    quantization = getattr(vlm.config, "quantization_config", None)
+    if quantization is not None:
+        config.quantization_config = composite_quantization(quantization)
     model = ComposedUnifiedModel(
         config, vlm=vlm, vae=vae, restoration_head=restoration_head, latent_bridge=latent_bridge
     )
     return model, processor
+
+
+def composite_quantization(vlm_quantization: Any) -> dict[str, Any]:
+    """The quantization config a composite with a 4-bit VLM saves, so that loading it re-quantizes.
+
+    `save_pretrained` writes the packed 4-bit weights; without a `quantization_config` on the
+    composite's own config, `from_pretrained` would build plain Linear layers and silently
+    re-initialise them (a size mismatch per weight). Its skip list keeps the non-VLM parts whole.
+    """
+    settings = vlm_quantization if isinstance(vlm_quantization, dict) else vlm_quantization.to_dict()
+    skip = set(settings.get("llm_int8_skip_modules") or []) | set(COMPOSITE_4BIT_SKIP)
+    return {**settings, "llm_int8_skip_modules": sorted(skip)}
 
 
 def _require_local_dir(path: str | os.PathLike, what: str) -> None:
@@ -108,7 +129,7 @@ def load_vlm(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
-            llm_int8_skip_modules=["vision_tower", "visual", "multi_modal_projector", "lm_head"],
+            llm_int8_skip_modules=VLM_4BIT_SKIP,
         )
     vlm = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import AutoProcessor, ProcessorMixin
 
@@ -44,12 +45,29 @@ def load_unified(
         config_file = folder / "config.json"
         if not config_file.exists():
             raise ClearRLError(f"{folder} holds no config.json: not a saved clear-rl model")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        saved = json.loads(config_file.read_text())
+        model_type = saved.get("model_type")
         if model_type != ComposedUnifiedConfig.model_type:
             raise ClearRLError(
                 f"{folder} holds a '{model_type}' model, not a clear-rl unified model; "
                 "compose one first (clear_rl.models.compose_from_pretrained)"
             )
+        if "quantization_config" in saved and not torch.cuda.is_available():
+            raise ClearRLError(f"{folder} holds a model with a 4-bit base; loading it needs a CUDA GPU")
         model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        _one_dtype_per_part(model)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     return model, processor
+
+
+def _one_dtype_per_part(model: ComposedUnifiedModel) -> None:
+    """Cast a diffusers part whose parameters load in mixed precision to float32.
+
+    Loading a 4-bit composite (whose non-quantized parts peft's k-bit preparation had upcast
+    before saving) can leave e.g. a VAE convolution with a float32 weight and a bf16 bias: hidden
+    under a Trainer's autocast, an error in any pass outside it (GRPO rollouts, evaluation).
+    """
+    for part in (model.vae, model.restoration_head, model.latent_bridge):
+        dtypes = {p.dtype for p in part.parameters() if p.is_floating_point()}
+        if len(dtypes) > 1:
+            part.to(torch.float32)
