@@ -2,8 +2,8 @@
 
 1. ShapesVQA: a synthetic VQA set whose fine details strong degradation destroys.
 2. Stage 0 (demo only): the random tiny model becomes a competent small base: the VAE learns to
-   reconstruct, the VLM to answer on clean and mildly degraded images (and to read a clean image's
-   VAE latent, as BAGEL's LLM does), the restoration head to restore degraded latents.
+   reconstruct, the bridge to recognise scenes from its latents, the VLM to answer on clean and
+   mildly degraded images, the restoration head to restore degraded latents.
 3. `clear-rl prepare` labels the corruption-aware data by probing the base model.
 4. Stages 1-3 from `recipes/demo/*.yaml`, through the same path `clear-rl train` runs.
 5. `clear-rl eval` on the held-out split at clean / low / mid / high for Base, CLEAR-SFT and
@@ -28,7 +28,7 @@ from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
-from clear_rl.demo.vision import warm_up_vision
+from clear_rl.demo.vision import warm_up_bridge, warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
@@ -54,6 +54,7 @@ class DemoConfig:
     vae_images: int = 1024
     vae_steps: int = 300
     vision_steps: int = 300
+    bridge_steps: int = 300
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
         default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
@@ -75,6 +76,7 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             vision_steps=3,
+            bridge_steps=3,
             steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
@@ -128,7 +130,8 @@ def _vae_images(config: DemoConfig) -> torch.Tensor:
 
 
 def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
-    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT, a trained VAE."""
+    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT, a trained VAE
+    and a bridge warmed up on that VAE's latents."""
     tiny = TinyModelConfig(image_size=config.image_size, **config.model)
     shapes = shapes_config(config)
     model, processor = build_tiny_model(
@@ -137,26 +140,17 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
     records = generate_shapes_vqa(config.num_train, seed=config.seed + 3, config=shapes)
     warm_up_vision(model, processor, records, shapes, steps=config.vision_steps, seed=config.seed)
     train_vae(model, _vae_images(config), steps=config.vae_steps, seed=config.seed)
+    warm_up_bridge(model, records, shapes, steps=config.bridge_steps, seed=config.seed)
     folder = paths.model("init")
     save_unified(model, processor, folder)
     return folder
 
 
 def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
-    """Stage 0's data: for the VLM, direct answers on clean and mild images plus rows that show the
-    image only as its VAE latent in the slot; for the head, restorations at every level."""
-    # BAGEL's pretraining puts context images in its LLM as VAE latents as well as ViT tokens; the
-    # random tiny model gets that ability here. Its "restore" rows hide the ViT tokens
-    # (vit_token_dropout 1.0 in base.yaml) and keep their labels only after the slot, so the base
-    # learns to read a clean latent there but never to ask for a restoration.
-    vlm = PrepareConfig(
-        seed=config.seed,
-        levels=("clean", "low", "mid", "high"),
-        level_weights=(0.35, 0.35, 0.15, 0.15),
-        restore_levels=("mid", "high"),
-        splits=("train",),
-    )
-    prepare_dataset(source, paths.base_vlm, vlm)
+    """Stage 0's data: direct answers on clean and mild images (the VLM), restorations at every
+    level (the head)."""
+    direct = PrepareConfig(seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",))
+    prepare_dataset(source, paths.base_vlm, direct)
     levels = ("low", "mid", "high")
     restore = PrepareConfig(seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",))
     prepare_dataset(source, paths.base_restore, restore)
@@ -244,8 +238,9 @@ def run_demo(config: DemoConfig) -> Path:
     rl = timed(
         "stage 3: Interleaved GRPO", train_stage, config, paths, "grpo", bridge, paths.prepared, "grpo"
     )
+    # CLEAR-SFT: every supervised stage done (1 and 2), the model GRPO starts from.
     models = {
-        name: load_unified(path) for name, path in (("Base", base), ("CLEAR-SFT", sft), ("CLEAR-RL", rl))
+        name: load_unified(path) for name, path in (("Base", base), ("CLEAR-SFT", bridge), ("CLEAR-RL", rl))
     }
     eval_config = EvalConfig(
         system_prompt=system_prompt(config),

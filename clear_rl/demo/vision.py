@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from clear_rl.data.synthetic import ShapesVQAConfig
 from clear_rl.models.composed import ComposedUnifiedModel
+from clear_rl.models.processing import vae_pixel_values
 
 
 def scene_targets(records: Sequence[dict], config: ShapesVQAConfig) -> torch.Tensor:
@@ -34,6 +35,39 @@ def scene_targets(records: Sequence[dict], config: ShapesVQAConfig) -> torch.Ten
     return targets
 
 
+def _scene_loss(
+    features: torch.Tensor, probe: torch.nn.Linear, targets: torch.Tensor, max_shapes: int
+) -> torch.Tensor:
+    """Objects are local: max-pool the tokens for colours and shapes present, mean-pool for the count."""
+    presence = probe(features).amax(1)
+    counted = probe(features.mean(1))
+    split = targets.shape[1] - max_shapes
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(presence[:, :split], targets[:, :split])
+    return loss + torch.nn.functional.cross_entropy(counted[:, split:], targets[:, split:].argmax(1))
+
+
+def _train_scene_probe(
+    encode, parameters: list, width: int, inputs: torch.Tensor, targets: torch.Tensor, max_shapes: int,
+    steps: int, desc: str, batch_size: int, learning_rate: float, seed: int,
+) -> list[float]:  # fmt: skip
+    """Train `encode` (inputs -> (B, tokens, width) features) through a throwaway linear probe."""
+    probe = torch.nn.Linear(width, targets.shape[1])
+    parameters = [*parameters, *probe.parameters()]
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, unit="step"):
+        rows = torch.randint(len(inputs), (batch_size,), generator=generator)
+        loss = _scene_loss(encode(inputs[rows]), probe, targets[rows], max_shapes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def warm_up_vision(
     model: ComposedUnifiedModel,
     processor,
@@ -48,30 +82,39 @@ def warm_up_vision(
     vlm = model.vlm.model
     tower, connector = vlm.vision_tower, vlm.multi_modal_projector
     pixels = processor.image_processor([r["image"] for r in records], return_tensors="pt").pixel_values
-    targets = scene_targets(records, config)
-    probe = torch.nn.Linear(model.config.get_text_config().hidden_size, targets.shape[1])
     layer = model.config.vlm_config.vision_feature_layer
     first = 1 if model.config.vlm_config.vision_feature_select_strategy == "default" else 0  # CLS dropped
-    parameters = [*tower.parameters(), *connector.parameters(), *probe.parameters()]
-    for p in parameters:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in tqdm(range(steps), desc="stage 0: vision", unit="step"):
-        rows = torch.randint(len(records), (batch_size,), generator=generator)
-        states = tower(pixels[rows], output_hidden_states=True).hidden_states[layer][:, first:]
-        features = connector(states)
-        # Objects are local: max-pool the patches for presence, mean-pool them for the count.
-        presence = probe(features).amax(1)
-        counted = probe(features.mean(1))
-        split = targets.shape[1] - config.max_shapes
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            presence[:, :split], targets[rows, :split]
-        )
-        loss = loss + torch.nn.functional.cross_entropy(counted[:, split:], targets[rows, split:].argmax(1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        return connector(tower(batch, output_hidden_states=True).hidden_states[layer][:, first:])
+
+    return _train_scene_probe(
+        encode, [*tower.parameters(), *connector.parameters()], model.config.get_text_config().hidden_size,
+        pixels, scene_targets(records, config), config.max_shapes,
+        steps, "stage 0: vision", batch_size, learning_rate, seed,
+    )  # fmt: skip
+
+
+def warm_up_bridge(
+    model: ComposedUnifiedModel,
+    records: Sequence[dict],
+    config: ShapesVQAConfig,
+    steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train the latent bridge on the same scene recognition from clean VAE latents (VAE frozen).
+
+    A pretrained unified model's LLM already understands the VAE latents of context images (BAGEL
+    feeds them to it); the tiny model's bridge starts random, and its LLM would have to learn to see
+    twice. Call after the VAE is trained: the bridge learns that VAE's latent space.
+    """
+    pixels = vae_pixel_values([r["image"] for r in records], model.config.vae_image_size)
+    with torch.no_grad():
+        latents = torch.cat([model.encode_latents(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
+    return _train_scene_probe(
+        model.latent_bridge, list(model.latent_bridge.parameters()), model.config.get_text_config().hidden_size,
+        latents, scene_targets(records, config), config.max_shapes,
+        steps, "stage 0: bridge", batch_size, learning_rate, seed,
+    )  # fmt: skip
