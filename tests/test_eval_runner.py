@@ -50,6 +50,17 @@ def test_degraded_copies_given_by_folder_are_scored_as_levels(tiny, tmp_path):
     assert sorted(scores["level"]) == ["clean", "high"]
 
 
+def test_a_given_degraded_folder_is_read_not_overwritten(tiny, tmp_path):
+    tsv = _tsv(tmp_path / "ShapesVQA_test.tsv")
+    degraded = tmp_path / "released"
+    degraded.mkdir()
+    given = _tsv(degraded / "ShapesVQA_test_MMD_high.tsv")  # e.g. the released MMD-Bench file
+    before = given.read_bytes()
+    config = EvalConfig(levels=["high"], restore="never", **SMALL)  # no resume
+    evaluate({"tiny": tiny}, [tsv], tmp_path / "out", config, degraded_dir=degraded)
+    assert given.read_bytes() == before
+
+
 def test_resume_skips_answered_rows(tiny, tmp_path):
     tsv = _tsv(tmp_path / "ShapesVQA_test.tsv")
     out = tmp_path / "out"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "evaluate models on clean and degraded benchmarks (MMD-Bench protocol)"
+# clear_rl.eval.scoring.LEVELS, spelled out so that building the CLI does not import torch.
 LEVELS = ("clean", "low", "mid", "high")
 
 

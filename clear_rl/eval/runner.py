@@ -21,25 +21,26 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from clear_rl.data.collate import encode_prompts
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import DataError
 from clear_rl.eval.report import write_report
+from clear_rl.eval.scoring import LEVELS
 from clear_rl.generation import InterleavedGenerationConfig, RestorePolicy, generate_interleaved
-from clear_rl.models.processing import prompt_texts, vae_pixel_values
+from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.reward_helpers import answer_scores
 
 logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("index", "image", "question", "answer")
-LEVEL_ORDER = ("clean", "low", "mid", "high")
 
 
 @dataclass
 class EvalConfig:
     """How to evaluate: levels, restore policy, batching, budgets, seed."""
 
-    levels: Sequence[str] = LEVEL_ORDER
+    levels: Sequence[str] = LEVELS
     restore: RestorePolicy = "model"
     batch_size: int = 8
     max_new_tokens: int = 256
@@ -50,15 +51,14 @@ class EvalConfig:
     resume: bool = False
 
 
-def level_files(
-    tsv: Path, levels: Sequence[str], cache_dir: Path, seed: int, resume: bool
-) -> dict[str, Path]:
-    """The file of each level: the clean TSV itself, else its MMD-Bench copy (made if missing)."""
+def level_files(tsv: Path, levels: Sequence[str], cache_dir: Path, seed: int, reuse: bool) -> dict[str, Path]:
+    """The file of each level: the clean TSV itself, else its MMD-Bench copy, made unless `reuse`
+    finds it in `cache_dir` already."""
     files = {"clean": tsv} if "clean" in levels else {}
     degraded = [level for level in levels if level != "clean"]
     if degraded:
         wanted = {level: cache_dir / f"{tsv.stem}_MMD_{level}.tsv" for level in degraded}
-        missing = [level for level, path in wanted.items() if not (resume and path.exists())]
+        missing = [level for level, path in wanted.items() if not (reuse and path.exists())]
         if missing:
             from clear_rl.degrade.benchmark import DegradeOptions, degrade_tsv
 
@@ -113,11 +113,8 @@ def answer_file(
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         images = [decode_row_image(cells[i], rows[i]["index"], tsv) for i in chunk]
-        texts = prompt_texts(processor, [_prompt_question(rows[i]) for i in chunk], config.system_prompt)
-        batch = processor(
-            images=[[im] for im in images], text=texts, padding=True, padding_side="left", return_tensors="pt"
-        )
-        batch = batch.to(model.device)
+        questions = [_prompt_question(rows[i]) for i in chunk]
+        batch = encode_prompts(processor, images, questions, config.system_prompt).to(model.device)
         began = time.perf_counter()
         out = generate_interleaved(
             model,
@@ -165,27 +162,27 @@ def evaluate(
     out = Path(out_dir)
     cache = Path(degraded_dir) if degraded_dir else out / "degraded"
     sources = [Path(b) for b in benchmarks]
+    num_rows = {}
     for source in sources:
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")
-        read_tsv(source, required=REQUIRED_COLUMNS)  # fail on a bad file before any model runs
-    files = {
-        source: level_files(source, config.levels, cache, config.seed, config.resume) for source in sources
-    }
-    total = sum(len(read_tsv(path)) for per_level in files.values() for path in per_level.values()) * len(
-        models
-    )
+        # Fail on a bad file before any model runs; every degraded copy keeps all of its rows.
+        num_rows[source] = len(read_tsv(source, required=REQUIRED_COLUMNS))
+    # Copies in a folder the user names (`clear-rl degrade` outputs, or the released files) are read.
+    reuse = config.resume or degraded_dir is not None
+    files = {source: level_files(source, config.levels, cache, config.seed, reuse) for source in sources}
+    total = sum(num_rows[source] * len(per_level) for source, per_level in files.items()) * len(models)
     results: dict[str, dict[str, pd.DataFrame]] = {}
     with tqdm(total=total, desc="eval", unit="q") as progress:
         for name, (model, processor) in models.items():
             model.eval()
             results[name] = {}
-            for source, per_level in files.items():
-                for level in per_level:
-                    dataset = source.stem if level == "clean" else f"{source.stem}_MMD_{level}"
+            for per_level in files.values():
+                for path in per_level.values():
+                    dataset = path.stem  # <name> or <name>_MMD_<level>
                     predictions = out / "predictions" / name / f"{dataset}.jsonl"
                     progress.set_postfix_str(f"{name} {dataset}")
                     results[name][dataset] = answer_file(
-                        model, processor, per_level[level], predictions, config, progress
+                        model, processor, path, predictions, config, progress
                     )
     return write_report(results, out, title="MMD-Bench evaluation")
