@@ -229,17 +229,21 @@ class ComposedUnifiedModel(PreTrainedModel):
         because a prompt may name the tag too (the default system prompt does); a completion holds
         at most one.
         """
+        keep = attention_mask.bool() & self.up_to_last_restore(input_ids)
+        return RestorationContext(hidden_states, keep, degraded_latents)
+
+    def up_to_last_restore(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions up to and including each row's last `<image_restore>` (all, in a row without one)."""
         is_restore = input_ids == self.config.image_restore_token_id
         length = input_ids.shape[1]
         positions = torch.arange(length, device=input_ids.device)
         last_restore = length - 1 - is_restore.flip(1).float().argmax(1)
         last = torch.where(is_restore.any(1), last_restore, length - 1)
-        keep = attention_mask.bool() & (positions[None, :] <= last[:, None])
-        return RestorationContext(hidden_states, keep, degraded_latents)
+        return positions[None, :] <= last[:, None]
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions holding the VLM's own image (ViT) tokens."""
-        return input_ids == self.config.vlm_config.image_token_id
+        return input_ids == self.config.image_token_id
 
     def restored_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions holding bridged restored-latent tokens."""

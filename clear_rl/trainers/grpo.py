@@ -75,16 +75,15 @@ class _LatentAwareModel:
     forward, and returns what TRL reads; TRL's slicing logic is reused, not copied.
     """
 
-    def __init__(self, model, state: _ForwardState, temperature: float):
+    def __init__(self, model, state: _ForwardState, temperature: float, keep: int, entropy: bool):
         self.model, self.state, self.temperature = model, state, temperature
+        self.keep, self.entropy = keep, entropy  # TRL's logits_to_keep and compute_entropy
         self.offset, self.velocities = 0, []
 
     def __call__(self, input_ids, attention_mask, labels, fused_lm_head=True, **inputs):
         rows = slice(self.offset, self.offset + input_ids.shape[0])
         self.offset = rows.stop
-        state = self.state
-        valid = labels[:, 1:] != -100
-        keep = labels.shape[1] - 1 - int(valid.any(0).float().argmax())  # positions TRL scores
+        state, keep = self.state, self.keep
         restoring = bool(state.restored[rows].any())
         flow = {}
         if restoring:  # re-run the chosen denoising steps in this same forward pass
@@ -105,32 +104,24 @@ class _LatentAwareModel:
         )
         velocity = outputs["flow_velocity"] if restoring else torch.zeros_like(state.flow_latents[rows])
         self.velocities.append(velocity)
-        logits = outputs.logits[:, :-1].float()  # position j predicts token j + 1
-        targets = labels[:, -keep:].clamp(min=0)
-        log_probs = labels.new_zeros(labels.shape[0], labels.shape[1] - 1, dtype=torch.float32)
-        entropy = torch.zeros_like(log_probs)
-        log_probs[:, -keep:] = selective_log_softmax(logits, targets, temperature=self.temperature)
-        with torch.no_grad():
-            entropy[:, -keep:] = entropy_from_logits(logits / self.temperature)
-        mask = valid.float()
-        return _ScoredTokens(log_probs=log_probs * mask, entropy=entropy * mask, aux_loss=None)
+        logits = outputs.logits[:, :-1]  # position j predicts token j + 1
+        # TRL reads the last `keep` positions; labels are -100 before them and on padding.
+        mask = (labels[:, -keep:] != -100).float()
+        log_probs = selective_log_softmax(
+            logits, labels[:, -keep:].clamp(min=0), temperature=self.temperature
+        )
+        entropy = None
+        if self.entropy:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits / self.temperature) * mask
+        return _ScoredTokens(log_probs=log_probs * mask, entropy=entropy, aux_loss=None)
 
 
 @dataclass
 class _ScoredTokens:
     log_probs: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None
     aux_loss: torch.Tensor | None
-
-
-def _first_image(prompt: list[dict]):
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if part.get("type") == "image" and part.get("image") is not None:
-                    return part["image"]
-    raise ValueError("an interleaved rollout needs one image per prompt; this prompt has none")
 
 
 class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
@@ -167,7 +158,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
 
     # -- rollouts ---------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
-        self._batch_inputs = inputs  # the rollout reads `clean_image` from the rows
+        self._batch_inputs = inputs  # the rollout reads `image` and `clean_image` from the rows
         output = super()._generate_and_score_completions(inputs)
         state, stash = self._state, self._stash
         calls = iter(state.velocities)  # forwards TRL ran after the rollout: old policy, then reference
@@ -187,7 +178,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
     def _rollout(self, prompts: list, trainer) -> dict:
         """TRL's `rollout_func`: interleaved generation for a batch of (already repeated) prompts."""
         args, device = self.args, self.accelerator.device
-        images = [_first_image(p) for p in prompts]
+        rows = self._batch_inputs  # TRL's rows of these prompts, in order (it inserted `image` into them)
+        images = [row["image"] for row in rows]
         texts = [
             apply_chat_template({"prompt": p}, self.processing_class, **self.chat_template_kwargs)["prompt"]
             for p in prompts
@@ -214,7 +206,6 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             noise_level=args.sde_noise_level,
         )
         vlm_inputs = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
-        clean = [row.get("clean_image") for row in self._batch_inputs or []]
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
@@ -239,16 +230,14 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             # The clean image's latent is what restorations are compared with (latent_quality):
             # encoded for the rows that restored, None for the others.
             clean_latents: list[torch.Tensor | None] = [None] * len(prompts)
-            rows = [
-                i
-                for i, r in enumerate(out.restored.tolist())
-                if r and i < len(clean) and clean[i] is not None
+            restoring = [
+                i for i, r in enumerate(out.restored.tolist()) if r and rows[i].get("clean_image") is not None
             ]
-            if rows:
+            if restoring:
                 encoded_clean = generator_model.encode_latents(
-                    vae_pixel_values([clean[i] for i in rows], size).to(device)
+                    vae_pixel_values([rows[i]["clean_image"] for i in restoring], size).to(device)
                 ).float()
-                for i, latent in zip(rows, encoded_clean.cpu()):
+                for i, latent in zip(restoring, encoded_clean.cpu()):
                     clean_latents[i] = latent
         self._stash = self._flow_stash(out, degraded)
         self._state = _ForwardState(
@@ -277,11 +266,9 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         chosen = torch.stack([torch.randperm(steps, generator=self._step_chooser)[:k] for _ in range(batch)])
         chosen = chosen.sort(dim=1).values.to(degraded.device)
         schedule = self._schedule.to(degraded.device)
-        if out.trajectory is None:  # nobody restored: flow tensors exist (for TRL's batching) but are masked
+        trajectory = out.trajectory
+        if trajectory is None:  # nobody restored: flow tensors exist (for TRL's batching) but are masked
             trajectory = degraded.new_zeros(batch, steps + 1, *degraded.shape[1:])
-            rollout_logps = degraded.new_zeros(batch, steps)
-        else:
-            trajectory, rollout_logps = out.trajectory, out.trajectory_log_probs
         rows = torch.arange(batch, device=degraded.device)[:, None]
         return {
             "restored": out.restored,
@@ -291,7 +278,6 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             "flow_next": trajectory[rows, chosen + 1],
             "flow_t": schedule[chosen],
             "flow_t_next": schedule[chosen + 1],
-            "flow_rollout_logps": rollout_logps.gather(1, chosen),
         }
 
     def _flow_step(self, batch: dict[str, torch.Tensor], velocity: torch.Tensor):
@@ -309,11 +295,18 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
 
     # -- forward passes ---------------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        **kwargs,
     ):
-        stand_in = _LatentAwareModel(model, self._state, self.temperature)
+        stand_in = _LatentAwareModel(model, self._state, self.temperature, logits_to_keep, compute_entropy)
         result = super()._get_per_token_logps_and_entropies(
-            stand_in, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            stand_in, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )
         self._state.velocities.append(torch.cat(stand_in.velocities))
         return result

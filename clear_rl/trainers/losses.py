@@ -156,9 +156,7 @@ def _drop_vit_tokens(model, input_ids, attention_mask, labels, rows, probability
     )
     # Up to the row's last `<image_restore>` (the prompt may mention the tag too): the decision and
     # the quality check before it judged an image this row no longer sees.
-    is_restore = (ids == model.config.image_restore_token_id).long()
-    up_to_restore = is_restore.flip(1).cumsum(1).flip(1) > 0
-    labels[dropped] = labels[dropped].masked_fill(up_to_restore, -100)
+    labels[dropped] = labels[dropped].masked_fill(model.up_to_last_restore(ids), -100)
     return attention_mask, labels
 
 
