@@ -85,9 +85,3 @@ def suppress_tokens(lm_head: torch.nn.Module, token_ids: Sequence[int]) -> torch
         return logits.index_fill(-1, ids.to(logits.device), -1e9)
 
     return lm_head.register_forward_hook(hook)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -19,8 +19,9 @@ from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.initialization import no_init_weights
 
-from benchmarks._common import count_parameters, markdown_table, median_seconds, millions
+from benchmarks._common import count_parameters, median_seconds, millions
 from benchmarks.results import machine_line, update_section
+from clear_rl.eval.report import markdown_table
 from clear_rl.models.bridge import LatentBridge
 
 LLM_HIDDEN = 3584  # Qwen2.5-7B, BAGEL's LLM

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks._common import PhaseTimer, count_parameters, markdown_table, millions, suppress_tokens
+from benchmarks._common import PhaseTimer, count_parameters, millions, suppress_tokens
 from benchmarks.results import machine_line, update_section
 from clear_rl.data.synthetic import generate_shapes_vqa
+from clear_rl.eval.report import markdown_table
 from clear_rl.generation import InterleavedGenerationConfig, _Rollout, generate_interleaved
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.processing import prompt_texts, vae_pixel_values

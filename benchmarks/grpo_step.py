@@ -23,9 +23,10 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from benchmarks._common import PhaseTimer, markdown_table, suppress_tokens
+from benchmarks._common import PhaseTimer, suppress_tokens
 from benchmarks.results import machine_line, update_section
 from clear_rl.data.synthetic import generate_shapes_vqa
+from clear_rl.eval.report import markdown_table
 from clear_rl.generation import _Rollout
 from clear_rl.models import build_tiny_model
 from clear_rl.models.adapters import set_trainable_parts
@@ -99,7 +100,7 @@ def _unified_model():
     return model, processor
 
 
-def _run(trainer, phases: PhaseTimer, timer: StepTimer, model=None) -> None:
+def _run(trainer, phases: PhaseTimer, model=None) -> None:
     """Train with timing wrappers around the trainer's methods (and, given `model`, the model's)."""
     with phases:
         if trainer.rollout_func is not None:  # TRL holds the bound `_rollout` as rollout_func
@@ -128,7 +129,7 @@ def _plain_trl(dataset, output_dir: str, precision: dict) -> StepTimer:
     trainer = GRPOTrainer(
         vlm, rewards, args=args, train_dataset=dataset, processing_class=processor, callbacks=[timer]
     )
-    _run(trainer, phases, timer)
+    _run(trainer, phases)
     return timer
 
 
@@ -150,7 +151,7 @@ def _interleaved(
     trainer = InterleavedGRPOTrainer(
         model, rewards, args, dataset, processing_class=processor, callbacks=[timer]
     )
-    _run(trainer, phases, timer, model)
+    _run(trainer, phases, model)
     history = trainer.state.log_history
     return timer, statistics.mean(h["restore_rate"] for h in history if "restore_rate" in h)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from clear_rl.atomic import write_text
-from clear_rl.data.images import pil_to_tensor
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
@@ -30,12 +29,13 @@ from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_bridge, warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
+from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
+from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import load_recipe, stage_module
 
 logger = logging.getLogger(__name__)
-PREPARED_LEVELS = ("clean", "low", "mid", "high")  # clean rows keep the model's clean accuracy
 
 
 @dataclass
@@ -61,7 +61,7 @@ class DemoConfig:
     )
     # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
     label: str = "probe"
-    eval_levels: tuple[str, ...] = ("clean", "low", "mid", "high")
+    eval_levels: tuple[str, ...] = ALL_LEVELS
     eval_batch_size: int = 32
     max_new_tokens: int = 64
     model: dict = field(default_factory=lambda: {"head_layers": 4, "num_inference_steps": 8})
@@ -126,7 +126,7 @@ def _vae_images(config: DemoConfig) -> torch.Tensor:
     degraded = corrupt_images(
         images, choose_corruptions(seeds), [levels[i % 4] for i in range(len(images))], seeds
     )
-    return torch.stack([pil_to_tensor(im) for im in images + degraded]).mul(2).sub(1)
+    return vae_pixel_values(images + degraded, config.image_size)
 
 
 def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
@@ -173,9 +173,8 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
         labels = {"label": "probe", "probe": probe, "balance": True}
     else:
         labels = {"label": "rule", "restore_levels": ("mid", "high")}
-    prepare_dataset(
-        source, paths.prepared, PrepareConfig(seed=config.seed + 2, levels=PREPARED_LEVELS, **labels)
-    )
+    # Clean rows among the degraded ones keep the model's clean accuracy.
+    prepare_dataset(source, paths.prepared, PrepareConfig(seed=config.seed + 2, levels=ALL_LEVELS, **labels))
 
 
 def train_stage(

@@ -7,22 +7,20 @@ from pathlib import Path
 import pandas as pd
 
 from clear_rl.atomic import write_text
-from clear_rl.eval.report import per_level, robustness
+from clear_rl.eval.report import markdown_table, per_level, robustness
+from clear_rl.eval.scoring import LEVELS
 
-LEVELS = ("clean", "low", "mid", "high")
 MODELS = ("Base", "CLEAR-SFT", "CLEAR-RL")
 # The paper: CLEAR-RL's clean-to-hard drop is 27% smaller than its backbone's (5.31 vs 7.29).
 DROP_REDUCTION_TARGET = 0.27
 
 
 def _table(frame: pd.DataFrame, digits: int = 1) -> str:
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = [
-        "| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |"
+    rows = [
+        [f"{v:.{digits}f}" if isinstance(v, float) else v for v in row]
         for row in frame.itertuples(index=False)
     ]
-    return "\n".join([header, rule, *body])
+    return markdown_table([str(c) for c in frame.columns], rows).rstrip("\n")
 
 
 def targets(scores: pd.DataFrame) -> list[tuple[str, bool, str]]:

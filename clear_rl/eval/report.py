@@ -58,10 +58,11 @@ def _cell(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; cells are shown with str()."""
     # By hand: DataFrame.to_markdown needs `tabulate`, which clear-rl does not depend on.
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +80,7 @@ def benchmark_table(scores: pd.DataFrame, level: str = "high", models: Sequence[
     benchmarks = _benchmark_order(at_level)
     models = list(models) if models is not None else list(dict.fromkeys(at_level["model"]))
     rows = [[m, *_score_row(at_level[at_level["model"] == m], benchmarks)] for m in models]
-    return _markdown(["Method", *benchmarks, "AVG"], rows)
+    return markdown_table(["Method", *benchmarks, "AVG"], rows)
 
 
 def levels_table(scores: pd.DataFrame, model: str) -> str:
@@ -89,7 +90,7 @@ def levels_table(scores: pd.DataFrame, model: str) -> str:
     benchmarks = _benchmark_order(mine)
     levels = [lv for lv in LEVELS if lv in set(mine["level"])]
     rows = [[LEVEL_TITLES[lv], *_score_row(mine[mine["level"] == lv], benchmarks)] for lv in levels]
-    return _markdown(["Level", *benchmarks, "AVG"], rows)
+    return markdown_table(["Level", *benchmarks, "AVG"], rows)
 
 
 def robustness(scores: pd.DataFrame, hard_level: str = "high") -> pd.DataFrame:
@@ -122,7 +123,7 @@ def robustness_table(scores: pd.DataFrame, hard_level: str = "high") -> str:
     """The paper's robustness table: Method | Clean | Hard | Drop (lower is better)."""
     table = robustness(scores, hard_level)
     rows = [[r.model, _cell(r.clean), _cell(r.hard), _cell(r.drop)] for r in table.itertuples()]
-    return _markdown(["Method", "Clean", "Hard", "Drop (↓)"], rows)
+    return markdown_table(["Method", "Clean", "Hard", "Drop (↓)"], rows)
 
 
 def corruption_table(scores: pd.DataFrame, model: str) -> str:
@@ -131,7 +132,7 @@ def corruption_table(scores: pd.DataFrame, model: str) -> str:
     benchmarks = _benchmark_order(mine)
     shown = [c for c in CORRUPTIONS if c in set(mine["corruption"])]
     rows = [[c, *_score_row(mine[mine["corruption"] == c], benchmarks)] for c in shown]
-    return _markdown(["Corruption", *benchmarks, "AVG"], rows)
+    return markdown_table(["Corruption", *benchmarks, "AVG"], rows)
 
 
 def per_level(scores: pd.DataFrame) -> pd.DataFrame:
@@ -156,7 +157,7 @@ def trigger_table(scores: pd.DataFrame) -> str:
         ]
         for r in per_level(scores).itertuples()
     ]
-    return _markdown(["Model", "Level", "Trigger rate (%)", "Latency (s/sample)", "Tokens/sample"], rows)
+    return markdown_table(["Model", "Level", "Trigger rate (%)", "Latency (s/sample)", "Tokens/sample"], rows)
 
 
 def plot_trigger_latency(scores: pd.DataFrame, path: str | Path) -> Path:
