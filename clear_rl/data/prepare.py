@@ -76,15 +76,11 @@ def _chunk_records(
     rows = list(split.rows(positions))
     seeds = [row_seed(config.seed, split.name, p) for p in positions]
     severities = choose_levels(seeds, config.levels, config.level_weights)
-    corruptions = [name if s != CLEAN else "none" for name, s in zip(choose_corruptions(seeds), severities)]
-    intensities = [LEVELS.get(s, 0.0) for s in severities]
-    degraded = corrupt_images(
-        [r.image for r in rows],
-        [None if s == CLEAN else name for name, s in zip(corruptions, severities)],
-        [None if s == CLEAN else level for level, s in zip(intensities, severities)],
-        seeds,
-        batch_size=config.chunk_size,
-    )
+    picked = [None if s == CLEAN else name for name, s in zip(choose_corruptions(seeds), severities)]
+    levels = [LEVELS.get(s) for s in severities]  # None for a clean row, which stays as it is
+    degraded = corrupt_images([r.image for r in rows], picked, levels, seeds, batch_size=config.chunk_size)
+    corruptions = [name or "none" for name in picked]
+    intensities = [level or 0.0 for level in levels]
     if config.label == "probe":
         labels = prober.labels(rows, degraded)
     else:

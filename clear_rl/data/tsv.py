@@ -42,15 +42,15 @@ def write_tsv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         frame.to_csv(tmp, sep="\t", index=False)
 
 
+def is_image_reference(cell: str, indices) -> bool:
+    """MMBench style: a short image cell equal to another row's index stands for that row's image."""
+    return 0 < len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in indices
+
+
 def resolve_image_cells(frame: pd.DataFrame) -> list[str]:
     """The base64 image of every row, following MMBench-style references to another row."""
     by_index = dict(zip(frame["index"], frame["image"]))
-    resolved = []
-    for cell in frame["image"]:
-        if 0 < len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in by_index:
-            cell = by_index[cell]
-        resolved.append(cell)
-    return resolved
+    return [by_index[cell] if is_image_reference(cell, by_index) else cell for cell in frame["image"]]
 
 
 def decode_row_image(cell: str, index: str, path: str | os.PathLike) -> Image.Image:

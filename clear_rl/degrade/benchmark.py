@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from clear_rl import __version__
 from clear_rl.atomic import atomic_path, write_text
 from clear_rl.data.images import encode_base64_image, encode_jpeg
-from clear_rl.data.tsv import IMAGE_REFERENCE_MAX_LEN, decode_row_image, read_tsv, write_tsv
+from clear_rl.data.tsv import decode_row_image, is_image_reference, read_tsv, write_tsv
 from clear_rl.degrade.engine import corrupt_images
 from clear_rl.degrade.registry import (
     CORRUPTIONS,
@@ -125,16 +126,18 @@ def row_plan(spec: OutputSpec, keys: Sequence[str], seed: int) -> tuple[list[str
 
 def _degrade_column(
     decode: Callable[[int], Image.Image],
+    encode: Callable[[Image.Image], Any],
     rows: Sequence[int],
     names: Sequence[str],
     seeds: Sequence[int],
     spec: OutputSpec,
     batch_size: int,
     progress: tqdm,
-) -> tuple[dict[int, Image.Image], dict[int, bool]]:
-    """Corrupt the images of `rows` (positions), chunk by chunk. Returns images and whether
-    the corruption applied (False: below its minimum size, kept clean as the release does)."""
-    images: dict[int, Image.Image] = {}
+) -> tuple[dict[int, Any], dict[int, bool]]:
+    """Corrupt and `encode` the images of `rows` (positions), chunk by chunk, so that only one
+    chunk of decoded images is held at a time. Returns the encoded cells and whether the
+    corruption applied (False: below its minimum size, kept clean as the release does)."""
+    cells: dict[int, Any] = {}
     applied: dict[int, bool] = {}
     for start in range(0, len(rows), DECODE_CHUNK):
         chunk = list(rows[start : start + DECODE_CHUNK])
@@ -143,10 +146,18 @@ def _degrade_column(
             clean, [names[r] for r in chunk], spec.intensity, [seeds[r] for r in chunk], batch_size
         )
         for r, image, result in zip(chunk, clean, out):
-            images[r] = result
+            cells[r] = encode(result)
             applied[r] = CORRUPTIONS[names[r]].fits(spec.intensity, image.height, image.width)
         progress.update(len(chunk))
-    return images, applied
+    return cells, applied
+
+
+def _encode_tsv_cell(image: Image.Image) -> str:
+    return encode_base64_image(image, JPEG_QUALITY)
+
+
+def _encode_dataset_cell(image: Image.Image) -> dict:
+    return {"bytes": encode_jpeg(image, JPEG_QUALITY), "path": None}
 
 
 def _manifest(
@@ -185,7 +196,7 @@ def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int
     for position, cell in enumerate(frame["image"]):
         if not cell:
             empty.append(position)
-        elif len(cell) <= IMAGE_REFERENCE_MAX_LEN and cell in indices:
+        elif is_image_reference(cell, indices):
             references[position] = cell
         else:
             images.append(position)
@@ -214,12 +225,11 @@ def iter_degraded_frames(
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
         for spec in specs:
             names, seeds = row_plan(spec, keys, options.seed)
-            images, applied = _degrade_column(decode, image_rows, names, seeds, spec, options.batch_size, bar)
+            encoded, applied = _degrade_column(
+                decode, _encode_tsv_cell, image_rows, names, seeds, spec, options.batch_size, bar
+            )
             out = frame.copy()
-            out["image"] = [
-                encode_base64_image(images[p], JPEG_QUALITY) if p in images else c
-                for p, c in enumerate(cells)
-            ]
+            out["image"] = [encoded.get(p, c) for p, c in enumerate(cells)]
             rows = [
                 _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in image_rows
             ]
@@ -334,13 +344,10 @@ def degrade_dataset(
 
                 present = [p for p, value in enumerate(column) if value is not None]
                 names, seeds = row_plan(spec, keys, options.seed)
-                images, applied = _degrade_column(
-                    decode, present, names, seeds, spec, options.batch_size, bar
+                encoded, applied = _degrade_column(
+                    decode, _encode_dataset_cell, present, names, seeds, spec, options.batch_size, bar
                 )
-                cells = [
-                    {"bytes": encode_jpeg(images[p], JPEG_QUALITY), "path": None} if p in images else None
-                    for p in range(len(column))
-                ]
+                cells = [encoded.get(p) for p in range(len(column))]
                 order = dataset.column_names
                 outputs[split] = (
                     dataset.remove_columns([image_column])
