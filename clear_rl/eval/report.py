@@ -11,8 +11,7 @@ token counts per level are means over benchmarks. Every file is written atomical
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,10 +19,22 @@ import pandas as pd
 
 from clear_rl.atomic import atomic_path, write_text
 from clear_rl.errors import DataError
+from clear_rl.eval import plots
+from clear_rl.eval.gallery import write_galleries
+from clear_rl.eval.restoration_report import (
+    Runs,
+    bridge_fidelity,
+    readback_comparison,
+    restoration_gain,
+    restoration_quality,
+    restoration_sections,
+    run_columns,
+)
 from clear_rl.eval.scoring import CORRUPTIONS, LEVELS, PAPER_ORDER, parse_dataset_name, score_benchmark
+from clear_rl.eval.tables import LEVEL_TITLES, markdown_table
+from clear_rl.eval.tables import cell as _cell
 
 Results = Mapping[str, Mapping[str, pd.DataFrame]]
-LEVEL_TITLES = {"clean": "Clean", "low": "Low", "mid": "Mid", "high": "High"}
 # Per-row columns too large or binary for a predictions file.
 DROPPED_ROW_COLUMNS = ("image", "image_path")
 
@@ -52,18 +63,6 @@ def mixed_levels(scores: pd.DataFrame) -> pd.DataFrame:
 def _benchmark_order(scores: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(scores["benchmark"]))
     return [b for b in PAPER_ORDER if b in present] + sorted(b for b in present if b not in PAPER_ORDER)
-
-
-def _cell(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table; cells are shown with str()."""
-    # By hand: DataFrame.to_markdown needs `tabulate`, which clear-rl does not depend on.
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _score_row(scores: pd.DataFrame, benchmarks: list[str]) -> list[str]:
@@ -136,10 +135,12 @@ def corruption_table(scores: pd.DataFrame, model: str) -> str:
 
 
 def per_level(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per model and level: mean trigger rate (%), latency (s/sample) and tokens/sample over benchmarks."""
-    columns = ["trigger_rate", "latency_s", "num_tokens"]
+    """Per model and level: mean trigger rate (%), latency (s/sample), tokens/sample and accuracy
+    (the benchmarks' scores, %) over benchmarks."""
+    columns = ["trigger_rate", "latency_s", "num_tokens", "score"]
     scores = mixed_levels(scores)
     grouped = scores.groupby(["model", "level"], sort=False)[columns].mean().reset_index()
+    grouped = grouped.rename(columns={"score": "accuracy"})
     model_rank = {model: i for i, model in enumerate(dict.fromkeys(scores["model"]))}
     ranks = pd.DataFrame({"m": grouped["model"].map(model_rank), "l": grouped["level"].map(LEVELS.index)})
     return grouped.loc[ranks.sort_values(["m", "l"]).index].reset_index(drop=True)
@@ -161,51 +162,8 @@ def trigger_table(scores: pd.DataFrame) -> str:
 
 
 def plot_trigger_latency(scores: pd.DataFrame, path: str | Path) -> Path:
-    """The paper's Figure 6: trigger rate (bars) and latency (lines) against level, per model (PNG)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    levels = per_level(scores)
-    shown = [lv for lv in LEVELS if lv in set(levels["level"])]
-    models = list(dict.fromkeys(levels["model"]))
-    figure = Figure(figsize=(6.4, 4.0), dpi=120)
-    FigureCanvasAgg(figure)
-    rate_axis = figure.add_subplot(1, 1, 1)
-    time_axis = rate_axis.twinx()
-    width = 0.8 / max(len(models), 1)
-    for i, model in enumerate(models):
-        mine = levels[levels["model"] == model].set_index("level").reindex(shown)
-        positions = [x + (i - (len(models) - 1) / 2) * width for x in range(len(shown))]
-        color = f"C{i % 10}"
-        rate_axis.bar(
-            positions,
-            mine["trigger_rate"].fillna(0),
-            width,
-            color=color,
-            alpha=0.6,
-            label=f"{model} trigger rate",
-        )
-        time_axis.plot(
-            range(len(shown)), mine["latency_s"], marker="o", color=color, label=f"{model} latency"
-        )
-    rate_axis.set_xticks(range(len(shown)), [LEVEL_TITLES[lv] for lv in shown])
-    rate_axis.set_xlabel("Degradation level")
-    rate_axis.set_ylabel("Restoration trigger rate (%)")
-    time_axis.set_ylabel("Inference time (s / sample)")
-    rate_axis.set_ylim(bottom=0)
-    handles = rate_axis.get_legend_handles_labels()[0] + time_axis.get_legend_handles_labels()[0]
-    rate_axis.legend(
-        handles,
-        [h.get_label() for h in handles],
-        loc="lower center",
-        bbox_to_anchor=(0.5, 1.0),
-        ncol=2,
-        fontsize="small",
-        frameon=False,
-    )
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", bbox_inches="tight")
-    return Path(path)
+    """The paper's Figure 6 with accuracy beside it, from the scores (see `plots.py`)."""
+    return plots.plot_trigger_latency(per_level(scores), path)
 
 
 def prediction_rows(results: Results) -> pd.DataFrame:
@@ -225,8 +183,13 @@ def prediction_rows(results: Results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def markdown_report(scores: pd.DataFrame, title: str = "Evaluation") -> str:
-    """All tables in one Markdown document."""
+def markdown_report(
+    scores: pd.DataFrame,
+    title: str = "Evaluation",
+    rows: pd.DataFrame | None = None,
+    runs: Runs | None = None,
+) -> str:
+    """All tables in one Markdown document (the restoration ones when `rows` are given)."""
     parts = [f"# {title}\n"]
     mixed = mixed_levels(scores)
     levels = [lv for lv in LEVELS if lv in set(mixed["level"])]
@@ -239,30 +202,64 @@ def markdown_report(scores: pd.DataFrame, title: str = "Evaluation") -> str:
     for model in dict.fromkeys(scores.loc[scores["corruption"] != "", "model"]):
         parts.append(f"## {model} per corruption (High)\n\n{corruption_table(scores, model)}")
     parts.append(f"## Restoration trigger rate and cost per level\n\n{trigger_table(scores)}")
+    if rows is not None:
+        parts += restoration_sections(scores, rows, runs)
     return "\n".join(parts)
 
 
-def write_report(results: Results, out_dir: str | Path, title: str = "Evaluation") -> dict[str, Path]:
-    """Score everything and write report.md, scores.{csv,json}, predictions.{csv,json}, trigger_latency.png."""
+def write_report(
+    results: Results,
+    out_dir: str | Path,
+    title: str = "Evaluation",
+    runs: Runs | None = None,
+    gallery: int = 2,
+) -> dict[str, Path]:
+    """Score everything and write report.md, scores.{csv,json}, predictions.{csv,json},
+    trigger_latency.png and, where there is something to show, restoration_quality.csv,
+    restoration_gain.csv, readback.csv, bridge_fidelity.csv, restoration.png and one
+    gallery_<run>.png per run with saved examples (`gallery` rows per corruption).
+
+    `runs` maps run labels (the keys of `results`) to their model, restore policy and readback
+    (see `restoration_report`); without it every label is a plain run of its own model.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = score_results(results)
+    rows = prediction_rows(results)
     files = {
         name: out / name
         for name in ("report.md", "scores.csv", "scores.json", "predictions.csv", "predictions.json")
     }
-    write_text(files["report.md"], markdown_report(scores, title))
+    write_text(files["report.md"], markdown_report(scores, title, rows, runs))
     with atomic_path(files["scores.csv"]) as tmp:
-        scores.drop(columns=["breakdown"]).to_csv(tmp, index=False)
+        run_columns(scores, runs).drop(columns=["breakdown"]).to_csv(tmp, index=False)
+    tables = {
+        "restoration_quality": restoration_quality(rows),
+        "restoration_gain": restoration_gain(rows, runs),
+        "readback": readback_comparison(scores, runs),
+        "bridge_fidelity": bridge_fidelity(scores, runs),
+    }
     summary = {
+        "runs": dict(runs or {}),
         "scores": json.loads(scores.to_json(orient="records")),
         "robustness": json.loads(robustness(scores).to_json(orient="records")),
         "per_level": json.loads(per_level(scores).to_json(orient="records")),
+        **{name: json.loads(table.to_json(orient="records")) for name, table in tables.items()},
     }
     write_text(files["scores.json"], json.dumps(summary, indent=2, ensure_ascii=False))
-    rows = prediction_rows(results)
+    for name, table in tables.items():
+        if not table.empty:
+            files[f"{name}.csv"] = out / f"{name}.csv"
+            with atomic_path(files[f"{name}.csv"]) as tmp:
+                table.to_csv(tmp, index=False)
     with atomic_path(files["predictions.csv"]) as tmp:
         rows.to_csv(tmp, index=False)
     write_text(files["predictions.json"], rows.to_json(orient="records", force_ascii=False, indent=1))
     files["trigger_latency.png"] = plot_trigger_latency(scores, out / "trigger_latency.png")
+    figure = plots.plot_restoration(
+        tables["restoration_quality"], tables["restoration_gain"], out / "restoration.png"
+    )
+    if figure is not None:
+        files["restoration.png"] = figure
+    files.update(write_galleries(rows, out, gallery))
     return files
