@@ -2,11 +2,16 @@
 
   clear-rl eval --model outputs/clear-rl --data MMStar.tsv RealWorldQA.tsv --out eval_out
   clear-rl eval --model Base=outputs/base --model CLEAR-RL=outputs/grpo --data test.tsv --restore never
+  clear-rl eval --model CLEAR-SFT=outputs/sft --data MMStar.tsv --restore never,always,oracle --gallery 4
 
 Degraded copies are made on the fly with --seed into OUT/degraded/ (the same files
 `clear-rl degrade` writes), or read from --degraded DIR. Writes report.md (the paper's tables),
-scores.{csv,json}, predictions.{csv,json} and trigger_latency.png. --resume skips rows already
-answered by an interrupted run.
+scores.{csv,json}, predictions.{csv,json} and trigger_latency.png; with restorations also
+restoration_quality.csv (PSNR / latent cosine vs the clean rows), restoration_gain.csv (accuracy
+always - never, per level and corruption), restoration.png and gallery_<run>.png, and with
+several readbacks or an oracle run readback.csv / bridge_fidelity.csv. Several --restore policies
+or --readback paths are evaluated side by side, rows labelled `<model> [<policy>, <readback>]`.
+Nothing is written beside the inputs. --resume skips rows already answered by an interrupted run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,20 @@ import argparse
 HELP = "evaluate models on clean and degraded benchmarks (MMD-Bench protocol)"
 # clear_rl.eval.scoring.LEVELS, spelled out so that building the CLI does not import torch.
 LEVELS = ("clean", "low", "mid", "high")
+# clear_rl.eval.runner's RESTORE_POLICIES / READBACKS / DEGRADED_VIEWS, for the same reason.
+RESTORE_POLICIES = ("model", "always", "never", "oracle")
+READBACKS = ("bridge", "reencode")
+
+
+def _several(allowed: tuple[str, ...], what: str):
+    def parse(text: str) -> list[str]:
+        items = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{what} must be among {','.join(allowed)}, got {text!r}")
+        return items
+
+    return parse
 
 
 def _levels(text: str) -> list[str]:
@@ -36,8 +55,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
     parser.add_argument("--levels", type=_levels, default=list(LEVELS), help="default: clean,low,mid,high")
-    parser.add_argument("--restore", choices=("model", "always", "never"), default="model",
-                        help="model decides (default), or force the always/never baselines")  # fmt: skip
+    parser.add_argument(
+        "--restore",
+        type=_several(RESTORE_POLICIES, "--restore"),
+        default=["model"],
+        metavar="POLICY[,POLICY]",
+        help="model decides (default); always/never force the baselines; oracle puts the clean "
+        "image's latent in the slot (bridge fidelity). Several, comma-separated, run side by side",
+    )
+    parser.add_argument(
+        "--readback",
+        type=_several(READBACKS, "--readback"),
+        default=["bridge"],
+        metavar="PATH[,PATH]",
+        help="how a restoration enters the context: bridge (default, the "
+        "latent bridge) or reencode (decode + ViT); both: side by side",
+    )
+    parser.add_argument(
+        "--degraded-view",
+        choices=("keep", "drop"),
+        default="keep",
+        help="after restoring, keep (default) or hide the degraded image's ViT tokens",
+    )
+    parser.add_argument("--gallery", type=int, default=2, metavar="N",
+                        help="rows per corruption in each run's gallery_<run>.png (0: none; default 2)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="restoration denoising steps (model default)")
@@ -70,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         judge=args.judge,
         resume=args.resume,
+        readback=args.readback,
+        degraded_view=args.degraded_view,
+        gallery=args.gallery,
     )
     files = evaluate(models, args.data, args.out, config, degraded_dir=args.degraded)
     print((files["report.md"]).read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +22,39 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from clear_rl.atomic import write_text
 from clear_rl.data.collate import encode_prompts
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
-from clear_rl.errors import DataError
+from clear_rl.errors import ClearRLError, DataError
+from clear_rl.eval.gallery import save_example, slug
+from clear_rl.eval.quality import measure_restorations
+from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS
-from clear_rl.generation import InterleavedGenerationConfig, RestorePolicy, generate_interleaved
+from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.reward_helpers import answer_scores
 
 logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("index", "image", "question", "answer")
+RESTORE_POLICIES = ("model", "always", "never", "oracle")
+READBACKS = ("bridge", "reencode")
+DEGRADED_VIEWS = ("keep", "drop")
 
 
 @dataclass
 class EvalConfig:
-    """How to evaluate: levels, restore policy, batching, budgets, seed."""
+    """How to evaluate: levels, restore policies, readbacks, batching, budgets, seed, gallery.
+
+    `restore` and `readback` take one value or several (a list, or comma-separated text); every
+    model is evaluated under each combination side by side (`never` needs no readback), and each
+    combination's report rows are labelled `<model> [<policy>, <readback>]` where it varies.
+    """
 
     levels: Sequence[str] = LEVELS
-    restore: RestorePolicy = "model"
+    restore: str | Sequence[str] = "model"  # model | always | never | oracle
     batch_size: int = 8
     max_new_tokens: int = 256
     num_inference_steps: int | None = None
@@ -49,6 +62,53 @@ class EvalConfig:
     system_prompt: str | None = SYSTEM_PROMPT
     judge: bool = False
     resume: bool = False
+    readback: str | Sequence[str] = "bridge"  # bridge | reencode
+    degraded_view: str = "keep"  # keep | drop: the degraded image's ViT tokens after restoring
+    gallery: int = 2  # rows per corruption in each run's gallery (0: none)
+    quality: bool = True  # PSNR / latent cosine of restorations against the clean rows
+
+
+def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """`"never,always"` or `["never", "always"]` -> the list, checked against `allowed`."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = list(dict.fromkeys(str(v).strip().lower() for v in items if str(v).strip()))
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise ClearRLError(f"{what} must be among {', '.join(allowed)}, got {value!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class Run:
+    """One way of evaluating one model; `label` names its report rows and predictions folder."""
+
+    model: str
+    restore: str
+    readback: str  # "" for `never`, which reads nothing back
+    label: str
+
+
+def plan_runs(names: Sequence[str], config: EvalConfig) -> list[Run]:
+    """Every (model, restore policy, readback) to evaluate, labelled so the report tells them apart.
+
+    A label shows the policy unless the only one is `model`, and the readback when several are
+    compared or the only one is not the default bridge; one plain run keeps the model's name.
+    """
+    restores = choices(config.restore, RESTORE_POLICIES, "restore")
+    readbacks = choices(config.readback, READBACKS, "readback")
+    choices(config.degraded_view, DEGRADED_VIEWS, "degraded_view")
+    show_restore = restores != ["model"]
+    show_readback = readbacks != ["bridge"]
+    runs = []
+    for name in names:
+        for restore in restores:
+            for readback in readbacks if restore != "never" else [""]:
+                parts = ([restore] if show_restore else []) + (
+                    [readback] if show_readback and readback else []
+                )
+                label = f"{name} [{', '.join(parts)}]" if parts else name
+                runs.append(Run(name, restore, readback, label))
+    return runs
 
 
 def level_files(tsv: Path, levels: Sequence[str], cache_dir: Path, seed: int, reuse: bool) -> dict[str, Path]:
@@ -62,9 +122,36 @@ def level_files(tsv: Path, levels: Sequence[str], cache_dir: Path, seed: int, re
         if missing:
             from clear_rl.degrade.benchmark import DegradeOptions, degrade_tsv
 
-            degrade_tsv(tsv, cache_dir, DegradeOptions(levels=missing, seed=seed, progress=False))
+            manifest = cache_dir / f"{tsv.stem}_MMD_manifest.json"
+            kept = _manifest_entries(manifest)
+            result = degrade_tsv(tsv, cache_dir, DegradeOptions(levels=missing, seed=seed, progress=False))
+            _keep_manifest_entries(result.manifest, kept)
         files.update(wanted)
     return files
+
+
+def _manifest_entries(manifest: Path) -> list[dict]:
+    if not manifest.is_file():
+        return []
+    try:
+        return list(json.loads(manifest.read_text(encoding="utf-8")).get("files", []))
+    except json.JSONDecodeError:
+        return []
+
+
+def _keep_manifest_entries(manifest: Path | None, kept: list[dict]) -> None:
+    """`degrade_tsv` writes a manifest of the files it made; keep the rows' corruptions of the
+    copies an earlier run made and this one reused, so every level's rows stay labelled."""
+    if manifest is None or not kept:
+        return
+    document = json.loads(manifest.read_text(encoding="utf-8"))
+    made = {entry["file"] for entry in document["files"]}
+    reused = [
+        e for e in kept if e.get("file") not in made and (manifest.parent / str(e.get("file"))).exists()
+    ]
+    if reused:
+        document["files"] = reused + document["files"]
+        write_text(manifest, json.dumps(document, indent=1) + "\n")
 
 
 def _prompt_question(row: dict) -> str:
@@ -87,42 +174,118 @@ def _done_rows(path: Path) -> dict[str, dict]:
     return done
 
 
+def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationConfig:
+    """Greedy text, ODE restoration, under the run's policy and readback."""
+    # TODO(readback merge): pass readback/degraded_view unconditionally once generation has them.
+    extra = {}
+    if run.readback not in ("", "bridge"):
+        extra["readback"] = run.readback
+    if config.degraded_view != "keep":
+        extra["degraded_view"] = config.degraded_view
+    return InterleavedGenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=False,
+        restore=run.restore,
+        sampler="ode",
+        num_inference_steps=config.num_inference_steps,
+        **extra,
+    )
+
+
+def _default_run(config: EvalConfig) -> Run:
+    restores, readbacks = (
+        choices(config.restore, RESTORE_POLICIES, "restore"),
+        choices(config.readback, READBACKS, "readback"),
+    )
+    if len(restores) > 1 or len(readbacks) > 1:
+        raise ClearRLError("answer_file evaluates one policy and readback; pass run= (see plan_runs)")
+    return Run("model", restores[0], readbacks[0] if restores[0] != "never" else "", "model")
+
+
+class _Gallery:
+    """Saves the images of the first few rows per corruption (restored and not, separately)."""
+
+    def __init__(self, folder: Path | None, per_corruption: int, done: dict[str, dict], corruption_of: dict):
+        self.folder, self.limit = folder, per_corruption if folder is not None else 0
+        self.counts: dict[tuple[str, bool], int] = {}
+        for index, record in done.items():
+            if record.get("gallery"):
+                key = (corruption_of[index], bool(record.get("restored")))
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def wants(self, corruption: str, restored: bool) -> bool:
+        return self.counts.get((corruption, restored), 0) < self.limit
+
+    def save(self, index, corruption, restored, degraded, clean, decoded, size) -> str:
+        key = (corruption, restored)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        stem = save_example(self.folder, index, degraded, clean, decoded, size)
+        return stem.relative_to(self.folder.parents[2]).as_posix()  # relative to the output folder
+
+
 @torch.no_grad()
 def answer_file(
-    model, processor, tsv: Path, predictions: Path, config: EvalConfig, progress: tqdm | None = None
+    model,
+    processor,
+    tsv: Path,
+    predictions: Path,
+    config: EvalConfig,
+    progress: tqdm | None = None,
+    run: Run | None = None,
+    clean: CleanReference | None = None,
+    gallery_dir: Path | None = None,
 ) -> pd.DataFrame:
-    """Answer every row of one TSV; returns its rows (image column dropped) with predictions."""
+    """Answer every row of one TSV; returns its rows (image column dropped) with predictions.
+
+    With `clean` (the rows' clean source), restoring rows get their restoration's PSNR and latent
+    cosine against the clean image, the `oracle` policy gets the clean latents, and up to
+    `config.gallery` rows per corruption get their images saved under `gallery_dir`
+    (`<out>/restorations/<run>/<dataset>`; rows record the path relative to `<out>`).
+    """
+    run = run or _default_run(config)
+    if run.restore == "oracle" and clean is None:
+        raise ClearRLError(f"{tsv}: restore=oracle needs the clean source of the rows")
     frame = read_tsv(tsv, required=REQUIRED_COLUMNS)
     cells = resolve_image_cells(frame)
     rows = frame.drop(columns=["image"]).to_dict("records")
+    keys = [str(row["index"]) for row in rows]
+    corruptions = row_corruptions(tsv, keys)
+    corruption_of = dict(zip(keys, corruptions))
     done = _done_rows(predictions) if config.resume else {}
     if not config.resume:
         predictions.unlink(missing_ok=True)
     predictions.parent.mkdir(parents=True, exist_ok=True)
-    todo = [i for i, row in enumerate(rows) if str(row["index"]) not in done]
-    generation = InterleavedGenerationConfig(
-        max_new_tokens=config.max_new_tokens,
-        do_sample=False,
-        restore=config.restore,
-        sampler="ode",
-        num_inference_steps=config.num_inference_steps,
-    )
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    is_clean_file = clean is not None and tsv.resolve() == clean.source.resolve()
+    # A run that never restores has no restoration to show.
+    shows = clean is not None and run.restore != "never"
+    gallery = _Gallery(gallery_dir if shows else None, config.gallery, done, corruption_of)
+    generation = _generation_config(config, run)
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     size = model.config.vae_image_size
     tokenizer = processor.tokenizer
+    extra = {"image_processor": processor.image_processor} if run.readback == "reencode" else {}
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
-        images = [decode_row_image(cells[i], rows[i]["index"], tsv) for i in chunk]
+        images = [decode_row_image(cells[i], keys[i], tsv) for i in chunk]
         questions = [_prompt_question(rows[i]) for i in chunk]
         batch = encode_prompts(processor, images, questions, config.system_prompt).to(model.device)
+        pixels = vae_pixel_values(images, size).to(model.device)
+        clean_images = clean.images([keys[i] for i in chunk]) if clean is not None else None
+        clean_pixels = vae_pixel_values(clean_images, size).to(model.device) if clean_images else None
+        oracle = {}
+        if run.restore == "oracle":  # the clean latents are given, not the model's work: not timed
+            oracle = {"oracle_latents": model.encode_latents(clean_pixels).float()}
         began = time.perf_counter()
         out = generate_interleaved(
             model,
             batch["input_ids"],
             batch["attention_mask"],
             generation,
-            vae_pixel_values=vae_pixel_values(images, size).to(model.device),
+            vae_pixel_values=pixels,
             generator=generator,
+            **oracle,
+            **extra,
             **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")},
         )
         latency = (time.perf_counter() - began) / len(chunk)
@@ -132,22 +295,45 @@ def answer_file(
         )
         columns = {key: [rows[i].get(key) for i in chunk] for key in rows[chunk[0]]}
         hits = answer_scores(texts_out, columns["answer"], columns, judge=config.judge)
+        restored = out.restored.bool().cpu()
+        quality, where = None, {}
+        if clean_pixels is not None and config.quality and bool(restored.any()):
+            picked = restored.nonzero().squeeze(1)
+            degraded_latents = out.degraded_latents[picked] if out.degraded_latents is not None else None
+            quality = measure_restorations(
+                model,
+                out.restored_latents[picked.to(out.restored_latents.device)],
+                pixels[picked.to(pixels.device)],
+                clean_pixels[picked.to(clean_pixels.device)],
+                degraded_latents=degraded_latents,
+                clean_latents=oracle["oracle_latents"][picked] if oracle else None,
+                compare_degraded=not is_clean_file,
+            )
+            where = {int(j): k for k, j in enumerate(picked.tolist())}
         with predictions.open("a", encoding="utf-8") as handle:
             for j, i in enumerate(chunk):
                 record = {
-                    "index": str(rows[i]["index"]),
+                    "index": keys[i],
                     "prediction": texts_out[j],
                     "hit": hits[j],
-                    "restored": bool(out.restored[j]),
+                    "restored": bool(restored[j]),
                     "latency_s": latency,
                     "num_tokens": int(out.text_mask[j].sum()),
+                    "corruption": corruptions[i],
                 }
+                if j in where:
+                    record.update(quality.record(where[j]))
+                if gallery.wants(corruptions[i], record["restored"]):
+                    decoded = quality.decoded[where[j]] if j in where else None
+                    record["gallery"] = gallery.save(
+                        keys[i], corruptions[i], record["restored"], images[j], clean_images[j], decoded, size
+                    )
                 done[record["index"]] = record
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         if progress is not None:
             progress.update(len(chunk))
-    results = pd.DataFrame(rows)
-    answers = pd.DataFrame([done[str(row["index"])] for row in rows]).drop(columns=["index"])
+    answers = pd.DataFrame([done[key] for key in keys]).drop(columns=["index"])
+    results = pd.DataFrame(rows).drop(columns=[c for c in answers.columns if c in rows[0]])
     return pd.concat([results.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
 
 
@@ -158,31 +344,41 @@ def evaluate(
     config: EvalConfig,
     degraded_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Evaluate `{name: (model, processor)}` on every benchmark and level; write the report."""
+    """Evaluate `{name: (model, processor)}` on every benchmark and level under every run of
+    `plan_runs`; write the report. Everything is written under `out_dir` (and the degraded copies
+    under `degraded_dir` when it is given); the input files are only read."""
     out = Path(out_dir)
     cache = Path(degraded_dir) if degraded_dir else out / "degraded"
     sources = [Path(b) for b in benchmarks]
-    num_rows = {}
+    runs = plan_runs(list(models), config)
+    references = {}
     for source in sources:
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")
         # Fail on a bad file before any model runs; every degraded copy keeps all of its rows.
-        num_rows[source] = len(read_tsv(source, required=REQUIRED_COLUMNS))
+        references[source] = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS))
     # Copies in a folder the user names (`clear-rl degrade` outputs, or the released files) are read.
     reuse = config.resume or degraded_dir is not None
     files = {source: level_files(source, config.levels, cache, config.seed, reuse) for source in sources}
-    total = sum(num_rows[source] * len(per_level) for source, per_level in files.items()) * len(models)
+    num_rows = {source: len(reference) for source, reference in references.items()}
+    total = sum(num_rows[source] * len(per_level) for source, per_level in files.items()) * len(runs)
     results: dict[str, dict[str, pd.DataFrame]] = {}
+    per_model = Counter(run.model for run in runs)
     with tqdm(total=total, desc="eval", unit="q") as progress:
-        for name, (model, processor) in models.items():
+        for run in runs:
+            model, processor = models[run.model]
             model.eval()
-            results[name] = {}
-            for per_level in files.values():
+            # A model's only run keeps the folder named after the model (what `resume` looks for).
+            folder = run.model if per_model[run.model] == 1 else slug(run.label)
+            results[run.label] = {}
+            for source, per_level in files.items():
                 for path in per_level.values():
                     dataset = path.stem  # <name> or <name>_MMD_<level>
-                    predictions = out / "predictions" / name / f"{dataset}.jsonl"
-                    progress.set_postfix_str(f"{name} {dataset}")
-                    results[name][dataset] = answer_file(
-                        model, processor, path, predictions, config, progress
-                    )
-    return write_report(results, out, title="MMD-Bench evaluation")
+                    predictions = out / "predictions" / folder / f"{dataset}.jsonl"
+                    progress.set_postfix_str(f"{run.label} {dataset}")
+                    results[run.label][dataset] = answer_file(
+                        model, processor, path, predictions, config, progress, run=run,
+                        clean=references[source], gallery_dir=out / "restorations" / folder / dataset,
+                    )  # fmt: skip
+    meta = {run.label: {"model": run.model, "restore": run.restore, "readback": run.readback} for run in runs}
+    return write_report(results, out, title="MMD-Bench evaluation", runs=meta, gallery=config.gallery)
