@@ -129,13 +129,48 @@ def test_cli_accepts_several_policies(tiny, tmp_path, capsys):
     tsv = _tsv(tmp_path / "data" / "ShapesVQA_test.tsv", n=2)
     code = main(
         ["eval", "--model", f"Base={tmp_path / 'base'}", "--data", str(tsv), "--levels", "clean",
-         "--restore", "never,always", "--max-new-tokens", "3", "--steps", "2", "--gallery", "0",
+         "--restore", "never,always", "--readback", "bridge,reencode", "--degraded-view", "drop",
+         "--max-new-tokens", "3", "--steps", "2", "--gallery", "0",
          "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Base [never]" in printed and "Base [always]" in printed
+    assert all(f"Base [{run}]" in printed for run in ("never", "always, bridge", "always, reencode"))
     assert not (tmp_path / "out" / "restorations").exists() or not any(
         p.is_file() for p in (tmp_path / "out" / "restorations").rglob("*")
     )
     assert sorted(os.listdir(tmp_path / "data")) == ["ShapesVQA_test.tsv"]
+
+
+def test_readbacks_and_oracle_side_by_side(tiny, tmp_path):
+    tsv = _tsv(tmp_path / "data" / "ShapesVQA_test.tsv", n=2)
+    config = EvalConfig(
+        levels=["clean", "high"],
+        restore="never,always,oracle",
+        readback="bridge,reencode",
+        gallery=0,
+        **SMALL,
+    )
+    files = evaluate({"tiny": tiny}, [tsv], tmp_path / "out", config)
+    scores = pd.read_csv(files["scores.csv"])
+    runs = scores.groupby("model")["level"].apply(sorted).to_dict()
+    assert runs == {
+        "tiny [never]": ["clean", "high"],
+        "tiny [always, bridge]": ["clean", "high"],
+        "tiny [always, reencode]": ["clean", "high"],
+        "tiny [oracle, bridge]": ["clean"],  # the image is hidden: every level would answer alike
+        "tiny [oracle, reencode]": ["clean"],
+    }
+    readback = pd.read_csv(files["readback.csv"])
+    assert set(zip(readback["restore"], readback["readback"])) == {
+        ("always", "bridge"), ("always", "reencode"), ("oracle", "bridge"), ("oracle", "reencode"),
+    }  # fmt: skip
+    assert (readback["latency_s"] > 0).all()
+    fidelity = pd.read_csv(files["bridge_fidelity.csv"])
+    never_clean = scores[(scores["model"] == "tiny [never]") & (scores["level"] == "clean")]["score"].item()
+    assert fidelity["level"].tolist() == ["clean", "clean"] and (fidelity["clean"] == never_clean).all()
+    oracle = scores[scores["model"] == "tiny [oracle, bridge]"]
+    assert fidelity.loc[fidelity["readback"] == "bridge", "oracle"].item() == oracle["score"].item()
+    assert (oracle["trigger_rate"] == 100.0).all()
+    report = files["report.md"].read_text()
+    assert "## Bridge fidelity" in report and "## Readback" in report

@@ -175,20 +175,15 @@ def _done_rows(path: Path) -> dict[str, dict]:
 
 
 def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationConfig:
-    """Greedy text, ODE restoration, under the run's policy and readback."""
-    # TODO(readback merge): pass readback/degraded_view unconditionally once generation has them.
-    extra = {}
-    if run.readback not in ("", "bridge"):
-        extra["readback"] = run.readback
-    if config.degraded_view != "keep":
-        extra["degraded_view"] = config.degraded_view
+    """Greedy text, ODE restoration, under the run's policy, readback and degraded view."""
     return InterleavedGenerationConfig(
         max_new_tokens=config.max_new_tokens,
         do_sample=False,
         restore=run.restore,
+        readback=run.readback or "bridge",
+        degraded_view=config.degraded_view,
         sampler="ode",
         num_inference_steps=config.num_inference_steps,
-        **extra,
     )
 
 
@@ -264,7 +259,9 @@ def answer_file(
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     size = model.config.vae_image_size
     tokenizer = processor.tokenizer
-    extra = {"image_processor": processor.image_processor} if run.readback == "reencode" else {}
+    extra = (
+        {"image_processor": processor} if run.readback == "reencode" else {}
+    )  # its image processor is used
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         images = [decode_row_image(cells[i], keys[i], tsv) for i in chunk]
@@ -337,6 +334,15 @@ def answer_file(
     return pd.concat([results.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
 
 
+def _files_of(run: Run, per_level: dict[str, Path]) -> list[Path]:
+    """The level files a run answers: all of them, except for `oracle`, which hides the image and
+    fills the slot with the clean latent, so every level would give the same answers: it answers
+    the clean file (else the first level's) once."""
+    if run.restore != "oracle":
+        return list(per_level.values())
+    return [per_level.get("clean", next(iter(per_level.values())))]
+
+
 def evaluate(
     models: dict[str, tuple],
     benchmarks: Sequence[str | Path],
@@ -345,7 +351,7 @@ def evaluate(
     degraded_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Evaluate `{name: (model, processor)}` on every benchmark and level under every run of
-    `plan_runs`; write the report. Everything is written under `out_dir` (and the degraded copies
+    `plan_runs` (`oracle` runs on the clean level only, see `_files_of`); write the report. Everything is written under `out_dir` (and the degraded copies
     under `degraded_dir` when it is given); the input files are only read."""
     out = Path(out_dir)
     cache = Path(degraded_dir) if degraded_dir else out / "degraded"
@@ -361,7 +367,9 @@ def evaluate(
     reuse = config.resume or degraded_dir is not None
     files = {source: level_files(source, config.levels, cache, config.seed, reuse) for source in sources}
     num_rows = {source: len(reference) for source, reference in references.items()}
-    total = sum(num_rows[source] * len(per_level) for source, per_level in files.items()) * len(runs)
+    total = sum(
+        num_rows[s] * len(_files_of(run, per_level)) for run in runs for s, per_level in files.items()
+    )
     results: dict[str, dict[str, pd.DataFrame]] = {}
     per_model = Counter(run.model for run in runs)
     with tqdm(total=total, desc="eval", unit="q") as progress:
@@ -372,7 +380,7 @@ def evaluate(
             folder = run.model if per_model[run.model] == 1 else slug(run.label)
             results[run.label] = {}
             for source, per_level in files.items():
-                for path in per_level.values():
+                for path in _files_of(run, per_level):
                     dataset = path.stem  # <name> or <name>_MMD_<level>
                     predictions = out / "predictions" / folder / f"{dataset}.jsonl"
                     progress.set_postfix_str(f"{run.label} {dataset}")
