@@ -174,3 +174,15 @@ def test_readbacks_and_oracle_side_by_side(tiny, tmp_path):
     assert (oracle["trigger_rate"] == 100.0).all()
     report = files["report.md"].read_text()
     assert "## Bridge fidelity" in report and "## Readback" in report
+
+
+def test_reused_copies_keep_their_rows_corruptions_when_more_levels_are_made(tmp_path):
+    from clear_rl.eval.runner import level_files
+
+    tsv = _tsv(tmp_path / "data" / "Shapes.tsv")
+    cache = tmp_path / "cache"
+    high = level_files(tsv, ["high"], cache, seed=0, reuse=True)["high"]
+    first = row_corruptions(high, list(read_tsv(high)["index"]))
+    files = level_files(tsv, ["high", "mid"], cache, seed=0, reuse=True)  # makes mid, reuses high
+    assert row_corruptions(files["high"], list(read_tsv(high)["index"])) == first
+    assert "unknown" not in first + row_corruptions(files["mid"], list(read_tsv(files["mid"])["index"]))

@@ -153,7 +153,7 @@ def test_figures_have_the_expected_panels():
     figure = trigger_latency_figure(levels)
     rate_axis, accuracy_axis, time_axis = figure.axes
     assert len(rate_axis.patches) == 1  # one level x only the run that restores: no empty slot
-    assert time_axis.get_ylim()[0] == 0 and rate_axis.get_ylim()[0] == 0
+    assert time_axis.get_ylim()[0] == 0 and rate_axis.get_ylim()[0] == 0 and accuracy_axis.get_ylim()[0] == 0
     assert [line.get_ydata().tolist() for line in accuracy_axis.lines] == [[50.0], [100.0]]
     quality, gain = restoration_quality(PREDICTIONS), restoration_gain(PREDICTIONS, RUNS)
     assert len(restoration_figure(quality, gain).axes) == 2  # one gain panel (M), one quality panel

@@ -62,6 +62,9 @@ def trigger_latency_figure(levels: pd.DataFrame):
     accuracy_axis.set_xlabel("Degradation level")
     accuracy_axis.set_ylabel("Accuracy (%)")
     accuracy_axis.grid(alpha=0.3)
+    if "accuracy" in levels:
+        top = float(levels["accuracy"].fillna(0).max())
+        accuracy_axis.set_ylim(bottom=0, top=min(105.0, max(1.0, top * 1.1)))
     rate_axis.set_ylabel("Restoration trigger rate (%)")
     time_axis.set_ylabel("Inference time (s / sample)")
     rate_axis.set_ylim(bottom=0, top=max(1.0, float(levels["trigger_rate"].fillna(0).max()) * 1.1))

@@ -31,7 +31,7 @@ from clear_rl.eval.gallery import save_example, slug
 from clear_rl.eval.quality import measure_restorations
 from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
-from clear_rl.eval.scoring import LEVELS
+from clear_rl.eval.scoring import LEVELS, parse_dataset_name
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
@@ -334,13 +334,13 @@ def answer_file(
     return pd.concat([results.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
 
 
-def _files_of(run: Run, per_level: dict[str, Path]) -> list[Path]:
+def _files_of(run: Run, per_level: dict[str, Path], clean: CleanReference | None) -> list[Path]:
     """The level files a run answers: all of them, except for `oracle`, which hides the image and
     fills the slot with the clean latent, so every level would give the same answers: it answers
-    the clean file (else the first level's) once."""
+    the clean file (else the first level's) once, and nothing where there is no clean image."""
     if run.restore != "oracle":
         return list(per_level.values())
-    return [per_level.get("clean", next(iter(per_level.values())))]
+    return [per_level.get("clean", next(iter(per_level.values())))] if clean is not None else []
 
 
 def evaluate(
@@ -357,18 +357,23 @@ def evaluate(
     cache = Path(degraded_dir) if degraded_dir else out / "degraded"
     sources = [Path(b) for b in benchmarks]
     runs = plan_runs(list(models), config)
-    references = {}
+    references: dict[Path, CleanReference | None] = {}
+    num_rows: dict[Path, int] = {}
     for source in sources:
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")
         # Fail on a bad file before any model runs; every degraded copy keeps all of its rows.
-        references[source] = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS))
+        reference = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS))
+        num_rows[source] = len(reference)
+        # A benchmark shipped degraded (R-Bench-Dis) has no clean version to measure against.
+        references[source] = None if parse_dataset_name(source.stem).native_degraded else reference
     # Copies in a folder the user names (`clear-rl degrade` outputs, or the released files) are read.
     reuse = config.resume or degraded_dir is not None
     files = {source: level_files(source, config.levels, cache, config.seed, reuse) for source in sources}
-    num_rows = {source: len(reference) for source, reference in references.items()}
     total = sum(
-        num_rows[s] * len(_files_of(run, per_level)) for run in runs for s, per_level in files.items()
+        num_rows[s] * len(_files_of(run, per_level, references[s]))
+        for run in runs
+        for s, per_level in files.items()
     )
     results: dict[str, dict[str, pd.DataFrame]] = {}
     per_model = Counter(run.model for run in runs)
@@ -380,7 +385,7 @@ def evaluate(
             folder = run.model if per_model[run.model] == 1 else slug(run.label)
             results[run.label] = {}
             for source, per_level in files.items():
-                for path in _files_of(run, per_level):
+                for path in _files_of(run, per_level, references[source]):
                     dataset = path.stem  # <name> or <name>_MMD_<level>
                     predictions = out / "predictions" / folder / f"{dataset}.jsonl"
                     progress.set_postfix_str(f"{run.label} {dataset}")
