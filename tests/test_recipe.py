@@ -7,6 +7,7 @@ import yaml
 
 from clear_rl.errors import RecipeError
 from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe
+from clear_rl.trainers.align import AlignConfig
 from clear_rl.trainers.bridge import BridgeConfig
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 from clear_rl.trainers.sft import ClearSFTConfig
@@ -33,6 +34,8 @@ def with_training(**values) -> dict:
 @pytest.mark.parametrize(
     "name, stage, config_class",
     [
+        ("demo/align.yaml", "align", AlignConfig),
+        ("qwen2_5_vl_3b/align.yaml", "align", AlignConfig),
         ("demo/sft.yaml", "sft", ClearSFTConfig),
         ("demo/bridge.yaml", "bridge", BridgeConfig),
         ("qwen2_5_vl_3b/sft-lora.yaml", "sft", ClearSFTConfig),

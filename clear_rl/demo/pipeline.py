@@ -2,8 +2,9 @@
 
 1. ShapesVQA: a synthetic VQA set whose fine details strong degradation destroys.
 2. Stage 0 (demo only): the random tiny model becomes a competent small base: the VAE learns to
-   reconstruct, the bridge to recognise scenes from its latents, the VLM to answer on clean and
-   mildly degraded images, the restoration head to restore degraded latents.
+   reconstruct, the VLM to answer on clean and mildly degraded images, the bridge is aligned to
+   the VLM's own vision tokens (`recipes/demo/align.yaml`, the stage any VLM + VAE pair runs
+   before stage 1), the restoration head learns to restore degraded latents.
 3. `clear-rl prepare` labels the corruption-aware data by probing the base model.
 4. Stages 1-3 from `recipes/demo/*.yaml`, through the same path `clear-rl train` runs.
 5. `clear-rl eval` on the held-out split at clean / low / mid / high for Base, CLEAR-SFT and
@@ -27,7 +28,7 @@ from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
-from clear_rl.demo.vision import warm_up_bridge, warm_up_vision
+from clear_rl.demo.vision import warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
 from clear_rl.models import TinyModelConfig, build_tiny_model
@@ -54,10 +55,16 @@ class DemoConfig:
     vae_images: int = 1024
     vae_steps: int = 300
     vision_steps: int = 300
-    bridge_steps: int = 300
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
-        default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
+        default_factory=lambda: {
+            "base": None,
+            "align": None,
+            "base_head": None,
+            "sft": None,
+            "bridge": None,
+            "grpo": None,
+        }
     )
     # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
     label: str = "probe"
@@ -76,8 +83,7 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             vision_steps=3,
-            bridge_steps=3,
-            steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            steps={"base": 2, "align": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
             eval_batch_size=8,
@@ -130,8 +136,7 @@ def _vae_images(config: DemoConfig) -> torch.Tensor:
 
 
 def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
-    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT, a trained VAE
-    and a bridge warmed up on that VAE's latents."""
+    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT and a trained VAE."""
     tiny = TinyModelConfig(image_size=config.image_size, **config.model)
     shapes = shapes_config(config)
     model, processor = build_tiny_model(
@@ -140,7 +145,6 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
     records = generate_shapes_vqa(config.num_train, seed=config.seed + 3, config=shapes)
     warm_up_vision(model, processor, records, shapes, steps=config.vision_steps, seed=config.seed)
     train_vae(model, _vae_images(config), steps=config.vae_steps, seed=config.seed)
-    warm_up_bridge(model, records, shapes, steps=config.bridge_steps, seed=config.seed)
     folder = paths.model("init")
     save_unified(model, processor, folder)
     return folder
@@ -227,9 +231,13 @@ def run_demo(config: DemoConfig) -> Path:
         paths.base_vlm,
         "base_vlm",
     )
+    timed(
+        "stage 0: bridge alignment",
+        train_stage, config, paths, "align", paths.model("base_vlm"), source, "aligned",
+    )  # fmt: skip
     base = timed(
         "stage 0: base restoration head",
-        train_stage, config, paths, "base_head", paths.model("base_vlm"), paths.base_restore, "base",
+        train_stage, config, paths, "base_head", paths.model("aligned"), paths.base_restore, "base",
     )  # fmt: skip
     timed("prepare: corruption-aware data", prepare_training_data, config, source, paths, base)
     sft = timed("stage 1: SFT", train_stage, config, paths, "sft", base, paths.prepared, "sft")
