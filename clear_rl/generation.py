@@ -29,6 +29,7 @@ from transformers.generation.logits_process import (
 )
 
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+from clear_rl.models.positions import RolloutPositions
 from clear_rl.restoration import Sampler, restore_latents
 
 RestorePolicy = Literal["model", "always", "never"]
@@ -75,10 +76,6 @@ class InterleavedOutput:
         return self.completion_mask.bool() & ~self.restored_mask
 
 
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class _Rollout:
     """State of one batched interleaved rollout; `run` drives it step by step."""
 
@@ -101,6 +98,7 @@ class _Rollout:
         self.seq_ids: torch.Tensor | None = None  # the whole sequence so far, holes included
         self.seq_mask: torch.Tensor | None = None  # 1 on real positions, 0 on left padding and holes
         self.cache = None
+        self.positions = RolloutPositions(model, vlm_inputs)  # 1D, or M-RoPE's 3D with image layouts
         self.hidden: torch.Tensor | None = None  # (B, L, D) conditioning-layer states of the sequence
         self.restored_latents = torch.zeros(self.batch, *model.latent_shape, device=input_ids.device)
         self.warpers = LogitsProcessorList()
@@ -118,14 +116,15 @@ class _Rollout:
         first = self.seq_ids is None
         self.seq_ids = new_ids if first else torch.cat([self.seq_ids, new_ids], dim=1)
         self.seq_mask = new_mask if first else torch.cat([self.seq_mask, new_mask], dim=1)
-        positions = _position_ids(self.seq_mask)
+        new = new_ids.shape[1] if self.cfg.use_cache else self.seq_ids.shape[1]
+        positions = self.positions(self.seq_ids, self.seq_mask, new)
         need_hidden = self.cfg.restore != "never"
         layer = self.model.config.condition_layer
         if self.cfg.use_cache:
             out = self.model(
                 input_ids=new_ids,
                 attention_mask=self.seq_mask,
-                position_ids=positions[:, -new_ids.shape[1] :],
+                position_ids=positions,
                 restored_latents=restored_latents,
                 cache=self.cache,
                 use_cache=True,

@@ -33,6 +33,7 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
+from clear_rl.models.positions import positions_for_forward
 from clear_rl.models.tokens import ClearTokenIds
 
 
@@ -314,6 +315,10 @@ class ComposedUnifiedModel(PreTrainedModel):
         """
         if flow_latents is not None:
             kwargs["output_hidden_states"] = True
+        # M-RoPE VLMs (Qwen2-VL family): restored blocks get image positions (models/positions.py).
+        positions = positions_for_forward(self, input_ids, attention_mask, kwargs)
+        if positions is not None:
+            kwargs["position_ids"] = positions
         with self.bridged_embeddings(input_ids, restored_latents):
             outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
