@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import load_recipe, stage_module
+from clear_rl.trainers.progress import StageProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -184,18 +186,37 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
 def train_stage(
     config: DemoConfig, paths: _Paths, recipe: str, model_from: Path, data: Path, output: str
 ) -> Path:
-    """Run one recipe of recipes/demo with this run's folders (and step count, if set)."""
+    """Run one recipe of recipes/demo with this run's folders (and step count, if set), behind one
+    progress bar labelled with the recipe's name."""
     out = paths.model(output)
     overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
     loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides)
-    stage_module(loaded.stage).train(loaded)
+    stage_module(loaded.stage).train(loaded, callbacks=[StageProgressCallback(f"{recipe} ({loaded.stage})")])
     return out
+
+
+def quiet_libraries() -> None:
+    """The demo's console is its progress bars: the libraries' own bars and info logs go quiet."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # loading and writing weights
+    logging.getLogger("clear_rl").setLevel(logging.WARNING)
+    # Nothing a demo user can act on: TRL calls a deprecated transformers name, and a CPU has no
+    # pinned memory for the dataloader to use.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*'pin_memory' argument is set as true.*", category=UserWarning
+    )
 
 
 def run_demo(config: DemoConfig) -> Path:
     """Run every step; returns the summary file. Each step's outputs land under `out_dir`."""
+    quiet_libraries()
     paths = _Paths(Path(config.out_dir))
     timings: dict[str, float] = {}
     started = time.perf_counter()

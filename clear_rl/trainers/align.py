@@ -39,6 +39,7 @@ from clear_rl.trainers.common import (
     seed_everything,
     unified_core,
 )
+from clear_rl.trainers.progress import attach_callbacks
 from clear_rl.trainers.sft import install_step_forward
 
 DEFAULT_TRAINABLE_PARTS = ("bridge",)
@@ -174,7 +175,7 @@ class AlignTrainer(UnifiedCheckpointMixin, Trainer):
         return loss.detach(), None, None
 
 
-def train(recipe: Recipe) -> AlignTrainer:
+def train(recipe: Recipe, callbacks=()) -> AlignTrainer:
     """Align the bridge from a validated recipe (`stage: align`); the model is saved into output_dir."""
     args = recipe.training
     seed_everything(args.seed)
@@ -199,6 +200,7 @@ def train(recipe: Recipe) -> AlignTrainer:
         data_collator=AlignCollator(processor, core.config.vae_image_size),
         processing_class=processor,
     )
+    attach_callbacks(trainer, callbacks)
     trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)
     return trainer

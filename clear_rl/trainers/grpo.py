@@ -391,8 +391,10 @@ def to_grpo_dataset(prepared, system_prompt: str | None):
     return prepared.map(prompt, desc="GRPO prompts")
 
 
-def train(recipe: Recipe) -> None:
-    """Run stage 3 from a validated recipe."""
+def train(recipe: Recipe, callbacks=()) -> None:
+    """Run stage 3 from a validated recipe (`callbacks`: extra TrainerCallbacks)."""
+    from clear_rl.trainers.progress import attach_callbacks
+
     args: InterleavedGRPOConfig = recipe.training
     if not recipe.rewards:
         raise RecipeError(f"{recipe.source}: the grpo stage needs a `rewards:` section")
@@ -419,5 +421,6 @@ def train(recipe: Recipe) -> None:
         to_grpo_dataset(data, recipe.data.system_prompt),
         processing_class=processor,
     )
+    attach_callbacks(trainer, callbacks)
     trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)
