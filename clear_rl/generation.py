@@ -39,8 +39,8 @@ from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
 from clear_rl.models.readback import (
     DegradedView,
     Readback,
-    hidden_view_mask,
     reencode_embeddings,
+    view_mask,
 )
 from clear_rl.restoration import Sampler, restore_latents
 
@@ -188,8 +188,7 @@ class _Rollout:
         else:
             mask = self.seq_mask
             if bool((self.hide_from < self.seq_ids.shape[1]).any()):  # hiding differs per query
-                dtype = self.model.get_input_embeddings().weight.dtype
-                mask = hidden_view_mask(self.seq_ids, mask, self.image_token_id, self.hide_from, dtype)
+                mask = view_mask(self.model, self.seq_ids, mask, self.hide_from)
             out = self.model(
                 input_ids=self.seq_ids,
                 attention_mask=mask,

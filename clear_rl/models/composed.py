@@ -353,6 +353,10 @@ class ComposedUnifiedModel(PreTrainedModel):
             return out
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.dim() == 4:  # per-query (B, 1, Q, K): the head reads what `<image_restore>` reads
+            last = self.up_to_last_restore(input_ids).sum(1) - 1
+            keys = attention_mask[torch.arange(input_ids.shape[0], device=input_ids.device), 0, last]
+            attention_mask = keys if keys.dtype == torch.bool else keys == 0
         context = self.restoration_context(
             input_ids, attention_mask, hidden_states[self.config.condition_layer], degraded_latents
         )
