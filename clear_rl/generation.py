@@ -11,6 +11,13 @@ placeholder positions, the others get N masked "hole" positions in the same forw
 attention mask is 0 there and position ids skip them), so one KV cache serves the whole batch and
 every row's logits are exactly what they would be alone.
 
+What fills the restored slot (`readback`): the bridge's embeddings of the latent, or the
+paper's baseline, the VLM's own vision tokens of the VAE-decoded latent (models/readback.py).
+`restore="oracle"` puts given clean latents in the slot and hides the image tokens throughout,
+measuring how well the model answers from the bridged latent alone; `degraded_view="drop"`
+hides a row's image tokens from every position after its restored slot begins. Hidden tokens
+keep their position ids: one mask counts positions, another says what attention reads.
+
 `transformers.GenerationMixin.generate` cannot pause a row mid-sequence to run a second model
 and splice embeddings in, hence this loop; it reuses transformers' logits warpers and cache.
 """
@@ -30,9 +37,15 @@ from transformers.generation.logits_process import (
 
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
 from clear_rl.models.positions import RolloutPositions
+from clear_rl.models.readback import (
+    DegradedView,
+    Readback,
+    reencode_embeddings,
+    view_mask,
+)
 from clear_rl.restoration import Sampler, restore_latents
 
-RestorePolicy = Literal["model", "always", "never"]
+RestorePolicy = Literal["model", "always", "never", "oracle"]
 
 
 @dataclass
@@ -45,8 +58,14 @@ class InterleavedGenerationConfig:
     top_p: float = 1.0
     top_k: int = 0
     # "model": the model decides; "always": every row restores once before answering;
-    # "never": `<image_restore>` is banned (the answer-directly baseline).
+    # "never": `<image_restore>` is banned (the answer-directly baseline); "oracle": like
+    # "always", but the slot holds the given `oracle_latents` and image tokens are hidden throughout.
     restore: RestorePolicy = "model"
+    # What fills the restored slot: "bridge" (CLEAR) or "reencode" (VAE decode -> the VLM's own
+    # image processor and vision path; needs `image_processor`).
+    readback: Readback = "bridge"
+    # "drop": once a row restores, its degraded image tokens are hidden from every later position.
+    degraded_view: DegradedView = "keep"
     sampler: Sampler = "ode"  # "sde" keeps per-step log-probs, for Flow-GRPO rollouts
     num_inference_steps: int | None = None  # default: the model config's
     flow_shift: float | None = None  # default: the model config's
@@ -69,6 +88,8 @@ class InterleavedOutput:
     trajectory: torch.Tensor | None  # (B, N+1, C, h, w) restoration states (zeros where not restored)
     trajectory_log_probs: torch.Tensor | None  # (B, N) per-step log-probs of the restoration
     timesteps: torch.Tensor | None  # (N+1,) noise levels of the restoration steps
+    # (B, N, D) what filled the slot under readback="reencode" (zeros where not restored); else None
+    restored_embeds: torch.Tensor | None = None
 
     @property
     def text_mask(self) -> torch.Tensor:
@@ -80,9 +101,20 @@ class _Rollout:
     """State of one batched interleaved rollout; `run` drives it step by step."""
 
     def __init__(
-        self, model, input_ids, attention_mask, vlm_inputs, vae_pixel_values, degraded_latents, cfg, gen
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        vlm_inputs,
+        vae_pixel_values,
+        degraded_latents,
+        cfg,
+        gen,
+        image_processor=None,
+        oracle_latents=None,
     ):
         self.model, self.cfg, self.gen = model, cfg, gen
+        self.image_processor, self.oracle_latents = image_processor, oracle_latents
         self.vlm_inputs, self.vae_pixel_values = vlm_inputs, vae_pixel_values
         self.degraded_latents = degraded_latents
         self.ids = model.token_ids
@@ -97,6 +129,11 @@ class _Rollout:
         self.batch = input_ids.shape[0]
         self.seq_ids: torch.Tensor | None = None  # the whole sequence so far, holes included
         self.seq_mask: torch.Tensor | None = None  # 1 on real positions, 0 on left padding and holes
+        # Per row, the sequence index from which its image tokens are hidden (length: never).
+        never = torch.iinfo(torch.long).max
+        start = 0 if cfg.restore == "oracle" else never
+        self.hide_from = torch.full((input_ids.shape[0],), start, dtype=torch.long, device=input_ids.device)
+        self.restored_embeds: torch.Tensor | None = None  # (B, N, D) under readback="reencode"
         self.cache = None
         self.positions = RolloutPositions(model, vlm_inputs)  # 1D, or M-RoPE's 3D with image layouts
         self.hidden: torch.Tensor | None = None  # (B, L, D) conditioning-layer states of the sequence
@@ -111,21 +148,32 @@ class _Rollout:
                 self.warpers.append(TopPLogitsWarper(cfg.top_p))
 
     # -- model calls ---------------------------------------------------------------------------
-    def forward(self, new_ids: torch.Tensor, new_mask: torch.Tensor, restored_latents=None) -> torch.Tensor:
-        """Append `new_ids` to the sequence and return the logits of its last position."""
+    def visible(self, query_index: int) -> torch.Tensor:
+        """(B, L) 1 where a query at `query_index` may attend: real positions minus hidden image tokens."""
+        hidden = (self.seq_ids == self.image_token_id) & (self.hide_from <= query_index)[:, None]
+        return self.seq_mask * (~hidden).long()
+
+    def forward(self, new_ids: torch.Tensor, new_mask: torch.Tensor, slot: bool = False) -> torch.Tensor:
+        """Append `new_ids` to the sequence and return the logits of its last position.
+
+        `slot`: `new_ids` are the restored-slot block, filled from the current readback.
+        """
         first = self.seq_ids is None
+        start = 0 if first else self.seq_ids.shape[1]
         self.seq_ids = new_ids if first else torch.cat([self.seq_ids, new_ids], dim=1)
         self.seq_mask = new_mask if first else torch.cat([self.seq_mask, new_mask], dim=1)
         new = new_ids.shape[1] if self.cfg.use_cache else self.seq_ids.shape[1]
-        positions = self.positions(self.seq_ids, self.seq_mask, new)
-        need_hidden = self.cfg.restore != "never"
+        positions = self.positions(self.seq_ids, self.seq_mask, new)  # hidden image tokens still count
+        need_hidden = self.cfg.restore not in ("never", "oracle")
         layer = self.model.config.condition_layer
+        reencode = self.cfg.readback == "reencode"
         if self.cfg.use_cache:
             out = self.model(
                 input_ids=new_ids,
-                attention_mask=self.seq_mask,
+                attention_mask=self.visible(start),
                 position_ids=positions,
-                restored_latents=restored_latents,
+                restored_latents=self.restored_latents if slot and not reencode else None,
+                restored_embeds=self.restored_embeds if slot and reencode else None,
                 cache=self.cache,
                 use_cache=True,
                 output_hidden_states=need_hidden,
@@ -137,11 +185,15 @@ class _Rollout:
                 states = out.hidden_states[layer]
                 self.hidden = states if first else torch.cat([self.hidden, states], dim=1)
         else:
+            mask = self.seq_mask
+            if bool((self.hide_from < self.seq_ids.shape[1]).any()):  # hiding differs per query
+                mask = view_mask(self.model, self.seq_ids, mask, self.hide_from)
             out = self.model(
                 input_ids=self.seq_ids,
-                attention_mask=self.seq_mask,
+                attention_mask=mask,
                 position_ids=positions,
-                restored_latents=self.restored_latents,
+                restored_latents=None if reencode else self.restored_latents,
+                restored_embeds=self.restored_embeds if reencode else None,
                 use_cache=False,
                 output_hidden_states=need_hidden,
                 logits_to_keep=1,
@@ -158,7 +210,9 @@ class _Rollout:
                 raise ValueError("restoration needs vae_pixel_values or degraded_latents")
             self.degraded_latents = self.model.encode_latents(self.vae_pixel_values).float()
         context = RestorationContext(
-            self.hidden[rows], self.seq_mask[rows].bool(), self.degraded_latents[rows]
+            self.hidden[rows],
+            self.visible(self.seq_ids.shape[1] - 1)[rows].bool(),
+            self.degraded_latents[rows],
         )
         return restore_latents(
             self.model,
@@ -187,7 +241,7 @@ class _Rollout:
             tokens = torch.multinomial(probs, 1, generator=self.gen).squeeze(1)
         else:
             tokens = logits.argmax(-1)
-        if cfg.restore == "always":
+        if cfg.restore in ("always", "oracle"):
             would_end = torch.isin(
                 tokens, torch.cat([self.stop_ids, self.stop_ids.new_tensor([ids.answer_start])])
             )
@@ -205,7 +259,6 @@ class _Rollout:
         previous = input_ids[:, -1].clone()
         columns: list[tuple[torch.Tensor, ...]] = []  # (ids, real, placeholder, logprob) per column
         trajectory = log_probs = timesteps = None
-        n_pad = self.model.num_restored_tokens
         for step in range(cfg.max_new_tokens):
             tokens, logprobs = self.choose(logits, restored, previous, step == cfg.max_new_tokens - 1)
             active = ~finished
@@ -216,16 +269,24 @@ class _Rollout:
             logits = self.forward(tokens[:, None], active.long()[:, None])
             previous = torch.where(active, tokens, previous)
             if restoring.any():
-                sample = self.restore(restoring)
-                self.restored_latents[restoring] = sample.latents.to(self.restored_latents.dtype)
-                if trajectory is None:
-                    trajectory = sample.trajectory.new_zeros(batch, *sample.trajectory.shape[1:])
-                    log_probs = sample.log_probs.new_zeros(batch, sample.log_probs.shape[1])
-                    timesteps = sample.timesteps
-                trajectory[restoring], log_probs[restoring] = sample.trajectory, sample.log_probs
+                if cfg.restore == "oracle":
+                    self.restored_latents[restoring] = self.oracle_latents[restoring].to(
+                        self.restored_latents
+                    )
+                else:
+                    sample = self.restore(restoring)
+                    self.restored_latents[restoring] = sample.latents.to(self.restored_latents.dtype)
+                    if trajectory is None:
+                        trajectory = sample.trajectory.new_zeros(batch, *sample.trajectory.shape[1:])
+                        log_probs = sample.log_probs.new_zeros(batch, sample.log_probs.shape[1])
+                        timesteps = sample.timesteps
+                    trajectory[restoring], log_probs[restoring] = sample.trajectory, sample.log_probs
+                n_pad = self.fill_slot(restoring)
+                if cfg.degraded_view == "drop":  # the slot replaces the degraded view from here on
+                    self.hide_from[restoring] = self.seq_ids.shape[1]
                 block = torch.where(restoring[:, None], ids.restored_pad, self.pad_id).expand(batch, n_pad)
                 block_logits = self.forward(
-                    block.contiguous(), restoring.long()[:, None].expand(batch, n_pad), self.restored_latents
+                    block.contiguous(), restoring.long()[:, None].expand(batch, n_pad), slot=True
                 )
                 logits = torch.where(restoring[:, None], block_logits, logits)
                 for _ in range(n_pad):
@@ -234,6 +295,16 @@ class _Rollout:
             if bool(finished.all()):
                 break
         return self._collect(columns, restored, trajectory, log_probs, timesteps)
+
+    def fill_slot(self, rows: torch.Tensor) -> int:
+        """Prepare what fills `rows`' restored slots; returns the slot's length in positions."""
+        if self.cfg.readback != "reencode":
+            return self.model.num_restored_tokens
+        embeds = reencode_embeddings(self.model, self.restored_latents[rows], self.image_processor)
+        if self.restored_embeds is None:
+            self.restored_embeds = embeds.new_zeros(self.batch, *embeds.shape[1:])
+        self.restored_embeds[rows] = embeds
+        return embeds.shape[1]
 
     def _collect(self, columns, restored, trajectory, log_probs, timesteps) -> InterleavedOutput:
         """Compact the per-step columns into right-padded per-row completions."""
@@ -255,6 +326,7 @@ class _Rollout:
             trajectory=trajectory,
             trajectory_log_probs=log_probs,
             timesteps=timesteps,
+            restored_embeds=self.restored_embeds,
         )
 
 
@@ -267,6 +339,8 @@ def generate_interleaved(
     vae_pixel_values: torch.Tensor | None = None,
     degraded_latents: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    image_processor=None,
+    oracle_latents: torch.Tensor | None = None,
     **vlm_inputs,
 ) -> InterleavedOutput:
     """Generate interleaved completions for a left-padded batch of prompts.
@@ -274,9 +348,48 @@ def generate_interleaved(
     `vlm_inputs` are the processor's image inputs (`pixel_values`, `image_sizes`,
     `image_grid_thw`, ...). The restoration branch needs the degraded images as VAE inputs
     (`vae_pixel_values`, (B, 3, S, S) in [-1, 1]) or their latents (`degraded_latents`).
+    `readback="reencode"` needs `image_processor` (the VLM's processor or its image processor);
+    `restore="oracle"` needs `oracle_latents` (B, C, h, w), e.g. the clean images' latents.
     """
     config = config or InterleavedGenerationConfig()
+    _check(model, input_ids, config, image_processor, oracle_latents)
     rollout = _Rollout(
-        model, input_ids, attention_mask, vlm_inputs, vae_pixel_values, degraded_latents, config, generator
+        model,
+        input_ids,
+        attention_mask,
+        vlm_inputs,
+        vae_pixel_values,
+        degraded_latents,
+        config,
+        generator,
+        image_processor=image_processor,
+        oracle_latents=oracle_latents,
     )
     return rollout.run(input_ids, attention_mask)
+
+
+def _check(model, input_ids, config: InterleavedGenerationConfig, image_processor, oracle_latents) -> None:
+    """Clear errors for settings that cannot run, before any model call."""
+    for name, value, valid in (
+        ("restore", config.restore, ("model", "always", "never", "oracle")),
+        ("readback", config.readback, ("bridge", "reencode")),
+        ("degraded_view", config.degraded_view, ("keep", "drop")),
+    ):
+        if value not in valid:
+            raise ValueError(
+                f"InterleavedGenerationConfig.{name} must be one of {list(valid)}, got {value!r}"
+            )
+    if config.readback == "reencode" and image_processor is None:
+        raise ValueError(
+            "readback='reencode' decodes each restored latent and re-encodes it with the VLM's own "
+            "image processor and vision tower: pass generate_interleaved(..., image_processor=processor)"
+        )
+    if config.restore == "oracle":
+        expected = (input_ids.shape[0], *model.latent_shape)
+        if oracle_latents is None:
+            raise ValueError(
+                "restore='oracle' fills the restored slot with given latents: pass "
+                f"generate_interleaved(..., oracle_latents=...) of shape {expected} (e.g. the clean images')"
+            )
+        if tuple(oracle_latents.shape) != expected:
+            raise ValueError(f"oracle_latents must have shape {expected}, got {tuple(oracle_latents.shape)}")

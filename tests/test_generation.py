@@ -31,21 +31,31 @@ def _generate(model, processor, seed=0, **config):
     )
 
 
-@pytest.mark.parametrize("restore", ["never", "always"])
-def test_greedy_kv_cache_matches_recomputing_the_prefix(tiny, restore):
+@pytest.mark.parametrize(
+    "restore, degraded_view", [("never", "keep"), ("always", "keep"), ("always", "drop")]
+)
+def test_greedy_kv_cache_matches_recomputing_the_prefix(tiny, restore, degraded_view):
     model, processor = tiny
-    cached = _generate(model, processor, do_sample=False, restore=restore)
-    recomputed = _generate(model, processor, do_sample=False, restore=restore, use_cache=False)
+    view = {"restore": restore, "degraded_view": degraded_view}
+    cached = _generate(model, processor, do_sample=False, **view)
+    recomputed = _generate(model, processor, do_sample=False, use_cache=False, **view)
     assert torch.equal(cached.completion_ids, recomputed.completion_ids)
     torch.testing.assert_close(cached.token_logprobs, recomputed.token_logprobs, atol=1e-4, rtol=0)
     if restore == "always":
         torch.testing.assert_close(cached.restored_latents, recomputed.restored_latents, atol=1e-4, rtol=0)
 
 
-def test_rows_that_restore_and_rows_that_do_not_share_a_batch(fresh_tiny):
+@pytest.mark.parametrize("degraded_view", ["keep", "drop"])
+def test_rows_that_restore_and_rows_that_do_not_share_a_batch(fresh_tiny, degraded_view):
     model, processor = fresh_tiny
     _restore_prone(model, bias=2.0)
-    sampling = {"do_sample": True, "temperature": 1.5, "top_k": 50, "top_p": 0.9}
+    sampling = {
+        "do_sample": True,
+        "temperature": 1.5,
+        "top_k": 50,
+        "top_p": 0.9,
+        "degraded_view": degraded_view,
+    }
     # Find a seed with which some rows restore mid-sequence while others never do: the KV-cached
     # batch (with masked holes for the others) must equal recomputing each step from scratch.
     for seed in range(20):

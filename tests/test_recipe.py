@@ -160,3 +160,14 @@ def test_accelerate_configs_parse(name):
     assert config.distributed_type.value == kind.get(name, "FSDP")
     if name.startswith("zero"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_grpo_readback_and_degraded_view_keys(tmp_path):
+    path = RECIPES / "demo/grpo.yaml"
+    recipe = load_recipe(path, ["training.readback=reencode", "training.degraded_view=drop"])
+    assert (recipe.training.readback, recipe.training.degraded_view) == ("reencode", "drop")
+    assert load_recipe(path).training.readback == "bridge"
+    with pytest.raises(RecipeError, match=r"training\.readback: expected one of"):
+        load_recipe(path, ["training.readback=decode"])
+    with pytest.raises(RecipeError, match=r"training\.degraded_view: expected one of"):
+        load_recipe(path, ["training.degraded_view=hide"])

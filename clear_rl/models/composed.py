@@ -252,30 +252,39 @@ class ComposedUnifiedModel(PreTrainedModel):
 
     @contextlib.contextmanager
     def bridged_embeddings(
-        self, input_ids: torch.Tensor, restored_latents: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        restored_latents: torch.Tensor | None,
+        restored_embeds: torch.Tensor | None = None,
     ) -> Iterator[None]:
         """While active, the VLM's input embedding puts bridged latents at `<|restored_pad|>` positions.
 
         A hook on the embedding layer (rather than passing `inputs_embeds`) keeps `input_ids`
         flowing through the VLM unchanged, so image-token placement, M-RoPE position ids and any
         other id-driven logic of the wrapped VLM keep working, for any architecture.
+        `restored_embeds` (B, N, D), when given, are placed there instead of `bridge(restored_latents)`
+        (the decode + re-encode readback, see models/readback.py).
         """
         pad_mask = self.restored_token_mask(input_ids)
         if not bool(pad_mask.any()):
             yield
             return
-        if restored_latents is None:
-            raise ValueError("input_ids hold <|restored_pad|> tokens but no restored_latents were given")
+        filled = restored_embeds if restored_embeds is not None else restored_latents
+        if filled is None:
+            raise ValueError(
+                "input_ids hold <|restored_pad|> tokens but no restored_latents or restored_embeds were given"
+            )
         rows = pad_mask.any(1)
         per_row = pad_mask.sum(1)[rows]
-        if bool((per_row % self.num_restored_tokens).any()):
+        slot = self.num_restored_tokens if restored_embeds is None else restored_embeds.shape[1]
+        if bool((per_row % slot).any()):
             raise ValueError(
-                f"each restoring row needs a multiple of {self.num_restored_tokens} <|restored_pad|> "
-                f"tokens, got {per_row.tolist()}"
+                f"each restoring row needs a multiple of {slot} <|restored_pad|> tokens, got {per_row.tolist()}"
             )
-        if restored_latents.shape[0] != input_ids.shape[0]:
-            raise ValueError("restored_latents must have one (possibly unused) latent per batch row")
-        embeds = self.bridge(restored_latents[rows])  # (R, N, D)
+        if filled.shape[0] != input_ids.shape[0]:
+            name = "restored_embeds" if restored_embeds is not None else "restored_latents"
+            raise ValueError(f"{name} must have one (possibly unused) entry per batch row")
+        embeds = restored_embeds[rows] if restored_embeds is not None else self.bridge(restored_latents[rows])
         expected = pad_mask.shape
 
         def substitute(module, args, output):
@@ -297,6 +306,7 @@ class ComposedUnifiedModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         restored_latents: torch.Tensor | None = None,
+        restored_embeds: torch.Tensor | None = None,
         flow_latents: torch.Tensor | None = None,
         flow_timesteps: torch.Tensor | None = None,
         flow_rows: torch.Tensor | None = None,
@@ -304,6 +314,9 @@ class ComposedUnifiedModel(PreTrainedModel):
         **kwargs,
     ):
         """The understanding pass; `<|restored_pad|>` positions carry `bridge(restored_latents)`.
+
+        `restored_embeds` (B, N, D), when given, fill those positions instead (e.g. the vision
+        path's tokens of the decoded latent, the `reencode` readback of models/readback.py).
 
         With `flow_latents` (B, K, C, h, w) at noise levels `flow_timesteps` (B, K), the same pass
         also runs the restoration head on them, conditioned on this pass's hidden states up to each
@@ -319,7 +332,7 @@ class ComposedUnifiedModel(PreTrainedModel):
         positions = positions_for_forward(self, input_ids, attention_mask, kwargs)
         if positions is not None:
             kwargs["position_ids"] = positions
-        with self.bridged_embeddings(input_ids, restored_latents):
+        with self.bridged_embeddings(input_ids, restored_latents, restored_embeds):
             outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
             )
@@ -345,6 +358,10 @@ class ComposedUnifiedModel(PreTrainedModel):
             return out
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.dim() == 4:  # per-query (B, 1, Q, K): the head reads what `<image_restore>` reads
+            last = self.up_to_last_restore(input_ids).sum(1) - 1
+            keys = attention_mask[torch.arange(input_ids.shape[0], device=input_ids.device), 0, last]
+            attention_mask = keys if keys.dtype == torch.bool else keys == 0
         context = self.restoration_context(
             input_ids, attention_mask, hidden_states[self.config.condition_layer], degraded_latents
         )
