@@ -36,11 +36,12 @@ from transformers.generation.logits_process import (
 )
 
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+from clear_rl.models.positions import RolloutPositions
 from clear_rl.models.readback import (
     DegradedView,
     Readback,
-    hidden_view_mask,
     reencode_embeddings,
+    view_mask,
 )
 from clear_rl.restoration import Sampler, restore_latents
 
@@ -96,10 +97,6 @@ class InterleavedOutput:
         return self.completion_mask.bool() & ~self.restored_mask
 
 
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class _Rollout:
     """State of one batched interleaved rollout; `run` drives it step by step."""
 
@@ -138,6 +135,7 @@ class _Rollout:
         self.hide_from = torch.full((input_ids.shape[0],), start, dtype=torch.long, device=input_ids.device)
         self.restored_embeds: torch.Tensor | None = None  # (B, N, D) under readback="reencode"
         self.cache = None
+        self.positions = RolloutPositions(model, vlm_inputs)  # 1D, or M-RoPE's 3D with image layouts
         self.hidden: torch.Tensor | None = None  # (B, L, D) conditioning-layer states of the sequence
         self.restored_latents = torch.zeros(self.batch, *model.latent_shape, device=input_ids.device)
         self.warpers = LogitsProcessorList()
@@ -164,7 +162,8 @@ class _Rollout:
         start = 0 if first else self.seq_ids.shape[1]
         self.seq_ids = new_ids if first else torch.cat([self.seq_ids, new_ids], dim=1)
         self.seq_mask = new_mask if first else torch.cat([self.seq_mask, new_mask], dim=1)
-        positions = _position_ids(self.seq_mask)  # hidden image tokens still count here
+        new = new_ids.shape[1] if self.cfg.use_cache else self.seq_ids.shape[1]
+        positions = self.positions(self.seq_ids, self.seq_mask, new)  # hidden image tokens still count
         need_hidden = self.cfg.restore not in ("never", "oracle")
         layer = self.model.config.condition_layer
         reencode = self.cfg.readback == "reencode"
@@ -172,7 +171,7 @@ class _Rollout:
             out = self.model(
                 input_ids=new_ids,
                 attention_mask=self.visible(start),
-                position_ids=positions[:, -new_ids.shape[1] :],
+                position_ids=positions,
                 restored_latents=self.restored_latents if slot and not reencode else None,
                 restored_embeds=self.restored_embeds if slot and reencode else None,
                 cache=self.cache,
@@ -188,8 +187,7 @@ class _Rollout:
         else:
             mask = self.seq_mask
             if bool((self.hide_from < self.seq_ids.shape[1]).any()):  # hiding differs per query
-                dtype = self.model.get_input_embeddings().weight.dtype
-                mask = hidden_view_mask(self.seq_ids, mask, self.image_token_id, self.hide_from, dtype)
+                mask = view_mask(self.model, self.seq_ids, mask, self.hide_from)
             out = self.model(
                 input_ids=self.seq_ids,
                 attention_mask=mask,

@@ -1,9 +1,9 @@
 """Recipes: YAML files -> typed, validated configs, checked before any work starts.
 
-A recipe has a `stage` (sft | bridge | grpo) and sections:
+A recipe has a `stage` (align | sft | bridge | grpo) and sections:
 
     model:     how to get the unified model (a saved folder, a VLM + VAE to compose, or tiny)
-    data:      the prepared dataset (written by `clear-rl prepare`)
+    data:      the prepared dataset (written by `clear-rl prepare`); align: any images
     training:  the stage's config: TRL's SFTConfig / GRPOConfig fields by their own names, plus
                clear-rl's (loss weights, restoration sampling, ...)
     rewards:   stage 3's reward plugins with weights
@@ -37,6 +37,7 @@ from clear_rl.models.tokens import SYSTEM_PROMPT
 
 # Stage name -> module with `CONFIG_CLASS` (the `training:` dataclass) and `train(recipe)`.
 STAGES: dict[str, str] = {
+    "align": "clear_rl.trainers.align",
     "sft": "clear_rl.trainers.sft",
     "bridge": "clear_rl.trainers.bridge",
     "grpo": "clear_rl.trainers.grpo",
@@ -75,13 +76,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """The prepared dataset a stage trains on (a `save_to_disk` folder from `clear-rl prepare`)."""
+    """The prepared dataset a stage trains on (a `save_to_disk` folder from `clear-rl prepare`).
+
+    `stage: align` needs images only: a folder of image files, a `save_to_disk` dataset, or a
+    VLMEvalKit TSV; `image_column` names the column (default: `clean_image`, else `image`).
+    """
 
     path: str
     split: str = "train"
     eval_split: str | None = None
     max_samples: int | None = None
     system_prompt: str | None = SYSTEM_PROMPT
+    image_column: str | None = None
 
 
 @dataclass

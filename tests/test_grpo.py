@@ -257,3 +257,62 @@ def test_rollouts_without_restoration_encode_nothing(tmp_path):
     assert encoded_batches == []
     assert not bool(scored["degraded_latents"].any())  # all-masked flow tensors keep their shape
     assert scored["degraded_latents"].shape == (len(rows), *model.latent_shape)
+
+
+def test_reencode_and_drop_reach_rollouts_and_scoring_passes(tmp_path):
+    # readback=reencode: rollouts' slots hold the vision path's tokens of the decoded restorations,
+    # and the scoring passes (the loss's log-probs) re-insert exactly those; degraded_view=drop:
+    # scoring hides the image tokens from the slot on, as the rollout did.
+    from tests.test_readback import _expected_vision_tokens
+
+    trainer = _trainer(
+        tmp_path,
+        [constant_by_position],
+        cls=Recording,
+        restore_policy="always",
+        readback="reencode",
+        degraded_view="drop",
+    )
+    model = trainer._unified_model()
+    ids_seen, scored_calls = [], []
+    pad, image = model.token_ids.restored_pad, model.config.image_token_id
+
+    def record_ids(module, args, kwargs):
+        ids_seen.append((kwargs["input_ids"], kwargs["attention_mask"]))
+
+    def record_embeds(module, args, kwargs):
+        ids, mask = ids_seen[-1]
+        if bool((ids == pad).any()) and bool((ids == image).any()):  # a teacher-forced scoring pass
+            scored_calls.append((ids, mask, kwargs["inputs_embeds"].detach()))
+
+    hooks = [
+        model.vlm.register_forward_pre_hook(record_ids, with_kwargs=True),
+        model.vlm.model.language_model.register_forward_pre_hook(record_embeds, with_kwargs=True),
+    ]
+    trainer.train()
+    for hook in hooks:
+        hook.remove()
+    scored = trainer.scored
+    embeds = scored["restored_embeds"]
+    assert embeds.shape == (
+        4,
+        model.config.vlm_config.image_seq_length,
+        model.config.get_text_config().hidden_size,
+    )
+    expected = _expected_vision_tokens(model, trainer.processing_class, scored["restored_latents"])
+    # Rows restored at different steps were decoded in different batches, which may flip a pixel's
+    # 8-bit rounding: close to the vision tokens, far from the bridge's embeddings.
+    torch.testing.assert_close(embeds, expected, atol=1e-3, rtol=0)
+    assert not torch.allclose(model.bridge(scored["restored_latents"]), embeds, atol=1e-2)
+    assert int((scored["completion_ids"] == pad).sum(1).min()) == embeds.shape[1]
+    assert scored_calls, "no scoring pass saw the restored slot"
+    for ids, mask, inputs_embeds in scored_calls:
+        assert mask.dim() == 4  # per-query: the degraded view is hidden after the slot only
+        for row in range(ids.shape[0]):
+            slot = inputs_embeds[row, ids[row] == pad]
+            distance = (slot[None] - embeds.to(slot)).abs().flatten(1).amax(1)
+            assert float(distance.min()) < 1e-5  # one of the rollout's re-encoded slots, exactly
+            first = int((ids[row] == pad).float().argmax())
+            image_keys = ids[row] == image
+            assert not bool(mask[row, 0, first:, image_keys].any())
+            assert bool(mask[row, 0, first - 1, image_keys].all())

@@ -7,6 +7,7 @@ import yaml
 
 from clear_rl.errors import RecipeError
 from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe
+from clear_rl.trainers.align import AlignConfig
 from clear_rl.trainers.bridge import BridgeConfig
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 from clear_rl.trainers.sft import ClearSFTConfig
@@ -33,6 +34,8 @@ def with_training(**values) -> dict:
 @pytest.mark.parametrize(
     "name, stage, config_class",
     [
+        ("demo/align.yaml", "align", AlignConfig),
+        ("qwen2_5_vl_3b/align.yaml", "align", AlignConfig),
         ("demo/sft.yaml", "sft", ClearSFTConfig),
         ("demo/bridge.yaml", "bridge", BridgeConfig),
         ("qwen2_5_vl_3b/sft-lora.yaml", "sft", ClearSFTConfig),
@@ -157,3 +160,14 @@ def test_accelerate_configs_parse(name):
     assert config.distributed_type.value == kind.get(name, "FSDP")
     if name.startswith("zero"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_grpo_readback_and_degraded_view_keys(tmp_path):
+    path = RECIPES / "demo/grpo.yaml"
+    recipe = load_recipe(path, ["training.readback=reencode", "training.degraded_view=drop"])
+    assert (recipe.training.readback, recipe.training.degraded_view) == ("reencode", "drop")
+    assert load_recipe(path).training.readback == "bridge"
+    with pytest.raises(RecipeError, match=r"training\.readback: expected one of"):
+        load_recipe(path, ["training.readback=decode"])
+    with pytest.raises(RecipeError, match=r"training\.degraded_view: expected one of"):
+        load_recipe(path, ["training.degraded_view=hide"])

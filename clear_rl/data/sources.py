@@ -37,8 +37,9 @@ class SourceRow:
     reasoning: str | None
 
 
-def _decode_cell(cell: Any, base_dir: Path) -> Image.Image:
-    """An image cell: a `datasets.Image` storage dict, a file path, raw bytes or base64 text."""
+def decode_image_cell(cell: Any, base_dir: Path) -> Image.Image:
+    """An image cell: a PIL image, a `datasets.Image` storage dict, a file path (relative to
+    `base_dir`), raw bytes or base64 text. Raises ValueError when it is none of these."""
     if isinstance(cell, Image.Image):
         return cell.convert("RGB")
     if isinstance(cell, Mapping):
@@ -97,7 +98,7 @@ class SourceSplit:
             index = str(position) if is_missing(index) else str(index)
             where = f"{self.location}: split '{self.name}' row {position} (index={index})"
             try:
-                image = _decode_cell(raw.get("image"), self.base_dir)
+                image = decode_image_cell(raw.get("image"), self.base_dir)
             except (ValueError, DataError) as exc:
                 raise DataError(f"{where}: undecodable image ({exc})") from None
             try:

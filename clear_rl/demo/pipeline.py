@@ -2,8 +2,9 @@
 
 1. ShapesVQA: a synthetic VQA set whose fine details strong degradation destroys.
 2. Stage 0 (demo only): the random tiny model becomes a competent small base: the VAE learns to
-   reconstruct, the bridge to recognise scenes from its latents, the VLM to answer on clean and
-   mildly degraded images, the restoration head to restore degraded latents.
+   reconstruct, the VLM to answer on clean and mildly degraded images, the bridge is aligned to
+   the VLM's own vision tokens (`recipes/demo/align.yaml`, the stage any VLM + VAE pair runs
+   before stage 1), the restoration head learns to restore degraded latents.
 3. `clear-rl prepare` labels the corruption-aware data by probing the base model.
 4. Stages 1-3 from `recipes/demo/*.yaml`, through the same path `clear-rl train` runs.
 5. `clear-rl eval` on the held-out split at clean / low / mid / high for Base, CLEAR-SFT and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,13 +29,14 @@ from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
-from clear_rl.demo.vision import warm_up_bridge, warm_up_vision
+from clear_rl.demo.vision import warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import load_recipe, stage_module
+from clear_rl.trainers.progress import StageProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +57,16 @@ class DemoConfig:
     vae_images: int = 1024
     vae_steps: int = 300
     vision_steps: int = 300
-    bridge_steps: int = 300
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
-        default_factory=lambda: {"base": None, "base_head": None, "sft": None, "bridge": None, "grpo": None}
+        default_factory=lambda: {
+            "base": None,
+            "align": None,
+            "base_head": None,
+            "sft": None,
+            "bridge": None,
+            "grpo": None,
+        }
     )
     # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
     label: str = "probe"
@@ -76,8 +85,7 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             vision_steps=3,
-            bridge_steps=3,
-            steps={"base": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            steps={"base": 2, "align": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
             eval_batch_size=8,
@@ -130,8 +138,7 @@ def _vae_images(config: DemoConfig) -> torch.Tensor:
 
 
 def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
-    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT, a trained VAE
-    and a bridge warmed up on that VAE's latents."""
+    """The tiny model with a tokenizer for ShapesVQA and the protocol, a warmed-up ViT and a trained VAE."""
     tiny = TinyModelConfig(image_size=config.image_size, **config.model)
     shapes = shapes_config(config)
     model, processor = build_tiny_model(
@@ -140,7 +147,6 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
     records = generate_shapes_vqa(config.num_train, seed=config.seed + 3, config=shapes)
     warm_up_vision(model, processor, records, shapes, steps=config.vision_steps, seed=config.seed)
     train_vae(model, _vae_images(config), steps=config.vae_steps, seed=config.seed)
-    warm_up_bridge(model, records, shapes, steps=config.bridge_steps, seed=config.seed)
     folder = paths.model("init")
     save_unified(model, processor, folder)
     return folder
@@ -180,18 +186,37 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
 def train_stage(
     config: DemoConfig, paths: _Paths, recipe: str, model_from: Path, data: Path, output: str
 ) -> Path:
-    """Run one recipe of recipes/demo with this run's folders (and step count, if set)."""
+    """Run one recipe of recipes/demo with this run's folders (and step count, if set), behind one
+    progress bar labelled with the recipe's name."""
     out = paths.model(output)
     overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
     loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides)
-    stage_module(loaded.stage).train(loaded)
+    stage_module(loaded.stage).train(loaded, callbacks=[StageProgressCallback(f"{recipe} ({loaded.stage})")])
     return out
+
+
+def quiet_libraries() -> None:
+    """The demo's console is its progress bars: the libraries' own bars and info logs go quiet."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # loading and writing weights
+    logging.getLogger("clear_rl").setLevel(logging.WARNING)
+    # Nothing a demo user can act on: TRL calls a deprecated transformers name, and a CPU has no
+    # pinned memory for the dataloader to use.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*'pin_memory' argument is set as true.*", category=UserWarning
+    )
 
 
 def run_demo(config: DemoConfig) -> Path:
     """Run every step; returns the summary file. Each step's outputs land under `out_dir`."""
+    quiet_libraries()
     paths = _Paths(Path(config.out_dir))
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -227,9 +252,13 @@ def run_demo(config: DemoConfig) -> Path:
         paths.base_vlm,
         "base_vlm",
     )
+    timed(
+        "stage 0: bridge alignment",
+        train_stage, config, paths, "align", paths.model("base_vlm"), source, "aligned",
+    )  # fmt: skip
     base = timed(
         "stage 0: base restoration head",
-        train_stage, config, paths, "base_head", paths.model("base_vlm"), paths.base_restore, "base",
+        train_stage, config, paths, "base_head", paths.model("aligned"), paths.base_restore, "base",
     )  # fmt: skip
     timed("prepare: corruption-aware data", prepare_training_data, config, source, paths, base)
     sft = timed("stage 1: SFT", train_stage, config, paths, "sft", base, paths.prepared, "sft")

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from clear_rl.data.synthetic import ShapesVQAConfig
 from clear_rl.models.composed import ComposedUnifiedModel
-from clear_rl.models.processing import vae_pixel_values
 
 
 def scene_targets(records: Sequence[dict], config: ShapesVQAConfig) -> torch.Tensor:
@@ -92,29 +91,4 @@ def warm_up_vision(
         encode, [*tower.parameters(), *connector.parameters()], model.config.get_text_config().hidden_size,
         pixels, scene_targets(records, config), config.max_shapes,
         steps, "stage 0: vision", batch_size, learning_rate, seed,
-    )  # fmt: skip
-
-
-def warm_up_bridge(
-    model: ComposedUnifiedModel,
-    records: Sequence[dict],
-    config: ShapesVQAConfig,
-    steps: int,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-) -> list[float]:
-    """Train the latent bridge on the same scene recognition from clean VAE latents (VAE frozen).
-
-    A pretrained unified model's LLM already understands the VAE latents of context images (BAGEL
-    feeds them to it); the tiny model's bridge starts random, and its LLM would have to learn to see
-    twice. Call after the VAE is trained: the bridge learns that VAE's latent space.
-    """
-    pixels = vae_pixel_values([r["image"] for r in records], model.config.vae_image_size)
-    with torch.no_grad():
-        latents = torch.cat([model.encode_latents(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
-    return _train_scene_probe(
-        model.latent_bridge, list(model.latent_bridge.parameters()), model.config.get_text_config().hidden_size,
-        latents, scene_targets(records, config), config.max_shapes,
-        steps, "stage 0: bridge", batch_size, learning_rate, seed,
     )  # fmt: skip

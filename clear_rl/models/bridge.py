@@ -1,10 +1,15 @@
 """The latent representation bridge: restored VAE latents straight into the LLM's input space.
 
 CLEAR's point is that a restored latent need not be decoded to pixels and re-encoded by the
-vision tower: one small map turns it into LLM input embeddings (BAGEL: `vae2llm(x0) +
-time_embed(t=0) + latent_pos_embed`). Here: 2x2 patchify -> MLP -> LLM hidden size, plus a
-learned 2D position embedding. The constant t=0 time embedding of BAGEL is folded into the MLP's
-bias, since it never changes.
+vision tower: one small network turns it into LLM input embeddings (BAGEL: `vae2llm(x0) +
+time_embed(t=0) + latent_pos_embed`). Here: 2x2 patchify -> Linear -> a learned 2D position
+embedding -> `mixer_layers` transformer layers over the token grid -> MLP -> LLM hidden size.
+
+The mixer matters for a VLM whose LLM was never trained on VAE latents: its ViT's tokens carry
+image-wide context (attention over the whole image), which a per-patch map cannot reproduce; with
+`mixer_layers=0` the bridge is the per-patch MLP of BAGEL's form (its constant t=0 time embedding
+folded into the bias). The mixer runs at `width` (default: the LLM's hidden size, capped at 1024)
+so that a 3584-wide LLM does not get a 3584-wide bridge.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+MAX_DEFAULT_WIDTH = 1024
 
 
 def patchify_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
@@ -35,14 +42,33 @@ class LatentBridge(ModelMixin, ConfigMixin):
         patch_size: int = 2,
         mlp_depth: int = 2,
         max_grid_size: int = 64,
+        mixer_layers: int = 0,
+        width: int | None = None,
+        mixer_heads: int = 4,
     ):
         super().__init__()
         in_dim = latent_channels * patch_size**2
-        layers: list[nn.Module] = [nn.Linear(in_dim, hidden_size)]
+        if mixer_layers == 0:  # the per-patch map; its position embedding is added at the output
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_size)]
+            for _ in range(mlp_depth - 1):
+                layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+            self.proj = nn.Sequential(*layers)
+            self.pos_embed = nn.Parameter(torch.randn(max_grid_size, max_grid_size, hidden_size) * 0.02)
+            return
+        inner = width or min(hidden_size, MAX_DEFAULT_WIDTH)
+        if inner % mixer_heads:
+            raise ValueError(f"bridge width {inner} is not divisible by mixer_heads {mixer_heads}")
+        self.proj = nn.Sequential(nn.Linear(in_dim, inner))
+        self.pos_embed = nn.Parameter(torch.randn(max_grid_size, max_grid_size, inner) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            inner, mixer_heads, dim_feedforward=4 * inner, dropout=0.0, activation="gelu",
+            batch_first=True, norm_first=True,
+        )  # fmt: skip
+        self.mixer = nn.TransformerEncoder(layer, mixer_layers, enable_nested_tensor=False)
+        out: list[nn.Module] = [nn.LayerNorm(inner), nn.Linear(inner, hidden_size)]
         for _ in range(mlp_depth - 1):
-            layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
-        self.proj = nn.Sequential(*layers)
-        self.pos_embed = nn.Parameter(torch.randn(max_grid_size, max_grid_size, hidden_size) * 0.02)
+            out += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+        self.out = nn.Sequential(*out)
 
     def grid_size(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
         """Token grid (rows, cols) for latents of spatial size (h, w)."""
@@ -57,4 +83,6 @@ class LatentBridge(ModelMixin, ConfigMixin):
             )
         tokens = patchify_latents(latents.to(self.proj[0].weight.dtype), self.config.patch_size)
         pos = self.pos_embed[:rows, :cols].reshape(rows * cols, -1)
-        return self.proj(tokens) + pos
+        if self.config.mixer_layers == 0:
+            return self.proj(tokens) + pos
+        return self.out(self.mixer(self.proj(tokens) + pos))

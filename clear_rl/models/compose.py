@@ -26,6 +26,9 @@ COMPOSITE_4BIT_SKIP = [*VLM_4BIT_SKIP, "vae", "restoration_head", "latent_bridge
 
 # A small PixArt-style DiT: 12 layers of width 1152 (PixArt-alpha's width, half its depth).
 DEFAULT_HEAD: dict[str, Any] = {"num_layers": 12, "num_attention_heads": 16, "attention_head_dim": 72}
+# A bridge that mixes tokens across the grid: an LLM that never read VAE latents reads ViT tokens,
+# which carry image-wide context a per-patch map cannot reproduce (see models/bridge.py).
+DEFAULT_BRIDGE: dict[str, Any] = {"mixer_layers": 2}
 
 
 def compose_unified(
@@ -64,7 +67,8 @@ def compose_unified(
         use_additional_conditions=False,
     )
     restoration_head = PixArtTransformer2DModel(**head_kwargs)
-    latent_bridge = LatentBridge(latent_channels=channels, hidden_size=hidden_size, **(bridge or {}))
+    bridge_kwargs = {**DEFAULT_BRIDGE, **(bridge or {})}
+    latent_bridge = LatentBridge(latent_channels=channels, hidden_size=hidden_size, **bridge_kwargs)
     dtype = vlm.get_input_embeddings().weight.dtype  # new parts follow the LLM's precision
     if dtype != torch.float32:
         restoration_head.to(dtype)

@@ -33,6 +33,7 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
+from clear_rl.models.positions import positions_for_forward
 from clear_rl.models.tokens import ClearTokenIds
 
 
@@ -327,6 +328,10 @@ class ComposedUnifiedModel(PreTrainedModel):
         """
         if flow_latents is not None:
             kwargs["output_hidden_states"] = True
+        # M-RoPE VLMs (Qwen2-VL family): restored blocks get image positions (models/positions.py).
+        positions = positions_for_forward(self, input_ids, attention_mask, kwargs)
+        if positions is not None:
+            kwargs["position_ids"] = positions
         with self.bridged_embeddings(input_ids, restored_latents, restored_embeds):
             outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
@@ -353,6 +358,10 @@ class ComposedUnifiedModel(PreTrainedModel):
             return out
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.dim() == 4:  # per-query (B, 1, Q, K): the head reads what `<image_restore>` reads
+            last = self.up_to_last_restore(input_ids).sum(1) - 1
+            keys = attention_mask[torch.arange(input_ids.shape[0], device=input_ids.device), 0, last]
+            attention_mask = keys if keys.dtype == torch.bool else keys == 0
         context = self.restoration_context(
             input_ids, attention_mask, hidden_states[self.config.condition_layer], degraded_latents
         )

@@ -94,14 +94,16 @@ def hidden_view_mask(
     attention_mask: torch.Tensor,
     image_token_id: int,
     hide_from: torch.Tensor,
-    dtype: torch.dtype,
+    dtype: torch.dtype = torch.bool,
 ) -> torch.Tensor:
-    """A (B, 1, L, L) additive attention mask hiding image tokens from queries at index >= `hide_from`.
+    """A (B, 1, L, L) attention mask hiding image tokens from queries at index >= `hide_from`.
 
     Causal, with `attention_mask`'s keys, and with row b's image-token keys masked for its
     queries from `hide_from[b]` on (0: hidden from every position). Queries before that still
     read the image, as they did when a KV cache computed them, so a teacher-forced pass over the
-    whole sequence equals the cached rollout. Fully masked query rows (padding) stay finite.
+    whole sequence equals the cached rollout. Every query also reads itself, so no row is fully
+    masked (which gives NaN in SDPA); that only changes padding, holes and hidden tokens, which no
+    real position reads. `dtype` bool: True attends (SDPA, flex); a float dtype: additive (eager).
     """
     length = input_ids.shape[1]
     index = torch.arange(length, device=input_ids.device)
@@ -109,5 +111,20 @@ def hidden_view_mask(
     image = (input_ids == image_token_id)[:, None, :]  # (B, 1, K)
     late = index[None, :, None] >= hide_from.to(input_ids.device)[:, None, None]  # (B, Q, 1)
     allowed = causal[None] & attention_mask.bool()[:, None, :] & ~(image & late)
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+    if dtype == torch.bool:
+        return allowed[:, None]
     zero = torch.zeros((), dtype=dtype, device=input_ids.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+
+def view_mask(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, hide_from: torch.Tensor):
+    """`hidden_view_mask` in the format the model's attention implementation takes."""
+    implementation = model.config.get_text_config()._attn_implementation or "eager"
+    if "flash" in implementation:
+        raise ValueError(
+            f"hiding the degraded view in a full-sequence pass needs a 4D attention mask, which "
+            f"{implementation!r} does not take; load the model with attn_implementation='sdpa'"
+        )
+    dtype = model.get_input_embeddings().weight.dtype if implementation == "eager" else torch.bool
+    return hidden_view_mask(input_ids, attention_mask, model.config.image_token_id, hide_from, dtype)

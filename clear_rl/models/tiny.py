@@ -63,6 +63,7 @@ class TinyModelConfig:
     head_layers: int = 2
     head_heads: int = 4
     head_head_dim: int = 16
+    bridge_mixer_layers: int = 2
     vocab_size: int = 640
     num_inference_steps: int = 8
     flow_shift: float = 3.0
@@ -165,6 +166,7 @@ def build_tiny_model(
             "num_attention_heads": config.head_heads,
             "attention_head_dim": config.head_head_dim,
         },
+        bridge={"mixer_layers": config.bridge_mixer_layers, "mixer_heads": config.llm_heads},
         flow_shift=config.flow_shift,
         num_inference_steps=config.num_inference_steps,
     )

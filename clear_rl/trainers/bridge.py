@@ -98,7 +98,7 @@ def _restore_rows(dataset):
     return dataset.select([i for i, label in enumerate(dataset["label"]) if label == "restore"])
 
 
-def train(recipe: Recipe) -> BridgeTrainer:
+def train(recipe: Recipe, callbacks=()) -> BridgeTrainer:
     """Run stage 2 from a validated recipe; the model is saved into training.output_dir."""
     select = _restore_rows if recipe.training.restore_rows_only else None
     return run_stage(
@@ -107,4 +107,5 @@ def train(recipe: Recipe) -> BridgeTrainer:
         default_parts=DEFAULT_TRAINABLE_PARTS,
         select=select,
         labels_after_slot=recipe.training.answer_only,
+        callbacks=callbacks,
     )

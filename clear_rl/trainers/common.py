@@ -190,13 +190,16 @@ def run_stage(
     default_parts=DEFAULT_TRAINABLE_PARTS,
     select=None,
     labels_after_slot: bool = False,
+    callbacks=(),
 ):
     """Build model and data from the recipe, train with `trainer_class`, save; returns the trainer.
 
     `select(dataset) -> dataset` narrows the rows a stage trains on (stage 2: restoring rows);
-    `labels_after_slot` puts the CE on the text after the restored slot only (stage 2).
+    `labels_after_slot` puts the CE on the text after the restored slot only (stage 2);
+    `callbacks` are extra `TrainerCallback`s (see trainers/progress.py).
     """
     from clear_rl.data.collate import ClearCollator
+    from clear_rl.trainers.progress import attach_callbacks
 
     args = recipe.training
     seed_everything(args.seed)
@@ -221,6 +224,7 @@ def run_stage(
         data_collator=collator,
         processing_class=processor,
     )
+    attach_callbacks(trainer, callbacks)
     trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)
     return trainer

@@ -9,7 +9,9 @@ and checkpoints. What this subclass adds:
    latent back and continues. Placeholders go to TRL as `env_mask` = 0, the way TRL masks tool
    output, so the text loss covers model-written tokens only.
 2. Forward passes carry the rollout's restored latents (the bridged tokens are in the context
-   when text log-probs are recomputed) and, in the same pass, re-run the chosen denoising steps
+   when text log-probs are recomputed; with `readback: reencode`, the rollout's vision-path tokens
+   of the decoded latents, kept like a tool's output; with `degraded_view: drop`, the same
+   hidden image tokens as in the rollout) and, in the same pass, re-run the chosen denoising steps
    of each restoring rollout (`flow_latents` of the model's forward).
 3. The Flow-GRPO loss: per-step Gaussian log-prob ratios against the rollout-time policy, the
    same advantages and clipping as the text; with `beta` > 0 a KL of step means to the reference.
@@ -35,6 +37,7 @@ from clear_rl.errors import RecipeError
 from clear_rl.flow import sampling_schedule, sde_step, step_mean_kl
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models.processing import vae_pixel_values
+from clear_rl.models.readback import first_placeholder, view_mask
 from clear_rl.recipe import Recipe
 from clear_rl.trainers.common import (
     DEFAULT_TRAINABLE_PARTS,
@@ -63,6 +66,7 @@ class _ForwardState:
     restored: torch.Tensor
     flow_latents: torch.Tensor
     flow_t: torch.Tensor
+    restored_embeds: torch.Tensor | None = None  # (B, N, D) the slot's tokens under readback=reencode
     velocities: list[torch.Tensor] = field(default_factory=list)  # one entry per forward call
 
 
@@ -75,9 +79,12 @@ class _LatentAwareModel:
     forward, and returns what TRL reads; TRL's slicing logic is reused, not copied.
     """
 
-    def __init__(self, model, state: _ForwardState, temperature: float, keep: int, entropy: bool):
+    def __init__(
+        self, model, state: _ForwardState, temperature: float, keep: int, entropy: bool, drop_view: bool
+    ):
         self.model, self.state, self.temperature = model, state, temperature
         self.keep, self.entropy = keep, entropy  # TRL's logits_to_keep and compute_entropy
+        self.drop_view = drop_view  # hide image tokens after the slot, as the rollout did
         self.offset, self.velocities = 0, []
 
     def __call__(self, input_ids, attention_mask, labels, fused_lm_head=True, **inputs):
@@ -93,6 +100,12 @@ class _LatentAwareModel:
                 "flow_rows": state.restored[rows],
                 "degraded_latents": state.degraded_latents[rows],
             }
+        if state.restored_embeds is not None:
+            inputs["restored_embeds"] = state.restored_embeds[rows]
+        if self.drop_view and restoring:
+            unified = unified_core(self.model)
+            hide_from = first_placeholder(input_ids, unified.token_ids.restored_pad)
+            attention_mask = view_mask(unified, input_ids, attention_mask, hide_from)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -200,6 +213,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             top_p=args.top_p,
             top_k=args.top_k or 0,
             restore=args.restore_policy,
+            readback=args.readback,
+            degraded_view=args.degraded_view,
             sampler="sde",
             num_inference_steps=args.num_inference_steps,
             flow_shift=args.flow_shift,
@@ -222,6 +237,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                 config,
                 vae_pixel_values=vae_pixel_values(images, size).to(device),
                 generator=self._generator,
+                image_processor=self.processing_class if args.readback == "reencode" else None,
                 **vlm_inputs,
             )
             degraded = out.degraded_latents
@@ -240,8 +256,15 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                 for i, latent in zip(restoring, encoded_clean.cpu()):
                     clean_latents[i] = latent
         self._stash = self._flow_stash(out, degraded)
+        if out.restored_embeds is not None:  # readback=reencode and someone restored: what the slot read
+            self._stash["restored_embeds"] = out.restored_embeds
         self._state = _ForwardState(
-            out.restored_latents, degraded, out.restored, self._stash["flow_latents"], self._stash["flow_t"]
+            out.restored_latents,
+            degraded,
+            out.restored,
+            self._stash["flow_latents"],
+            self._stash["flow_t"],
+            self._stash.get("restored_embeds"),
         )
         real = out.completion_mask.bool()
         text = out.text_mask
@@ -304,7 +327,14 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         compute_entropy=False,
         **kwargs,
     ):
-        stand_in = _LatentAwareModel(model, self._state, self.temperature, logits_to_keep, compute_entropy)
+        stand_in = _LatentAwareModel(
+            model,
+            self._state,
+            self.temperature,
+            logits_to_keep,
+            compute_entropy,
+            drop_view=self.args.degraded_view == "drop",
+        )
         result = super()._get_per_token_logps_and_entropies(
             stand_in, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )
@@ -319,6 +349,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             inputs["restored"],
             inputs["flow_latents"],
             inputs["flow_t"],
+            inputs.get("restored_embeds"),
         )
         text_loss = super()._compute_loss(model, inputs)
         flow_loss = self._flow_loss(inputs, self._state.velocities[-1])
@@ -391,8 +422,10 @@ def to_grpo_dataset(prepared, system_prompt: str | None):
     return prepared.map(prompt, desc="GRPO prompts")
 
 
-def train(recipe: Recipe) -> None:
-    """Run stage 3 from a validated recipe."""
+def train(recipe: Recipe, callbacks=()) -> None:
+    """Run stage 3 from a validated recipe (`callbacks`: extra TrainerCallbacks)."""
+    from clear_rl.trainers.progress import attach_callbacks
+
     args: InterleavedGRPOConfig = recipe.training
     if not recipe.rewards:
         raise RecipeError(f"{recipe.source}: the grpo stage needs a `rewards:` section")
@@ -419,5 +452,6 @@ def train(recipe: Recipe) -> None:
         to_grpo_dataset(data, recipe.data.system_prompt),
         processing_class=processor,
     )
+    attach_callbacks(trainer, callbacks)
     trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)

@@ -23,6 +23,19 @@ class InterleavedGRPOConfig(GRPOConfig):
     restore_policy: Literal["model", "always", "never"] = field(
         default="model", metadata={"help": "model: the policy decides; always/never force it (baselines)."}
     )
+    readback: Literal["bridge", "reencode"] = field(
+        default="bridge",
+        metadata={
+            "help": "What fills the restored slot, in rollouts and in scoring passes: bridge (CLEAR) or "
+            "reencode (VAE decode -> the VLM's own image processor and vision path; the paper's baseline)."
+        },
+    )
+    degraded_view: Literal["keep", "drop"] = field(
+        default="keep",
+        metadata={
+            "help": "drop: once a rollout restores, its degraded image tokens are hidden after the slot."
+        },
+    )
     num_inference_steps: int = field(default=30, metadata={"help": "Denoising steps of a restoration."})
     flow_shift: float = field(default=3.0, metadata={"help": "Timestep shift of the sampling schedule."})
     sde_noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO's noise level `a` of the SDE."})

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+from clear_rl.models.vision import vision_token_grid
 
 DistillMode = Literal["per_layer_kl", "pooled_mse"]
 
@@ -78,18 +78,10 @@ def flow_matching_loss(
 
 def vit_token_grid(model: ComposedUnifiedModel, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
     """The (rows, cols) layout of one image's ViT tokens in the LLM sequence."""
-    if grid_thw is not None:  # Qwen2-VL style: patches (t, h, w), merged spatially before the LLM
-        merge = getattr(model.config.vlm_config.vision_config, "spatial_merge_size", 1)
-        _, h, w = (int(v) for v in grid_thw)
-        if (h // merge) * (w // merge) == count:
-            return h // merge, w // merge
-    side = math.isqrt(count)
-    if side * side != count:
-        raise ValueError(
-            f"cannot lay out {count} ViT tokens as a grid for the per_layer_kl distill; "
-            "use training.distill_mode: pooled_mse for this VLM"
-        )
-    return side, side
+    try:
+        return vision_token_grid(model.config.vlm_config, count, grid_thw)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: use training.distill_mode: pooled_mse for this VLM") from None
 
 
 def _grid_states(states: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -207,6 +207,6 @@ class ClearSFTTrainer(UnifiedCheckpointMixin, SFTTrainer):
         return loss.detach(), None, None
 
 
-def train(recipe: Recipe) -> ClearSFTTrainer:
+def train(recipe: Recipe, callbacks=()) -> ClearSFTTrainer:
     """Run stage 1 from a validated recipe; the model is saved into training.output_dir."""
-    return run_stage(recipe, ClearSFTTrainer, default_parts=DEFAULT_TRAINABLE_PARTS)
+    return run_stage(recipe, ClearSFTTrainer, default_parts=DEFAULT_TRAINABLE_PARTS, callbacks=callbacks)
