@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
+from clear_rl.demo.colour_check import colour_check
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_vision
@@ -276,12 +277,19 @@ def run_demo(config: DemoConfig) -> Path:
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
+        restoration_metrics=[colour_check(config.image_size)],
     )
-    report = timed(
-        "eval: Base, CLEAR-SFT, CLEAR-RL", evaluate, models, [files.tsv["test"]], paths.eval, eval_config
-    )
+    test = [files.tsv["test"]]
+    report = timed("eval: Base, CLEAR-SFT, CLEAR-RL", evaluate, models, test, paths.eval, eval_config)
+    # What restoring gains, how good the restorations are, what the bridge loses of a clean image.
+    analysis_config = replace(eval_config, restore="never,always,oracle")
+    analysis = timed(
+        "eval: CLEAR-SFT never / always / oracle",
+        evaluate, {"CLEAR-SFT": models["CLEAR-SFT"]}, test, paths.eval / "restoration", analysis_config,
+        paths.eval / "degraded",
+    )  # fmt: skip
     timings["total"] = time.perf_counter() - started
     write_text(paths.root / "demo_config.json", json.dumps(asdict(config), indent=2))
-    summary = write_summary(report, paths.root / "SUMMARY.md", timings)
+    summary = write_summary(report, paths.root / "SUMMARY.md", timings, analysis)
     print(summary.read_text(encoding="utf-8"), flush=True)
     return summary

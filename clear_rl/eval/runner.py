@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class EvalConfig:
     degraded_view: str = "keep"  # keep | drop: the degraded image's ViT tokens after restoring
     gallery: int = 2  # rows per corruption in each run's gallery (0: none)
     quality: bool = True  # PSNR / latent cosine of restorations against the clean rows
+    # Extra per-row measures of a restoration: fn(row, decoded, degraded) -> {column: value}, with
+    # the row's TSV cells and both images (3, S, S) in [-1, 1]; the values land in the predictions.
+    restoration_metrics: Sequence[Callable[[dict, torch.Tensor, torch.Tensor], dict]] = ()
 
 
 def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -320,6 +323,8 @@ def answer_file(
                 }
                 if j in where:
                     record.update(quality.record(where[j]))
+                    for metric in config.restoration_metrics:
+                        record.update(metric(rows[i], quality.decoded[where[j]], pixels[j].cpu()))
                 if gallery.wants(corruptions[i], record["restored"]):
                     decoded = quality.decoded[where[j]] if j in where else None
                     record["gallery"] = gallery.save(
