@@ -1,7 +1,10 @@
 """Rectified flow for the restoration branch: schedules, the ODE step, and the SDE step with log-prob.
 
 Convention (BAGEL / CLEAR): x_t = (1 - t) x0 + t eps, t = 1 is pure noise, the network predicts
-the velocity v = eps - x0, and sampling integrates from t = 1 down to t = 0.
+the velocity v = eps - x0, and sampling integrates from t = 1 down to t = 0. A restoration may
+start from a source centred on the degraded latent d instead (s = d + eps, `flow_source:
+degraded`): then v = s - x0, and the SDE step works on x - t d, where the source is standard
+normal again (a translation: log-probs and step KLs are unchanged by it).
 
 The schedule comes from diffusers' `FlowMatchEulerDiscreteScheduler` (same shift formula, same
 Euler update). The SDE step with a Gaussian log-prob is ours: diffusers has no stochastic flow
@@ -81,6 +84,7 @@ def sde_step(
     t_max: float,
     generator: torch.Generator | None = None,
     next_sample: torch.Tensor | None = None,
+    source_mean: torch.Tensor | None = None,
 ) -> SDEStep:
     """One step of Flow-GRPO's reverse SDE with the Gaussian log-density of the next sample.
 
@@ -89,7 +93,22 @@ def sde_step(
     next = mean + std sqrt(-dt) eps. The log-prob is averaged over all non-batch dims, in fp32.
     Pass `next_sample` to score a stored transition instead of drawing a new one.
     With `noise_level` 0 the step is the ODE step and `log_prob` is zero (no density exists).
+    `source_mean` (the degraded latent of a `flow_source: degraded` restoration): the step is taken
+    on y = x - t * source_mean, whose source is standard normal, and translated back.
     """
+    if source_mean is not None:
+        m = source_mean.float()
+        t_, t_next_ = _per_row(t, m), _per_row(t_next, m)
+        step = sde_step(
+            x.float() - t_ * m, v.float() - m, t, t_next, noise_level, t_max, generator,
+            None if next_sample is None else next_sample.float() - t_next_ * m,
+        )  # fmt: skip
+        return SDEStep(
+            sample=(step.sample.float() + t_next_ * m).to(x.dtype),
+            mean=step.mean + t_next_ * m,
+            std=step.std,
+            log_prob=step.log_prob,
+        )
     x32, v32 = x.float(), v.float()
     t_ = _per_row(t, x32)
     dt = _per_row(t_next, x32) - t_

@@ -56,6 +56,8 @@ class ModelConfig:
     vae_image_size: int = 512
     head: dict[str, Any] = field(default_factory=dict)  # PixArtTransformer2DModel overrides
     bridge: dict[str, Any] = field(default_factory=dict)  # LatentBridge overrides
+    # Where the restoration flow starts: noise (the paper) or noise around the degraded latent.
+    flow_source: Literal["noise", "degraded"] = "noise"
     tiny: dict[str, Any] | None = None  # TinyModelConfig fields: a small model built in code
     dtype: str = "auto"
     load_in_4bit: bool = False

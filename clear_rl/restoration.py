@@ -45,12 +45,18 @@ def restore_latents(
     shape = (rows, *model.latent_shape)
     x = torch.randn(shape, generator=generator, device=generator.device if generator else None)
     x = x.to(device=context.hidden_states.device, dtype=torch.float32)
+    mean = model.flow_source_mean(context.degraded_latents)
+    if mean is not None:  # `flow_source: degraded`: the flow starts around the degraded latent
+        mean = mean.to(x.device)
+        x = x + mean
     states, log_probs = [x], []
     for i in range(num_steps):
         t, t_next = timesteps[i], timesteps[i + 1]
         v = model.velocity(x, t.expand(rows), context).float()
         if sampler == "sde":
-            step = sde_step(x, v, t, t_next, noise_level, t_max=float(timesteps[1]), generator=generator)
+            step = sde_step(
+                x, v, t, t_next, noise_level, t_max=float(timesteps[1]), generator=generator, source_mean=mean
+            )
             x, log_prob = step.sample, step.log_prob
         else:
             x, log_prob = ode_step(x, v, t, t_next), torch.zeros(rows, device=x.device)

@@ -97,3 +97,37 @@ def test_step_mean_kl_matches_torch_kl():
     ).mean(dim=(1, 2, 3))
     torch.testing.assert_close(step_mean_kl(mean, ref, std), expected)
     assert torch.equal(step_mean_kl(mean, mean, std), torch.zeros(3))
+
+
+def test_a_degraded_source_is_the_standard_flow_translated_by_t_times_the_mean():
+    """`flow_source: degraded`: x_t = (1-t) x0 + t (d + eps). The SDE step on x equals the standard
+    step on y = x - t d, so Flow-GRPO's log-probs and step means keep their meaning."""
+    gen = torch.Generator().manual_seed(0)
+    x, v, d = (torch.randn(3, 4, 8, 8, generator=gen) for _ in range(3))
+    t, t_next = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.7, 0.4, 0.1])
+    shifted = sde_step(x, v, t, t_next, 0.7, 0.9, generator=torch.Generator().manual_seed(1), source_mean=d)
+    plain = sde_step(
+        x - t.view(-1, 1, 1, 1) * d, v - d, t, t_next, 0.7, 0.9, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(shifted.log_prob, plain.log_prob)
+    torch.testing.assert_close(shifted.mean, plain.mean + t_next.view(-1, 1, 1, 1) * d)
+    torch.testing.assert_close(shifted.sample, plain.sample + t_next.view(-1, 1, 1, 1) * d)
+    scored = sde_step(x, v, t, t_next, 0.7, 0.9, next_sample=shifted.sample, source_mean=d)
+    torch.testing.assert_close(scored.log_prob, shifted.log_prob)
+
+
+def test_a_degraded_source_restores_a_latent_the_degradation_left_alone(fresh_tiny):
+    """With the source centred on the degraded latent, the exact velocity of the straight path to
+    x0 = d (v = s - d, i.e. the noise) brings every sample back to d, from any noise."""
+    from clear_rl.models.composed import RestorationContext
+    from clear_rl.restoration import restore_latents
+
+    model, _ = fresh_tiny
+    model.config.flow_source = "degraded"
+    degraded = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(3))
+    context = RestorationContext(torch.zeros(2, 5, 128), torch.ones(2, 5, dtype=torch.bool), degraded)
+    # The exact velocity field of the straight path from s to x0 = d: v(x_t, t) = (x_t - d) / t.
+    model.velocity = lambda x_t, t, ctx: (x_t - ctx.degraded_latents) / t.view(-1, 1, 1, 1)
+    sample = restore_latents(model, context, num_steps=4, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(sample.latents, degraded, atol=1e-5, rtol=0)
+    assert not torch.allclose(sample.trajectory[:, 0], degraded)  # it started from noise around d

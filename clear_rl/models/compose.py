@@ -40,6 +40,7 @@ def compose_unified(
     bridge: dict[str, Any] | None = None,
     flow_shift: float = 3.0,
     num_inference_steps: int = 30,
+    flow_source: str = "noise",
 ) -> tuple[ComposedUnifiedModel, ProcessorMixin]:
     """Add the CLEAR tokens, resize the VLM's embeddings, and attach a new head and bridge.
 
@@ -87,6 +88,7 @@ def compose_unified(
         vae_image_size=vae_image_size,
         flow_shift=flow_shift,
         num_inference_steps=num_inference_steps,
+        flow_source=flow_source,
         attn_implementation=vlm.config._attn_implementation,
     )
     quantization = getattr(vlm.config, "quantization_config", None)

@@ -61,6 +61,9 @@ class ComposedUnifiedConfig(PreTrainedConfig):
     num_inference_steps: int = 30
     # Which LLM hidden layer conditions the restoration head (-1: the last).
     condition_layer: int = -1
+    # Where the restoration flow starts: pure noise (the paper), or noise centred on the degraded
+    # latent, so the head learns the correction d - x0 rather than the whole image (flow.py).
+    flow_source: str = "noise"
 
     def get_text_config(self, *args, **kwargs) -> PreTrainedConfig:
         return self.vlm_config.get_text_config(*args, **kwargs)
@@ -215,6 +218,12 @@ class ComposedUnifiedModel(PreTrainedModel):
             encoder_attention_mask=context.attention_mask,
         ).sample
         return out.to(x_t.dtype)
+
+    def flow_source_mean(self, degraded_latents: torch.Tensor) -> torch.Tensor | None:
+        """The mean of the restoration flow's source: the degraded latent, or None (pure noise)."""
+        if self.config.flow_source not in ("noise", "degraded"):
+            raise ValueError(f"flow_source must be 'noise' or 'degraded', got {self.config.flow_source!r}")
+        return degraded_latents.float() if self.config.flow_source == "degraded" else None
 
     def restoration_context(
         self,

@@ -67,6 +67,7 @@ class TinyModelConfig:
     vocab_size: int = 640
     num_inference_steps: int = 8
     flow_shift: float = 3.0
+    flow_source: str = "noise"  # or "degraded" (see clear_rl/flow.py)
 
 
 def build_tiny_tokenizer(corpus: Iterable[str] = (), vocab_size: int = 640) -> PreTrainedTokenizerFast:
@@ -169,4 +170,5 @@ def build_tiny_model(
         bridge={"mixer_layers": config.bridge_mixer_layers, "mixer_heads": config.llm_heads},
         flow_shift=config.flow_shift,
         num_inference_steps=config.num_inference_steps,
+        flow_source=config.flow_source,
     )

@@ -38,6 +38,7 @@ def load_model(config: ModelConfig, where: str = "model"):
         vae_image_size=config.vae_image_size,
         head=config.head,
         bridge=config.bridge,
+        flow_source=config.flow_source,
     )
 
 

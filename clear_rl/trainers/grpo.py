@@ -306,6 +306,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
     def _flow_step(self, batch: dict[str, torch.Tensor], velocity: torch.Tensor):
         """Score the stored transitions x_t -> x_next under `velocity` (Flow-GRPO's SDE step)."""
         flat = {key: batch[key].flatten(0, 1) for key in FLOW_KEYS}
+        steps = batch["flow_latents"].shape[1]
+        mean = self._unified_model().flow_source_mean(batch["degraded_latents"])
         return sde_step(
             flat["flow_latents"],
             velocity.flatten(0, 1),
@@ -314,6 +316,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             self.args.sde_noise_level,
             t_max=float(self._schedule[1]),
             next_sample=flat["flow_next"],
+            source_mean=None if mean is None else mean.repeat_interleave(steps, dim=0),
         )
 
     # -- forward passes ---------------------------------------------------------------------------

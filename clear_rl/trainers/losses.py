@@ -68,12 +68,16 @@ def flow_matching_loss(
     shift: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Velocity MSE at one random noise level per row, x0 = the clean latent."""
+    """Velocity MSE at one random noise level per row, x0 = the clean latent (source: noise, or
+    noise centred on the degraded latent, as the model's `flow_source` says)."""
     x0 = clean_latents.float()
     t = sample_training_timesteps(x0.shape[0], shift, generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    velocity = model.velocity(add_noise(x0, noise, t), t, context).float()
-    return (velocity - velocity_target(x0, noise)).pow(2).mean()
+    source = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    mean = model.flow_source_mean(context.degraded_latents)
+    if mean is not None:
+        source = source + mean.to(x0.device)
+    velocity = model.velocity(add_noise(x0, source, t), t, context).float()
+    return (velocity - velocity_target(x0, source)).pow(2).mean()
 
 
 def vit_token_grid(model: ComposedUnifiedModel, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
