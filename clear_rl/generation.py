@@ -58,8 +58,9 @@ class InterleavedGenerationConfig:
     top_p: float = 1.0
     top_k: int = 0
     # "model": the model decides; "always": every row restores once before answering;
-    # "never": `<image_restore>` is banned (the answer-directly baseline); "oracle": like
-    # "always", but the slot holds the given `oracle_latents` and image tokens are hidden throughout.
+    # "never": `<image_restore>` is banned (the answer-directly baseline); "oracle": the completion
+    # opens with `<image_restore>`, the slot holds the given `oracle_latents` and the image tokens
+    # are hidden throughout (the model answers from the bridged latent alone).
     restore: RestorePolicy = "model"
     # What fills the restored slot: "bridge" (CLEAR) or "reencode" (VAE decode -> the VLM's own
     # image processor and vision path; needs `image_processor`).
@@ -241,7 +242,10 @@ class _Rollout:
             tokens = torch.multinomial(probs, 1, generator=self.gen).squeeze(1)
         else:
             tokens = logits.argmax(-1)
-        if cfg.restore in ("always", "oracle"):
+        if cfg.restore == "oracle":
+            # The slot is the only view: a quality check of an image the row cannot see is skipped.
+            tokens = torch.where(~restored, torch.full_like(tokens, ids.image_restore), tokens)
+        elif cfg.restore == "always":
             would_end = torch.isin(
                 tokens, torch.cat([self.stop_ids, self.stop_ids.new_tensor([ids.answer_start])])
             )

@@ -107,7 +107,8 @@ def gallery_figure(examples: pd.DataFrame, out_dir: Path, title: str = ""):
     n = len(examples)
     figure = Figure(figsize=(7.5, 3.1 * n + 0.4), dpi=100)
     FigureCanvasAgg(figure)
-    rows = figure.subfigures(n, 1, squeeze=False)[:, 0] if n > 1 else [figure.subfigures(1, 1)]
+    # A strip on top for the title, so it never overlaps the first example.
+    header, *rows = figure.subfigures(n + 1, 1, squeeze=False, height_ratios=[0.4] + [3.1] * n)[:, 0]
     for subfigure, (_, row) in zip(rows, examples.iterrows()):
         stem = out_dir / str(row["gallery"])
         axes = subfigure.subplots(1, len(PANELS))
@@ -128,7 +129,7 @@ def gallery_figure(examples: pd.DataFrame, out_dir: Path, title: str = ""):
             axis.set_yticks([])
         subfigure.suptitle(_caption(row), fontsize="x-small", y=0.02, va="bottom")
     if title:
-        figure.suptitle(title)
+        header.suptitle(title, y=0.5, va="center")
     return figure
 
 

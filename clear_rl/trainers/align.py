@@ -32,6 +32,7 @@ from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.models.vision import vision_token_grid, vision_tokens
 from clear_rl.recipe import Recipe
 from clear_rl.trainers.common import (
+    LossOnlyEvaluationMixin,
     UnifiedCheckpointMixin,
     build_model,
     finish,
@@ -132,7 +133,7 @@ def alignment_terms(
     return AlignmentTerms(mse, cosine, hidden)
 
 
-class AlignTrainer(UnifiedCheckpointMixin, Trainer):
+class AlignTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, Trainer):
     """`transformers.Trainer` whose loss is the bridge alignment; logs each term on its own."""
 
     def __init__(self, *args, **kwargs):
@@ -167,12 +168,6 @@ class AlignTrainer(UnifiedCheckpointMixin, Trainer):
         logs.update({name: sum(v) / len(v) for name, v in self._terms.items() if v})
         self._terms = {}
         super().log(logs, start_time)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
 
 def train(recipe: Recipe, callbacks=()) -> AlignTrainer:

@@ -150,6 +150,17 @@ def finish(trainer, processor, recipe: Recipe) -> None:
         recipe.save_resolved(trainer.args.output_dir)
 
 
+class LossOnlyEvaluationMixin:
+    """For `transformers.Trainer` subclasses whose `compute_loss` logs its own terms: evaluation
+    reports the loss (and those terms) only, no logits are gathered."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
 class UnifiedCheckpointMixin:
     """For `transformers.Trainer` subclasses: resume full unified models through `from_pretrained`.
 

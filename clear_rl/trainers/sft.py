@@ -20,7 +20,13 @@ from trl import SFTConfig, SFTTrainer
 
 from clear_rl.recipe import Recipe
 from clear_rl.seeds import generator_for
-from clear_rl.trainers.common import DEFAULT_TRAINABLE_PARTS, UnifiedCheckpointMixin, run_stage, unified_core
+from clear_rl.trainers.common import (
+    DEFAULT_TRAINABLE_PARTS,
+    LossOnlyEvaluationMixin,
+    UnifiedCheckpointMixin,
+    run_stage,
+    unified_core,
+)
 from clear_rl.trainers.losses import LossTerms, loss_terms
 
 
@@ -87,7 +93,7 @@ def install_step_forward(model) -> None:
     model._clear_step_forward = True
 
 
-class ClearSFTTrainer(UnifiedCheckpointMixin, SFTTrainer):
+class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTrainer):
     """`trl.SFTTrainer` with CLEAR's stage-1 loss; the data collator is a `ClearCollator`."""
 
     _tag_names = ["trl", "sft", "clear-rl"]
@@ -198,13 +204,6 @@ class ClearSFTTrainer(UnifiedCheckpointMixin, SFTTrainer):
         if mode == "train":
             self._total_train_tokens += int(seen)
         metrics["num_tokens"] = [self._total_train_tokens]
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation reports the loss (and its logged terms) only: no logits are gathered."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
 
 def train(recipe: Recipe, callbacks=()) -> ClearSFTTrainer:
