@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clear_rl.models.vision import vision_tokens
+
 Readback = Literal["bridge", "reencode"]
 READBACKS: tuple[str, ...] = ("bridge", "reencode")
 
@@ -41,17 +43,7 @@ def vision_embeddings(model, image_inputs: dict[str, torch.Tensor]) -> torch.Ten
 
     Every image here has the same size, so each yields the same number of tokens and they stack.
     """
-    vlm = model.vlm
-    dtype = next(vlm.parameters()).dtype
-    inputs = {
-        k: v.to(device=vlm.device, dtype=dtype if v.is_floating_point() else v.dtype)
-        for k, v in image_inputs.items()
-        if isinstance(v, torch.Tensor)
-    }
-    features = vlm.get_image_features(**inputs, return_dict=True).pooler_output
-    if isinstance(features, torch.Tensor) and features.dim() == 3:
-        return features
-    features = list(features)
+    features = vision_tokens(model.vlm, image_inputs)
     lengths = {f.shape[0] for f in features}
     if len(lengths) != 1:
         raise ValueError(f"restored images gave different vision token counts {sorted(lengths)}")

@@ -26,11 +26,15 @@ def image_inputs(processor, images: Sequence[Image.Image]) -> dict[str, torch.Te
 def vision_tokens(vlm, inputs: Mapping[str, Any]) -> list[torch.Tensor]:
     """Per image, the (N_i, D) projector outputs the LLM receives in place of its image tokens."""
     config = vlm.config
-    kwargs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    kwargs = {  # on the VLM's device; pixels in its precision, grids and sizes as they are
+        k: v.to(device=vlm.device, dtype=vlm.dtype if v.is_floating_point() else v.dtype)
+        for k, v in inputs.items()
+        if torch.is_tensor(v)
+    }
     for name in ("vision_feature_layer", "vision_feature_select_strategy"):
         if getattr(config, name, None) is not None:
             kwargs.setdefault(name, getattr(config, name))
-    out = vlm.get_image_features(pixel_values=inputs["pixel_values"].to(vlm.dtype), **kwargs)
+    out = vlm.get_image_features(**kwargs)
     features = getattr(out, "pooler_output", out)
     if torch.is_tensor(features) and features.dim() == 2:  # one flat sequence for the whole batch
         raise ValueError("get_image_features returned unsplit features; pass image_grid_thw or image_sizes")
