@@ -43,7 +43,7 @@ from clear_rl.models.readback import (
     reencode_embeddings,
     view_mask,
 )
-from clear_rl.restoration import Sampler, restore_latents
+from clear_rl.restoration import RestorationSampling, restore_latents
 
 RestorePolicy = Literal["model", "always", "never", "oracle"]
 
@@ -67,10 +67,8 @@ class InterleavedGenerationConfig:
     readback: Readback = "bridge"
     # "drop": once a row restores, its degraded image tokens are hidden from every later position.
     degraded_view: DegradedView = "keep"
-    sampler: Sampler = "ode"  # "sde" keeps per-step log-probs, for Flow-GRPO rollouts
-    num_inference_steps: int | None = None  # default: the model config's
-    flow_shift: float | None = None  # default: the model config's
-    noise_level: float = 0.7  # Flow-GRPO's `a` for the SDE sampler
+    # How restorations are sampled (ODE by default; "sde" keeps per-step log-probs, for Flow-GRPO).
+    restoration: RestorationSampling = field(default_factory=RestorationSampling)
     use_cache: bool = True  # False recomputes the whole prefix each step (for tests/benchmarks)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)  # besides EOS and `</answer>`
 
@@ -215,15 +213,7 @@ class _Rollout:
             self.visible(self.seq_ids.shape[1] - 1)[rows].bool(),
             self.degraded_latents[rows],
         )
-        return restore_latents(
-            self.model,
-            context,
-            num_steps=self.cfg.num_inference_steps,
-            shift=self.cfg.flow_shift,
-            sampler=self.cfg.sampler,
-            noise_level=self.cfg.noise_level,
-            generator=self.gen,
-        )
+        return restore_latents(self.model, context, self.cfg.restoration, generator=self.gen)
 
     # -- token choice ----------------------------------------------------------------------------
     def choose(self, logits, restored, previous, last_step):

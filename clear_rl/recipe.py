@@ -19,10 +19,12 @@ import dataclasses
 import difflib
 import enum
 import importlib
+import logging
 import os
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +45,7 @@ STAGES: dict[str, str] = {
     "grpo": "clear_rl.trainers.grpo",
 }
 RESOLVED_RECIPE_NAME = "clear_rl_recipe.yaml"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -241,6 +244,7 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _type_hints(cls)
     values: dict[str, Any] = {}
+    data = _renamed(cls, data, where)
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
@@ -263,6 +267,25 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, where: str) -> Any:
         return cls(**values)
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"{where}: {exc}") from None
+
+
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with keys renamed in this release (`cls.renamed_keys`, old -> new) under their new
+    names, each with a deprecation message; an old and a new spelling together are an error."""
+    renames = getattr(cls, "renamed_keys", {})
+    if not any(key in renames for key in data):
+        return data
+    out = dict(data)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise RecipeError(f"{where}: '{old}' and '{new}' are the same setting; keep '{new}' only")
+        message = f"{where}.{old} is deprecated and will be removed in the next release: use '{new}'"
+        warnings.warn(message, FutureWarning, stacklevel=3)
+        logger.warning(message)
+        out[new] = out.pop(old)
+    return out
 
 
 def stage_module(stage: str):

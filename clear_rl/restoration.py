@@ -1,13 +1,14 @@
 """Sampling the restoration branch: noise -> clean latent, conditioned on the LLM context.
 
-Used by interleaved generation (rollouts and evaluation) and by stage 2, whose restored slot
-holds latents the head itself denoised. The ODE sampler is for evaluation; the SDE sampler keeps
-per-step log-probs for Flow-GRPO.
+`RestorationSampling` is the one description of how a restoration is sampled, used by
+interleaved generation (rollouts and evaluation), by stage 2 (whose restored slot holds latents
+the head itself denoised) and by stage 3. The ODE sampler is for evaluation; the SDE sampler
+keeps per-step log-probs for Flow-GRPO.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -16,6 +17,42 @@ from clear_rl.flow import ode_step, sampling_schedule, sde_step
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
 
 Sampler = Literal["ode", "sde"]
+SAMPLERS = ("ode", "sde")
+
+
+@dataclass(frozen=True)
+class RestorationSampling:
+    """How a restoration is sampled. `None` steps or shift: the model config's defaults.
+
+    In recipes these are the `restoration_steps`, `restoration_shift`, `restoration_sampler` and
+    `restoration_noise_level` keys of a stage's `training:` section (see `RestorationSamplingArguments`).
+    """
+
+    steps: int | None = None  # denoising steps (CLEAR: 30)
+    shift: float | None = None  # timestep shift of the sampling schedule (CLEAR: 3.0)
+    sampler: Sampler = "ode"  # "sde": Flow-GRPO's SDE, with per-step log-probs
+    noise_level: float = 0.7  # Flow-GRPO's `a` of the SDE sampler
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"restoration steps must be >= 1, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"restoration sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.noise_level < 0:
+            raise ValueError(f"restoration noise level must be >= 0, got {self.noise_level}")
+
+    def resolved(self, model: ComposedUnifiedModel) -> RestorationSampling:
+        """These settings with the model's defaults filled in."""
+        return replace(
+            self,
+            steps=self.steps or model.config.num_inference_steps,
+            shift=model.config.flow_shift if self.shift is None else self.shift,
+        )
+
+    def schedule(self, model: ComposedUnifiedModel) -> torch.Tensor:
+        """(steps + 1,) noise levels from 1 to 0."""
+        resolved = self.resolved(model)
+        return sampling_schedule(resolved.steps, resolved.shift)
 
 
 @dataclass
@@ -31,16 +68,12 @@ class RestorationSample:
 def restore_latents(
     model: ComposedUnifiedModel,
     context: RestorationContext,
-    num_steps: int | None = None,
-    shift: float | None = None,
-    sampler: Sampler = "ode",
-    noise_level: float = 0.7,
+    sampling: RestorationSampling | None = None,
     generator: torch.Generator | None = None,
 ) -> RestorationSample:
     """Integrate the restoration head's flow from noise to a clean latent for every context row."""
-    num_steps = num_steps or model.config.num_inference_steps
-    shift = model.config.flow_shift if shift is None else shift
-    timesteps = sampling_schedule(num_steps, shift).to(context.hidden_states.device)
+    sampling = (sampling or RestorationSampling()).resolved(model)
+    timesteps = sampling_schedule(sampling.steps, sampling.shift).to(context.hidden_states.device)
     rows = context.hidden_states.shape[0]
     shape = (rows, *model.latent_shape)
     x = torch.randn(shape, generator=generator, device=generator.device if generator else None)
@@ -50,12 +83,19 @@ def restore_latents(
         mean = mean.to(x.device)
         x = x + mean
     states, log_probs = [x], []
-    for i in range(num_steps):
+    for i in range(sampling.steps):
         t, t_next = timesteps[i], timesteps[i + 1]
         v = model.velocity(x, t.expand(rows), context).float()
-        if sampler == "sde":
+        if sampling.sampler == "sde":
             step = sde_step(
-                x, v, t, t_next, noise_level, t_max=float(timesteps[1]), generator=generator, source_mean=mean
+                x,
+                v,
+                t,
+                t_next,
+                sampling.noise_level,
+                t_max=float(timesteps[1]),
+                generator=generator,
+                source_mean=mean,
             )
             x, log_prob = step.sample, step.log_prob
         else:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from clear_rl.restoration import RestorationSampling
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from tests.conftest import make_prompts
 
@@ -19,7 +20,8 @@ def _restore_prone(model, bias: float = 5.0):
 
 def _generate(model, processor, seed=0, **config):
     batch, vae_pixels = make_prompts(processor, QUESTIONS)
-    cfg = InterleavedGenerationConfig(**{"max_new_tokens": 16, "num_inference_steps": 3, **config})
+    sampling = RestorationSampling(steps=3, sampler=config.pop("sampler", "ode"))
+    cfg = InterleavedGenerationConfig(**{"max_new_tokens": 16, "restoration": sampling, **config})
     return generate_interleaved(
         model,
         batch.input_ids,

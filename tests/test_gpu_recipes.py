@@ -83,7 +83,7 @@ def test_qwen_recipes_train_a_4bit_base_with_lora_through_every_stage(tmp_path):
                 "training.max_steps=2",
                 "training.gradient_accumulation_steps=1",
                 "training.max_completion_length=24",
-                "training.num_inference_steps=2",
+                "training.restoration_steps=2",
                 *common,
             ],
         ),

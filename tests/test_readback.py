@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clear_rl.restoration import RestorationSampling
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models import build_tiny_model
 from tests.conftest import make_prompts
@@ -25,7 +26,7 @@ def prone():
 def _generate(model, processor, seed=0, image_seed=0, **options):
     batch, vae_pixels = make_prompts(processor, QUESTIONS, seed=image_seed)
     config_keys = set(InterleavedGenerationConfig.__dataclass_fields__)
-    config = {"max_new_tokens": 12, "num_inference_steps": 2, "do_sample": False}
+    config = {"max_new_tokens": 12, "restoration": RestorationSampling(steps=2), "do_sample": False}
     config.update({k: v for k, v in options.items() if k in config_keys})
     extra = {k: v for k, v in options.items() if k not in config_keys}
     return generate_interleaved(

@@ -171,3 +171,31 @@ def test_grpo_readback_and_degraded_view_keys(tmp_path):
         load_recipe(path, ["training.readback=decode"])
     with pytest.raises(RecipeError, match=r"training\.degraded_view: expected one of"):
         load_recipe(path, ["training.degraded_view=hide"])
+
+
+def test_renamed_keys_still_work_this_release_and_name_their_new_spelling(tmp_path):
+    raw = yaml.safe_load((RECIPES / "demo/grpo.yaml").read_text())
+    for new in ("restoration_steps", "restoration_shift", "restoration_noise_level"):
+        del raw["training"][new]
+    raw["training"].update(num_inference_steps=4, flow_shift=2.0, sde_noise_level=0.5)
+    path = write(tmp_path, raw, "old-grpo.yaml")
+    with pytest.warns(FutureWarning, match=r"training\.num_inference_steps is deprecated.*'restoration_steps'"):
+        recipe = load_recipe(path)
+    sampling = recipe.training.restoration_sampling
+    assert (sampling.steps, sampling.shift, sampling.sampler, sampling.noise_level) == (4, 2.0, "sde", 0.5)
+    with pytest.raises(RecipeError, match=r"'num_inference_steps' and 'restoration_steps' are the same setting"):
+        load_recipe(path, ["training.restoration_steps=4"])
+    with pytest.warns(FutureWarning, match="'train_timestep_shift'"):
+        sft = load_recipe(write(tmp_path, with_training(flow_shift=2.5)))
+    assert sft.training.train_timestep_shift == 2.5
+
+
+def test_one_restoration_sampling_spelling_in_every_stage(tmp_path):
+    bridge = {**with_training(restoration_steps=3, restoration_sampler="sde"), "stage": "bridge"}
+    sampling = load_recipe(write(tmp_path, bridge)).training.restoration_sampling
+    assert (sampling.steps, sampling.sampler) == (3, "sde")
+    grpo = RECIPES / "demo/grpo.yaml"
+    with pytest.raises(RecipeError, match="restoration_sampler must be sde in stage 3"):
+        load_recipe(grpo, ["training.restoration_sampler=ode"])
+    with pytest.raises(RecipeError, match="restoration steps must be >= 1"):
+        load_recipe(write(tmp_path, {**bridge, "training": {**bridge["training"], "restoration_steps": 0}}))

@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from clear_rl.data.image_sources import AlignCollator, load_image_dataset
 from clear_rl.errors import DataError
 from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.models.vision import vision_token_grid, vision_tokens
 from clear_rl.recipe import Recipe
+from clear_rl.trainers.align_config import AlignConfig
 from clear_rl.trainers.common import (
     LossOnlyEvaluationMixin,
     UnifiedCheckpointMixin,
@@ -42,28 +43,6 @@ from clear_rl.trainers.common import (
 )
 from clear_rl.trainers.progress import attach_callbacks
 from clear_rl.trainers.sft import install_step_forward
-
-DEFAULT_TRAINABLE_PARTS = ("bridge",)
-
-
-@dataclass
-class AlignConfig(TrainingArguments):
-    """`transformers.TrainingArguments` plus the alignment loss weights."""
-
-    lambda_cos: float = 0.5  # weight of (1 - cosine) beside the standardised MSE
-    lambda_hidden: float = 0.0  # > 0: also match the LLM's hidden states over the image tokens
-    remove_unused_columns: bool = False  # the collator reads the image column itself
-    # None: bf16 on a GPU that supports it, fp32 otherwise.
-    bf16: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        super().__post_init__()
-        for name in ("lambda_cos", "lambda_hidden"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
 
 CONFIG_CLASS = AlignConfig
 
@@ -183,9 +162,7 @@ def train(recipe: Recipe, callbacks=()) -> AlignTrainer:
     )
     if len(train_dataset) == 0:
         raise DataError(f"{data.path}: no images to align the bridge on")
-    model, processor = build_model(
-        recipe.model, default_parts=DEFAULT_TRAINABLE_PARTS, adapter_base_dir=None, args=args
-    )
+    model, processor = build_model(recipe.model, adapter_base_dir=None, args=args)
     core = unified_core(model)
     trainer = AlignTrainer(
         model=model,

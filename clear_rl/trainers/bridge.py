@@ -10,36 +10,16 @@ LLM (list `latent_bridge` in `lora.modules_to_save` to train the bridge beside t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from clear_rl.data.collate import split_inputs
 from clear_rl.recipe import Recipe
 from clear_rl.restoration import restore_latents
+from clear_rl.trainers.bridge_config import BridgeConfig
 from clear_rl.trainers.common import run_stage
-from clear_rl.trainers.sft import ClearSFTTrainer, ClearTrainingConfig
-
-DEFAULT_TRAINABLE_PARTS = ("bridge",)
-
-
-@dataclass
-class BridgeConfig(ClearTrainingConfig):
-    """TRL's SFTConfig fields plus the restoration sampling that fills the slot."""
-
-    restoration_steps: int | None = None  # None: the model's num_inference_steps
-    restoration_shift: float | None = None  # None: the model's flow_shift
-    restoration_sampler: Literal["ode", "sde"] = "ode"
-    restoration_noise_level: float = 0.7  # the SDE sampler's noise level
-    answer_only: bool = True  # CE only on the text after the restored slot (rows without one: none)
-    restore_rows_only: bool = True  # train on `restore` rows only (direct rows have no slot)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.restoration_steps is not None and self.restoration_steps < 1:
-            raise ValueError(f"restoration_steps must be >= 1, got {self.restoration_steps}")
-
+from clear_rl.trainers.sft import ClearSFTTrainer
 
 CONFIG_CLASS = BridgeConfig
 
@@ -63,15 +43,7 @@ def denoised_latents(
     context = model.restoration_context(
         inputs["input_ids"], inputs["attention_mask"], states, degraded_latents
     )
-    sample = restore_latents(
-        model,
-        context.select(rows),
-        num_steps=config.restoration_steps,
-        shift=config.restoration_shift,
-        sampler=config.restoration_sampler,
-        noise_level=config.restoration_noise_level,
-        generator=generator,
-    )
+    sample = restore_latents(model, context.select(rows), config.restoration_sampling, generator=generator)
     latents[rows] = sample.latents.to(latents.dtype)
     return latents
 
@@ -104,7 +76,6 @@ def train(recipe: Recipe, callbacks=()) -> BridgeTrainer:
     return run_stage(
         recipe,
         BridgeTrainer,
-        default_parts=DEFAULT_TRAINABLE_PARTS,
         select=select,
         labels_after_slot=recipe.training.answer_only,
         callbacks=callbacks,

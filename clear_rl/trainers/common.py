@@ -14,13 +14,14 @@ from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_mo
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.io import load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
+from clear_rl.trainers.arguments import AutoPrecisionArguments
 
 logger = logging.getLogger(__name__)
 
 # Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
 PREPARED_COLUMNS = _PREPARED_COLUMNS
-# Parts trained in full when a recipe names none (stage 2 trains only the bridge).
-DEFAULT_TRAINABLE_PARTS = ("llm", "head", "bridge")
+# Parts trained in full when neither the recipe nor the stage's config names any.
+DEFAULT_TRAINABLE_PARTS = AutoPrecisionArguments.default_trainable_parts
 
 
 def load_model(config: ModelConfig, where: str = "model"):
@@ -90,19 +91,20 @@ def make_trainable(model, config: ModelConfig, default_parts=DEFAULT_TRAINABLE_P
 def build_model(
     config: ModelConfig,
     where: str = "model",
-    default_parts=DEFAULT_TRAINABLE_PARTS,
     adapter_base_dir: str | Path | None = None,
     args=None,
 ):
     """(model, processor) as the recipe's `model:` section says, with its trainable parts set.
 
-    With LoRA on a model that has no folder of its own, pass `adapter_base_dir` (e.g.
-    `<output_dir>/base`) so the saved adapters can be loaded again (`args`: the TrainingArguments,
-    so that only the main process writes it).
+    Parts train as `model.trainable_parts` says, else as the stage's config (`args`) does by
+    default. With LoRA on a model that has no folder of its own, pass `adapter_base_dir` (e.g.
+    `<output_dir>/base`) so the saved adapters can be loaded again (only the main process of
+    `args` writes it).
     """
     model, processor = load_model(config, where)
     if adapter_base_dir is not None and config.lora is not None and not hasattr(model, "peft_config"):
         keep_base_for_adapters(model, processor, adapter_base_dir, args)
+    default_parts = getattr(args, "default_trainable_parts", DEFAULT_TRAINABLE_PARTS)
     return make_trainable(model, config, default_parts), processor
 
 
@@ -199,7 +201,6 @@ def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
 def run_stage(
     recipe: Recipe,
     trainer_class,
-    default_parts=DEFAULT_TRAINABLE_PARTS,
     select=None,
     labels_after_slot: bool = False,
     callbacks=(),
@@ -216,9 +217,7 @@ def run_stage(
     args = recipe.training
     seed_everything(args.seed)
     base_dir = Path(args.output_dir) / "base"
-    model, processor = build_model(
-        recipe.model, default_parts=default_parts, adapter_base_dir=base_dir, args=args
-    )
+    model, processor = build_model(recipe.model, adapter_base_dir=base_dir, args=args)
     data = recipe.data
     train_dataset = load_split(data.path, data.split, data.max_samples)
     eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-import torch
 from trl import GRPOConfig
+
+from clear_rl.trainers.arguments import AutoPrecisionArguments, RestorationSamplingArguments
 
 
 @dataclass
-class InterleavedGRPOConfig(GRPOConfig):
+class InterleavedGRPOConfig(AutoPrecisionArguments, RestorationSamplingArguments, GRPOConfig):
     """`trl.GRPOConfig` (every field by its own name) plus Flow-GRPO on the restoration head.
 
     The text policy gradient is TRL's, untouched (loss_type, epsilon, beta, scale_rewards, ...).
     The flow term re-runs `flow_train_steps` stored denoising steps of each restoring rollout with
     the same advantage and the same clipping (`epsilon`, `epsilon_high`); with `beta` > 0 it also
     gets the KL of each step's mean to the reference model's. Defaults follow the CLEAR paper.
+    Restorations are sampled with the `restoration_*` keys; the sampler must be Flow-GRPO's SDE.
     """
 
     # Rollouts: whether a completion may restore, and how the restoration is sampled.
@@ -36,9 +38,15 @@ class InterleavedGRPOConfig(GRPOConfig):
             "help": "drop: once a rollout restores, its degraded image tokens are hidden after the slot."
         },
     )
-    num_inference_steps: int = field(default=30, metadata={"help": "Denoising steps of a restoration."})
-    flow_shift: float = field(default=3.0, metadata={"help": "Timestep shift of the sampling schedule."})
-    sde_noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO's noise level `a` of the SDE."})
+    restoration_steps: int | None = field(
+        default=30, metadata={"help": "Denoising steps of a restoration (CLEAR: 30); null: the model's."}
+    )
+    restoration_shift: float | None = field(
+        default=3.0, metadata={"help": "Timestep shift of the sampling schedule; null: the model's."}
+    )
+    restoration_sampler: Literal["ode", "sde"] = field(
+        default="sde", metadata={"help": "Must be sde: the flow loss needs per-step log-probs."}
+    )
     # The flow loss.
     flow_loss_weight: float = field(default=0.3, metadata={"help": "lambda in L = L_text + lambda * L_flow."})
     flow_train_steps: int = field(
@@ -54,16 +62,21 @@ class InterleavedGRPOConfig(GRPOConfig):
         default=False, metadata={"help": "Keep dataset columns: rewards receive them all."}
     )
 
-    # None: bf16 on a GPU that supports it, fp32 otherwise (bf16 autocast on a CPU is ~4x slower).
-    bf16: bool | None = field(default=None, metadata={"help": "See TrainingArguments."})
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "num_inference_steps": "restoration_steps",
+        "flow_shift": "restoration_shift",
+        "sde_noise_level": "restoration_noise_level",
+    }
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
+        if self.restoration_sampler != "sde":
+            raise ValueError("restoration_sampler must be sde in stage 3: Flow-GRPO scores SDE steps")
+        if self.restoration_steps is None:
+            raise ValueError("restoration_steps must be set in stage 3 (the flow loss picks steps of it)")
         if self.flow_train_steps == 0 or self.flow_train_steps < -1:
             raise ValueError(f"flow_train_steps must be >= 1 or -1 (all steps), got {self.flow_train_steps}")
-        if self.flow_train_steps > self.num_inference_steps:
+        if self.flow_train_steps > self.restoration_steps:
             raise ValueError(
-                f"flow_train_steps ({self.flow_train_steps}) exceeds num_inference_steps ({self.num_inference_steps})"
+                f"flow_train_steps ({self.flow_train_steps}) exceeds restoration_steps ({self.restoration_steps})"
             )

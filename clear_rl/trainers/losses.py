@@ -165,7 +165,7 @@ def loss_terms(
     with_mse: bool,
     with_distill: bool,
     distill_mode: DistillMode = "per_layer_kl",
-    flow_shift: float | None = None,
+    train_timestep_shift: float | None = None,
     vit_token_dropout: float = 0.0,
     restored_latents: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LossTerms:
@@ -202,7 +202,7 @@ def loss_terms(
     if with_mse and len(rows):
         states = out.hidden_states[model.config.condition_layer]
         context = model.restoration_context(input_ids, attention_mask, states, degraded_latents).select(rows)
-        shift = model.config.flow_shift if flow_shift is None else flow_shift
+        shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
         mse = flow_matching_loss(model, context, clean_latents[rows], shift, generator)
     if with_distill and len(rows):
         with torch.no_grad():

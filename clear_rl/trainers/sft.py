@@ -12,62 +12,22 @@ wrapped model, so DDP, FSDP and DeepSpeed see every parameter used in their own 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any
 
 import torch
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from clear_rl.recipe import Recipe
 from clear_rl.seeds import generator_for
 from clear_rl.trainers.common import (
-    DEFAULT_TRAINABLE_PARTS,
     LossOnlyEvaluationMixin,
     UnifiedCheckpointMixin,
     run_stage,
     unified_core,
 )
 from clear_rl.trainers.losses import LossTerms, loss_terms
-
-
-@dataclass
-class ClearTrainingConfig(SFTConfig):
-    """TRL's SFTConfig (all its fields, by their own names) plus what stages 1 and 2 share."""
-
-    lambda_distill: float = 0.1  # paper 0.1; released script 0.4
-    # Paper 0.4: per restoring row, with this probability the degraded image's ViT tokens are hidden,
-    # so the answer has to come from the restored slot (losses._drop_vit_tokens).
-    vit_token_dropout: float = 0.0
-    distill_mode: Literal["per_layer_kl", "pooled_mse"] = "per_layer_kl"
-    # TRL would tokenize a text column; the collator builds batches from prepared rows instead.
-    dataset_kwargs: dict[str, Any] | str | None = field(
-        default_factory=lambda: {"skip_prepare_dataset": True}
-    )
-    remove_unused_columns: bool = False
-    prediction_loss_only: bool = True
-    # None: bf16 on a GPU that supports it, fp32 otherwise (TRL's default of True fails on a CPU).
-    bf16: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        super().__post_init__()
-        for name in ("lambda_distill", "lambda_mse", "vit_token_dropout"):
-            if getattr(self, name, 0.0) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.vit_token_dropout > 1.0:
-            raise ValueError(f"vit_token_dropout must be in [0, 1], got {self.vit_token_dropout}")
-        if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns must stay false: the collator reads the prepared columns")
-
-
-@dataclass
-class ClearSFTConfig(ClearTrainingConfig):
-    """Stage 1: the paper's defaults (lambda_mse 0.5, lambda_distill 0.1, lr 2e-5)."""
-
-    lambda_mse: float = 0.5  # paper 0.5; released script 1.0
-    flow_shift: float | None = None  # training timestep shift; None: the model's flow_shift
-
+from clear_rl.trainers.sft_config import ClearSFTConfig
 
 CONFIG_CLASS = ClearSFTConfig
 
@@ -111,7 +71,7 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
         args = self.args
         return {
             "with_mse": args.lambda_mse > 0,
-            "flow_shift": args.flow_shift,
+            "train_timestep_shift": args.train_timestep_shift,
             "vit_token_dropout": args.vit_token_dropout,
         }
 
@@ -208,4 +168,4 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
 
 def train(recipe: Recipe, callbacks=()) -> ClearSFTTrainer:
     """Run stage 1 from a validated recipe; the model is saved into training.output_dir."""
-    return run_stage(recipe, ClearSFTTrainer, default_parts=DEFAULT_TRAINABLE_PARTS, callbacks=callbacks)
+    return run_stage(recipe, ClearSFTTrainer, callbacks=callbacks)

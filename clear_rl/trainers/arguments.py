@@ -1,0 +1,72 @@
+"""Pieces every stage's config shares: automatic precision, restoration sampling, renamed keys.
+
+Each stage's config is a `transformers.TrainingArguments` subclass (TRL's SFTConfig / GRPOConfig
+for stages 1 to 3) built from these mixins, so a recipe's `training:` section spells the same
+setting the same way in every stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+
+from clear_rl.restoration import RestorationSampling
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 is the better default here: on a GPU that supports it (bf16 autocast on a CPU
+    is ~4x slower than float32)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class AutoPrecisionArguments:
+    """`bf16: null` (the default): bf16 on a GPU that supports it, float32 otherwise.
+
+    TRL's configs default to bf16, which fails or crawls on a CPU. Put this mixin first among
+    the bases, so the choice is made before TrainingArguments validates it.
+    """
+
+    bf16: bool | None = field(default=None, metadata={"help": "null: bf16 where the GPU supports it."})
+    # Parts trained in full when a recipe names none (`model.trainable_parts`): the stage's own default.
+    default_trainable_parts: ClassVar[tuple[str, ...]] = ("llm", "head", "bridge")
+    # Old recipe key -> its new name; `build_dataclass` accepts the old one with a deprecation message.
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and bf16_supported()
+        super().__post_init__()
+
+
+@dataclass
+class RestorationSamplingArguments:
+    """How a stage samples restorations: the four `restoration_*` keys of `RestorationSampling`."""
+
+    restoration_steps: int | None = field(
+        default=None, metadata={"help": "Denoising steps of a restoration; null: the model's (CLEAR: 30)."}
+    )
+    restoration_shift: float | None = field(
+        default=None, metadata={"help": "Timestep shift of the sampling schedule; null: the model's (3.0)."}
+    )
+    restoration_sampler: Literal["ode", "sde"] = field(
+        default="ode", metadata={"help": "ode, or sde: Flow-GRPO's SDE with per-step log-probs."}
+    )
+    restoration_noise_level: float = field(
+        default=0.7, metadata={"help": "Flow-GRPO's noise level `a` of the SDE sampler."}
+    )
+
+    @property
+    def restoration_sampling(self) -> RestorationSampling:
+        return RestorationSampling(
+            steps=self.restoration_steps,
+            shift=self.restoration_shift,
+            sampler=self.restoration_sampler,
+            noise_level=self.restoration_noise_level,
+        )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.restoration_sampling  # noqa: B018 -- validates the four values together
