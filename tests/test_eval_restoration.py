@@ -20,7 +20,7 @@ from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.runner import EvalConfig, evaluate, plan_runs
 from clear_rl.models.io import save_unified
 
-SMALL = {"batch_size": 4, "max_new_tokens": 4, "num_inference_steps": 2}
+SMALL = {"batch_size": 4, "max_new_tokens": 4, "restoration_steps": 2}
 
 
 def _tsv(path: Path, n: int = 4) -> Path:

@@ -15,7 +15,7 @@ from clear_rl.errors import DataError
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.models.io import save_unified
 
-SMALL = {"batch_size": 4, "max_new_tokens": 6, "num_inference_steps": 2}
+SMALL = {"batch_size": 4, "max_new_tokens": 6, "restoration_steps": 2}
 
 
 def _tsv(path: Path, n: int = 6) -> Path:

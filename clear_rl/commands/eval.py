@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         restore=args.restore,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
-        num_inference_steps=args.steps,
+        restoration_steps=args.steps,
         seed=args.seed,
         judge=args.judge,
         resume=args.resume,

@@ -16,37 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
 from clear_rl.data.prompts import format_question, row_options
 from clear_rl.errors import DataError
-from clear_rl.models.processing import prompt_texts, vae_pixel_values
+from clear_rl.models.processing import encode_prompts, vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
 CLEAN_PREFIX = "clean_"  # the teacher's prompt batch: clean_input_ids, clean_pixel_values, ...
 # Batch keys that are not inputs of the VLM itself.
 LOSS_KEYS = ("labels", "restore", "vae_pixel_values", "clean_vae_pixel_values")
-
-
-def encode_prompts(
-    processor,
-    images: Sequence[Image.Image],
-    questions: Sequence[str],
-    system_prompt: str | None = SYSTEM_PROMPT,
-    padding_side: str = "left",
-):
-    """The processor's batch (input_ids, attention_mask, pixel_values, ...) of chat prompts, one image each."""
-    tokenizer = processor.tokenizer
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = padding_side
-    try:
-        texts = prompt_texts(processor, questions, system_prompt)
-        return processor(
-            images=[im.convert("RGB") for im in images], text=texts, padding=True, return_tensors="pt"
-        )
-    finally:
-        tokenizer.padding_side = previous
 
 
 def _split_batch(batch: Mapping[str, Any]) -> tuple[list[torch.Tensor], dict[str, list], dict[str, Any]]:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.data.collate import encode_prompts
+from clear_rl.answering import answer_batch
 from clear_rl.data.prompts import format_question
 from clear_rl.data.samples import ProbeSettings
 from clear_rl.data.sources import SourceRow
 from clear_rl.eval.extract import score_answer
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.tokens import SYSTEM_PROMPT
 
 
@@ -44,20 +44,15 @@ class Prober:
         size = self.settings.batch_size
         for start in range(0, len(rows), size):
             part = rows[start : start + size]
-            questions = [format_question(r.question, r.options) for r in part]
-            batch = encode_prompts(
+            answered = answer_batch(
+                self.model,
                 self.processor,
                 images[start : start + size],
-                questions,
-                self.system_prompt,
-                padding_side="left",
-            ).to(self.device)
-            vlm_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-            out = generate_interleaved(
-                self.model, batch["input_ids"], batch["attention_mask"], self.generation, **vlm_inputs
+                [format_question(r.question, r.options) for r in part],
+                self.generation,
+                system_prompt=self.system_prompt,
             )
-            texts = self.processor.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
-            verdicts += [score_answer(t, r.answer, r.options) >= 0.5 for t, r in zip(texts, part)]
+            verdicts += [score_answer(t, r.answer, r.options) >= 0.5 for t, r in zip(answered.texts, part)]
         return verdicts
 
     def labels(self, rows: Sequence[SourceRow], degraded: Sequence[Image.Image]) -> list[str]:

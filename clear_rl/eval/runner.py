@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from clear_rl.answering import answer_batch
 from clear_rl.atomic import write_text
-from clear_rl.data.collate import encode_prompts
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import ClearRLError, DataError
@@ -32,9 +32,10 @@ from clear_rl.eval.quality import measure_restorations
 from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS, parse_dataset_name
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
+from clear_rl.restoration import RestorationSampling
 from clear_rl.reward_helpers import answer_scores
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class EvalConfig:
     restore: str | Sequence[str] = "model"  # model | always | never | oracle
     batch_size: int = 8
     max_new_tokens: int = 256
-    num_inference_steps: int | None = None
+    restoration_steps: int | None = None  # denoising steps of a restoration; None: the model's
     seed: int = 0
     system_prompt: str | None = SYSTEM_PROMPT
     judge: bool = False
@@ -69,6 +70,18 @@ class EvalConfig:
     # Extra per-row measures of a restoration: fn(row, decoded, degraded) -> {column: value}, with
     # the row's TSV cells and both images (3, S, S) in [-1, 1]; the values land in the predictions.
     restoration_metrics: Sequence[Callable[[dict, torch.Tensor, torch.Tensor], dict]] = ()
+    num_inference_steps: int | None = None  # deprecated: the old name of `restoration_steps`
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps is not None:
+            warnings.warn(
+                "EvalConfig(num_inference_steps=...) is deprecated and will be removed in the next "
+                "release: use restoration_steps",
+                FutureWarning,
+                stacklevel=3,
+            )
+            if self.restoration_steps is None:
+                self.restoration_steps = self.num_inference_steps
 
 
 def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -185,8 +198,7 @@ def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationCon
         restore=run.restore,
         readback=run.readback or "bridge",
         degraded_view=config.degraded_view,
-        sampler="ode",
-        num_inference_steps=config.num_inference_steps,
+        restoration=RestorationSampling(steps=config.restoration_steps, sampler="ode"),
     )
 
 
@@ -261,38 +273,26 @@ def answer_file(
     generation = _generation_config(config, run)
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     size = model.config.vae_image_size
-    tokenizer = processor.tokenizer
-    extra = (
-        {"image_processor": processor} if run.readback == "reencode" else {}
-    )  # its image processor is used
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         images = [decode_row_image(cells[i], keys[i], tsv) for i in chunk]
-        questions = [_prompt_question(rows[i]) for i in chunk]
-        batch = encode_prompts(processor, images, questions, config.system_prompt).to(model.device)
-        pixels = vae_pixel_values(images, size).to(model.device)
         clean_images = clean.images([keys[i] for i in chunk]) if clean is not None else None
         clean_pixels = vae_pixel_values(clean_images, size).to(model.device) if clean_images else None
-        oracle = {}
+        oracle = None
         if run.restore == "oracle":  # the clean latents are given, not the model's work: not timed
-            oracle = {"oracle_latents": model.encode_latents(clean_pixels).float()}
-        began = time.perf_counter()
-        out = generate_interleaved(
+            oracle = model.encode_latents(clean_pixels).float()
+        answered = answer_batch(
             model,
-            batch["input_ids"],
-            batch["attention_mask"],
+            processor,
+            images,
+            [_prompt_question(rows[i]) for i in chunk],
             generation,
-            vae_pixel_values=pixels,
+            system_prompt=config.system_prompt,
             generator=generator,
-            **oracle,
-            **extra,
-            **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")},
+            oracle_latents=oracle,
         )
-        latency = (time.perf_counter() - began) / len(chunk)
-        texts_out = tokenizer.batch_decode(
-            [ids[mask.bool()] for ids, mask in zip(out.completion_ids, out.completion_mask)],
-            skip_special_tokens=True,
-        )
+        out, texts_out, pixels = answered.output, answered.texts, answered.vae_pixel_values
+        latency = answered.seconds / len(chunk)
         columns = {key: [rows[i].get(key) for i in chunk] for key in rows[chunk[0]]}
         hits = answer_scores(texts_out, columns["answer"], columns, judge=config.judge)
         restored = out.restored.bool().cpu()
@@ -306,7 +306,7 @@ def answer_file(
                 pixels[picked.to(pixels.device)],
                 clean_pixels[picked.to(clean_pixels.device)],
                 degraded_latents=degraded_latents,
-                clean_latents=oracle["oracle_latents"][picked] if oracle else None,
+                clean_latents=oracle[picked] if oracle is not None else None,
                 compare_degraded=not is_clean_file,
             )
             where = {int(j): k for k, j in enumerate(picked.tolist())}

@@ -29,11 +29,46 @@ def chat_messages(question: str, system_prompt: str | None = SYSTEM_PROMPT) -> l
     return messages
 
 
-def prompt_texts(processor, questions: Sequence[str], system_prompt: str | None = SYSTEM_PROMPT) -> list[str]:
-    """Chat-template prompt strings ending with the assistant's turn opener."""
+Prompt = str | list[dict]  # a question, or a whole conversation (e.g. TRL's conversational prompt)
+
+
+def prompt_texts(
+    processor,
+    prompts: Sequence[Prompt],
+    system_prompt: str | None = SYSTEM_PROMPT,
+    chat_template_kwargs: dict | None = None,
+) -> list[str]:
+    """Chat-template prompt strings ending with the assistant's turn opener.
+
+    A question becomes `chat_messages(question, system_prompt)`; a conversation is used as it is.
+    """
     return [
         processor.apply_chat_template(
-            chat_messages(q, system_prompt), add_generation_prompt=True, tokenize=False
+            chat_messages(p, system_prompt) if isinstance(p, str) else p,
+            add_generation_prompt=True,
+            tokenize=False,
+            **(chat_template_kwargs or {}),
         )
-        for q in questions
+        for p in prompts
     ]
+
+
+def encode_prompts(
+    processor,
+    images: Sequence[Image.Image],
+    prompts: Sequence[Prompt],
+    system_prompt: str | None = SYSTEM_PROMPT,
+    padding_side: str = "left",
+    chat_template_kwargs: dict | None = None,
+):
+    """The processor's batch (input_ids, attention_mask, pixel_values, ...) of chat prompts, one image each."""
+    tokenizer = processor.tokenizer
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        texts = prompt_texts(processor, prompts, system_prompt, chat_template_kwargs)
+        return processor(
+            images=[im.convert("RGB") for im in images], text=texts, padding=True, return_tensors="pt"
+        )
+    finally:
+        tokenizer.padding_side = previous
