@@ -17,7 +17,7 @@ from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.recipe import load_recipe
 from clear_rl.trainers import grpo
-from clear_rl.trainers.grpo import InterleavedGRPOTrainer, to_grpo_dataset
+from clear_rl.trainers.grpo import FlowRollout, InterleavedGRPOTrainer, to_grpo_dataset
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ SMALL = {
     "per_device_train_batch_size": 4,
     "num_generations": 4,
     "max_completion_length": 6,
-    "num_inference_steps": 2,
+    "restoration_steps": 2,
     "max_steps": 1,
     "logging_steps": 1,
     "report_to": [],
@@ -68,7 +68,7 @@ class Recording(InterleavedGRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        self.scored = output
+        self.scored, self.scored_rollout = output, FlowRollout.cat(output["rollout"])
         return output
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -76,12 +76,17 @@ class Recording(InterleavedGRPOTrainer):
         self.last_logps = result[0].detach()
         return result
 
-    def _flow_loss(self, inputs, velocity):
-        if not hasattr(self, "flow_new"):
+    def _compute_loss(self, model, inputs):
+        if not hasattr(self, "first_inputs"):
             self.first_inputs = inputs
-            self.flow_new = self._flow_step(inputs, velocity).log_prob.view(inputs["flow_t"].shape).detach()
+        return super()._compute_loss(model, inputs)
+
+    def _flow_loss(self, rollout, velocity, advantages):
+        if not hasattr(self, "flow_new"):
+            self.first_rollout = rollout
+            self.flow_new = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape).detach()
             self.text_new = self.last_logps
-        return super()._flow_loss(inputs, velocity)
+        return super()._flow_loss(rollout, velocity, advantages)
 
 
 def _trainer(tmp_path, rewards, cls=InterleavedGRPOTrainer, model=None, **config):
@@ -98,11 +103,11 @@ def test_first_inner_step_ratios_are_exactly_one(tmp_path):
         tmp_path, [constant_by_position], cls=Recording, restore_policy="always", num_iterations=2
     )
     trainer.train()
-    inputs = trainer.first_inputs
-    assert "old_per_token_logps" in inputs and "flow_old_logps" in inputs
+    inputs, rollout = trainer.first_inputs, trainer.first_rollout
+    assert "old_per_token_logps" in inputs and rollout.old_log_probs is not None
     mask = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
     text_ratio = torch.exp(trainer.text_new - inputs["old_per_token_logps"])[mask]
-    flow_ratio = torch.exp(trainer.flow_new - inputs["flow_old_logps"])[inputs["restored"].bool()]
+    flow_ratio = torch.exp(trainer.flow_new - rollout.old_log_probs)[rollout.restored.bool()]
     assert text_ratio.numel() > 0 and flow_ratio.numel() > 0
     assert torch.equal(text_ratio, torch.ones_like(text_ratio))
     assert torch.equal(flow_ratio, torch.ones_like(flow_ratio))
@@ -118,7 +123,7 @@ def test_advantages_match_a_hand_computation_and_placeholders_are_masked(tmp_pat
     # Placeholders are in the completion but out of the text loss (TRL's tool mask), and only there.
     model = trainer._unified_model()
     placeholders = scored["completion_ids"] == model.token_ids.restored_pad
-    assert bool(scored["restored"].all())
+    assert bool(trainer.scored_rollout.restored.all())
     assert int(placeholders.sum(1).min()) == model.num_restored_tokens
     assert torch.equal(
         scored["tool_mask"].bool()[scored["completion_mask"].bool()],
@@ -188,7 +193,7 @@ training:
   per_device_train_batch_size: 4
   num_generations: 4
   max_completion_length: 6
-  num_inference_steps: 2
+  restoration_steps: 2
   max_steps: 2
   logging_steps: 1
   report_to: none
@@ -217,7 +222,7 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
         "-m", "clear_rl", "train", str(REPO / "recipes/demo/grpo.yaml"),
         f"model.path={tmp_path / 'model'}", f"data.path={data}", f"training.output_dir={tmp_path / 'out'}",
         "training.max_steps=2", "training.per_device_train_batch_size=4", "training.max_completion_length=6",
-        "training.num_inference_steps=2", "training.logging_steps=1",
+        "training.restoration_steps=2", "training.logging_steps=1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -229,19 +234,20 @@ def _scored_first_batch(trainer):
     """Run TRL's rollout-and-score on the first training batch; returns (rows, scored output)."""
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
-    return batch, trainer._generate_and_score_completions(batch)
+    scored = trainer._generate_and_score_completions(batch)
+    return batch, FlowRollout.cat(scored["rollout"])
 
 
 def test_restoring_rollouts_condition_on_the_degraded_images_latents(tmp_path):
     trainer = _trainer(tmp_path, [constant_by_position], restore_policy="always")
-    rows, scored = _scored_first_batch(trainer)
+    rows, rollout = _scored_first_batch(trainer)
     model = trainer._unified_model()
     with torch.no_grad():
         expected = model.encode_latents(
             vae_pixel_values([row["image"] for row in rows], model.config.vae_image_size)
         ).float()
-    assert bool(scored["restored"].all())
-    torch.testing.assert_close(scored["degraded_latents"], expected)
+    assert bool(rollout.restored.all())
+    torch.testing.assert_close(rollout.degraded_latents, expected)
 
 
 def test_rollouts_without_restoration_encode_nothing(tmp_path):
@@ -250,13 +256,13 @@ def test_rollouts_without_restoration_encode_nothing(tmp_path):
     encoded_batches = []
     original = model.encode_latents
     model.encode_latents = lambda images: encoded_batches.append(len(images)) or original(images)
-    rows, scored = _scored_first_batch(trainer)
-    assert not bool(scored["restored"].any())
+    rows, rollout = _scored_first_batch(trainer)
+    assert not bool(rollout.restored.any())
     # Neither the degraded images (no restoration to condition) nor the clean ones (latent_quality
     # compares restorations only) are encoded; rewards get clean_latents None for every row.
     assert encoded_batches == []
-    assert not bool(scored["degraded_latents"].any())  # all-masked flow tensors keep their shape
-    assert scored["degraded_latents"].shape == (len(rows), *model.latent_shape)
+    assert not bool(rollout.degraded_latents.any())  # all-masked flow tensors keep their shape
+    assert rollout.degraded_latents.shape == (len(rows), *model.latent_shape)
 
 
 def test_reencode_and_drop_reach_rollouts_and_scoring_passes(tmp_path):
@@ -292,18 +298,18 @@ def test_reencode_and_drop_reach_rollouts_and_scoring_passes(tmp_path):
     trainer.train()
     for hook in hooks:
         hook.remove()
-    scored = trainer.scored
-    embeds = scored["restored_embeds"]
+    scored, rollout = trainer.scored, trainer.scored_rollout
+    embeds = rollout.restored_embeds
     assert embeds.shape == (
         4,
         model.config.vlm_config.image_seq_length,
         model.config.get_text_config().hidden_size,
     )
-    expected = _expected_vision_tokens(model, trainer.processing_class, scored["restored_latents"])
+    expected = _expected_vision_tokens(model, trainer.processing_class, rollout.restored_latents)
     # Rows restored at different steps were decoded in different batches, which may flip a pixel's
     # 8-bit rounding: close to the vision tokens, far from the bridge's embeddings.
     torch.testing.assert_close(embeds, expected, atol=1e-3, rtol=0)
-    assert not torch.allclose(model.bridge(scored["restored_latents"]), embeds, atol=1e-2)
+    assert not torch.allclose(model.bridge(rollout.restored_latents), embeds, atol=1e-2)
     assert int((scored["completion_ids"] == pad).sum(1).min()) == embeds.shape[1]
     assert scored_calls, "no scoring pass saw the restored slot"
     for ids, mask, inputs_embeds in scored_calls:
@@ -316,3 +322,39 @@ def test_reencode_and_drop_reach_rollouts_and_scoring_passes(tmp_path):
             image_keys = ids[row] == image
             assert not bool(mask[row, 0, first:, image_keys].any())
             assert bool(mask[row, 0, first - 1, image_keys].all())
+
+
+def test_kl_to_the_reference_scores_the_flow_steps_against_the_reference_model(tmp_path):
+    # beta > 0: the flow's reference step means come from the reference model, in their own pass.
+    # Before the first update the policy is the reference, so the flow KL is zero; then it moves.
+    model, processor = build_tiny_model(seed=0)
+    save_unified(model, processor, tmp_path / "model")
+    model, processor = load_unified(tmp_path / "model")
+    trainer = _trainer(
+        tmp_path / "out",
+        [constant_by_position],
+        cls=Recording,
+        model=(model, processor),
+        restore_policy="always",
+        beta=0.5,
+        max_steps=2,
+        learning_rate=1e-2,
+    )
+    assert trainer.ref_model is not None
+    trainer.train()
+    rollout = trainer.first_rollout
+    assert rollout.reference_means is not None and rollout.reference_means.shape == rollout.x_t.shape
+    kls = [h["flow/kl"] for h in trainer.state.log_history if "flow/kl" in h]
+    assert len(kls) == 2 and abs(kls[0]) < 1e-6 and kls[1] > 1e-6, kls
+
+
+def test_prompts_are_built_without_writing_into_the_prepared_folder(tmp_path):
+    from datasets import load_from_disk
+
+    folder = _prepared_folder(tmp_path / "data")
+    before = sorted(p.name for p in folder.iterdir())
+    dataset = to_grpo_dataset(load_from_disk(str(folder)), system_prompt="Be brief.")
+    assert sorted(p.name for p in folder.iterdir()) == before  # no cache-*.arrow beside the data
+    prompt = dataset[0]["prompt"]
+    assert prompt[0] == {"role": "system", "content": "Be brief."}
+    assert "A. " in prompt[1]["content"] and prompt[1]["content"].startswith(_rows(1)[0]["question"])

@@ -69,6 +69,12 @@ class ComposedUnifiedConfig(PreTrainedConfig):
         return self.vlm_config.get_text_config(*args, **kwargs)
 
     @property
+    def auto_map(self) -> dict:
+        """Empty: not remote code. TRL reads it when it builds a full-parameter GRPO run's reference
+        model (beta > 0) from the model's folder."""
+        return {}
+
+    @property
     def image_token_id(self) -> int:
         """The VLM's image (ViT) placeholder token, which libraries read off a VLM's config."""
         return self.vlm_config.image_token_id

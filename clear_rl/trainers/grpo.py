@@ -2,45 +2,50 @@
 
 What TRL does, unchanged: sampling G completions per prompt, reward gathering across processes,
 group-normalised advantages, the text loss (loss types, clipping, KL), PEFT references, logging
-and checkpoints. What this subclass adds:
+and checkpoints. What this subclass adds, in the order a batch meets it:
 
-1. Rollouts (`rollout_func`, TRL's hook for custom generation): `generate_interleaved` writes text,
-   restores where the policy emits `<image_restore>` (an SDE, keeping the trajectory), bridges the
-   latent back and continues. Placeholders go to TRL as `env_mask` = 0, the way TRL masks tool
-   output, so the text loss covers model-written tokens only.
-2. Forward passes carry the rollout's restored latents (the bridged tokens are in the context
-   when text log-probs are recomputed; with `readback: reencode`, the rollout's vision-path tokens
-   of the decoded latents, kept like a tool's output; with `degraded_view: drop`, the same
-   hidden image tokens as in the rollout) and, in the same pass, re-run the chosen denoising steps
-   of each restoring rollout (`flow_latents` of the model's forward).
-3. The Flow-GRPO loss: per-step Gaussian log-prob ratios against the rollout-time policy, the
-   same advantages and clipping as the text; with `beta` > 0 a KL of step means to the reference.
-   L = L_text + flow_loss_weight * L_flow (`alternation: joint`), or text and flow optimizer
-   steps in turn (`alternation: alternate`).
+1. Rollout (`_rollout`, TRL's `rollout_func`): `answer_batch` writes text, restores where the
+   policy emits `<image_restore>` (an SDE, keeping the trajectory), reads the latent back and
+   continues. Placeholders go to TRL as `env_mask` = 0, the way TRL masks tool output, so the text
+   loss covers model-written tokens only. The batch's restorations become one `FlowRollout`: what
+   filled each slot and K chosen denoising steps of each trajectory.
+2. TRL's scoring passes (old policy when off-policy, reference when beta > 0) see the rollout's
+   slots (`_RolloutScorer`): restored latents (or the re-encoded tokens of `readback: reencode`),
+   and with `degraded_view: drop` the same hidden image tokens as the rollout.
+3. Rewards (`_calculate_rewards`): restoring rows first get their clean image's latent, for
+   `latent_quality`.
+4. Flow scoring (`_generate_and_score_completions`): the flow's own old-policy log-probs (when TRL
+   is off-policy) and reference step means (beta > 0), each one no-grad pass. The `FlowRollout`
+   then travels in TRL's inputs under `rollout`, shuffled and sliced with the batch.
+5. The loss (`_compute_loss`): one forward scores the text (TRL's loss) and re-runs the chosen
+   denoising steps (`flow_latents` of the model's forward); Flow-GRPO's loss on those steps uses
+   per-step Gaussian log-prob ratios, the same advantages and clipping as the text, and with
+   beta > 0 a KL of step means to the reference. L = L_text + flow_loss_weight * L_flow
+   (`alternation: joint`), or text and flow optimizer steps in turn (`alternation: alternate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from trl import GRPOTrainer
-from trl.data_utils import apply_chat_template
-from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_adapter
 
+from clear_rl.answering import answer_batch
 from clear_rl.data.prompts import format_question, row_options
 from clear_rl.errors import RecipeError
-from clear_rl.flow import sampling_schedule, sde_step, step_mean_kl
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.flow import sde_step, step_mean_kl
+from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.readback import first_placeholder, view_mask
 from clear_rl.recipe import Recipe
 from clear_rl.trainers.common import (
-    DEFAULT_TRAINABLE_PARTS,
     UnifiedCheckpointMixin,
     build_model,
     finish,
@@ -53,55 +58,92 @@ from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
-FLOW_KEYS = ("flow_latents", "flow_next", "flow_t", "flow_t_next")
 GRPO_COLUMNS = ("image", "question", "answer")  # clean_image, corruption, severity, ... are optional
+# The multimodal inputs TRL hands its scoring function (as in GRPOTrainer._compute_loss).
+MULTIMODAL_KEYS = (
+    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
+)  # fmt: skip
 
 
 @dataclass
-class _ForwardState:
-    """Per-row tensors a forward pass needs beside TRL's inputs, in the row order TRL uses."""
+class FlowRollout:
+    """A batch of rollouts as the scoring passes and the Flow-GRPO loss need them (dim 0: rows).
 
-    restored_latents: torch.Tensor
-    degraded_latents: torch.Tensor
-    restored: torch.Tensor
-    flow_latents: torch.Tensor
-    flow_t: torch.Tensor
+    TRL carries it in its inputs under `rollout` as a list of one-row pieces (`rows()`), which it
+    shuffles and slices with the rest of the batch; `FlowRollout.cat` joins a micro-batch again.
+    """
+
+    restored: torch.Tensor  # (B,) bool: the rollout restored
+    restored_latents: torch.Tensor  # (B, C, h, w) what the slot holds (zeros where not restored)
+    degraded_latents: torch.Tensor  # (B, C, h, w) what conditioned the head
+    x_t: torch.Tensor  # (B, K, C, h, w) the states at the K chosen denoising steps...
+    x_next: torch.Tensor  # (B, K, C, h, w) ...and the states the SDE drew from them
+    t: torch.Tensor  # (B, K) noise levels of x_t
+    t_next: torch.Tensor  # (B, K) noise levels of x_next
     restored_embeds: torch.Tensor | None = None  # (B, N, D) the slot's tokens under readback=reencode
-    velocities: list[torch.Tensor] = field(default_factory=list)  # one entry per forward call
+    old_log_probs: torch.Tensor | None = None  # (B, K) under the rollout's policy, when off-policy
+    reference_means: torch.Tensor | None = None  # (B, K, C, h, w) the reference's step means, beta > 0
+
+    def __len__(self) -> int:
+        return self.restored.shape[0]
+
+    def select(self, rows: slice | torch.Tensor) -> FlowRollout:
+        return FlowRollout(**{f.name: _index(getattr(self, f.name), rows) for f in fields(self)})
+
+    def rows(self) -> list[FlowRollout]:
+        return [self.select(slice(i, i + 1)) for i in range(len(self))]
+
+    @classmethod
+    def cat(cls, rows: list[FlowRollout]) -> FlowRollout:
+        return cls(**{f.name: _cat([getattr(r, f.name) for r in rows]) for f in fields(cls)})
 
 
-class _LatentAwareModel:
-    """Stands in for the model inside TRL's `_get_per_token_logps_and_entropies`.
+def _index(value: torch.Tensor | None, rows) -> torch.Tensor | None:
+    return None if value is None else value[rows]
 
-    TRL slices the batch into chunks (and multimodal tensors with it) and calls
-    `model(**inputs, labels=labels, fused_lm_head=True)` per chunk, expecting per-token
-    log-probs. This adds the chunk's restored and flow latents, runs the model's ordinary
-    forward, and returns what TRL reads; TRL's slicing logic is reused, not copied.
+
+def _cat(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if values[0] is None else torch.cat(values)
+
+
+class _RolloutScorer:
+    """The model as TRL's `_get_per_token_logps_and_entropies` calls it, with a rollout's slots.
+
+    TRL slices a batch into chunks (multimodal tensors with it) and calls
+    `model(**inputs, labels=labels, fused_lm_head=True)` per chunk, reading per-token log-probs.
+    This puts the chunk's restored latents (or re-encoded tokens) into the slot, hides the degraded
+    view where the rollout did and, with `flow`, re-runs the chosen denoising steps of the
+    restoring rows in the same pass (`velocity()` joins them). TRL's slicing is reused, not copied.
     """
 
     def __init__(
-        self, model, state: _ForwardState, temperature: float, keep: int, entropy: bool, drop_view: bool
+        self,
+        model,
+        rollout: FlowRollout,
+        keep: int,
+        temperature: float,
+        entropy: bool,
+        drop_view: bool,
+        flow: bool,
     ):
-        self.model, self.state, self.temperature = model, state, temperature
-        self.keep, self.entropy = keep, entropy  # TRL's logits_to_keep and compute_entropy
-        self.drop_view = drop_view  # hide image tokens after the slot, as the rollout did
+        self.model, self.rollout, self.keep, self.temperature = model, rollout, keep, temperature
+        self.entropy, self.drop_view, self.flow = entropy, drop_view, flow
         self.offset, self.velocities = 0, []
 
     def __call__(self, input_ids, attention_mask, labels, fused_lm_head=True, **inputs):
         rows = slice(self.offset, self.offset + input_ids.shape[0])
         self.offset = rows.stop
-        state, keep = self.state, self.keep
-        restoring = bool(state.restored[rows].any())
+        part, keep = self.rollout.select(rows), self.keep
+        restoring = bool(part.restored.any())
         flow = {}
-        if restoring:  # re-run the chosen denoising steps in this same forward pass
+        if self.flow and restoring:
             flow = {
-                "flow_latents": state.flow_latents[rows],
-                "flow_timesteps": state.flow_t[rows],
-                "flow_rows": state.restored[rows],
-                "degraded_latents": state.degraded_latents[rows],
+                "flow_latents": part.x_t,
+                "flow_timesteps": part.t,
+                "flow_rows": part.restored,
+                "degraded_latents": part.degraded_latents,
             }
-        if state.restored_embeds is not None:
-            inputs["restored_embeds"] = state.restored_embeds[rows]
         if self.drop_view and restoring:
             unified = unified_core(self.model)
             hide_from = first_placeholder(input_ids, unified.token_ids.restored_pad)
@@ -109,14 +151,15 @@ class _LatentAwareModel:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            restored_latents=state.restored_latents[rows],
+            restored_latents=part.restored_latents,
+            restored_embeds=part.restored_embeds,
             logits_to_keep=keep + 1,
             use_cache=False,
             **flow,
             **inputs,
         )
-        velocity = outputs["flow_velocity"] if restoring else torch.zeros_like(state.flow_latents[rows])
-        self.velocities.append(velocity)
+        if self.flow:
+            self.velocities.append(outputs["flow_velocity"] if flow else torch.zeros_like(part.x_t))
         logits = outputs.logits[:, :-1]  # position j predicts token j + 1
         # TRL reads the last `keep` positions; labels are -100 before them and on padding.
         mask = (labels[:, -keep:] != -100).float()
@@ -128,6 +171,12 @@ class _LatentAwareModel:
             with torch.no_grad():
                 entropy = entropy_from_logits(logits / self.temperature) * mask
         return _ScoredTokens(log_probs=log_probs * mask, entropy=entropy, aux_loss=None)
+
+    def velocity(self) -> torch.Tensor:
+        """(B, K, C, h, w) the head's velocities at the chosen steps, for every row scored."""
+        if self.offset != len(self.rollout):
+            raise RuntimeError(f"scored {self.offset} of the rollout's {len(self.rollout)} rows")
+        return torch.cat(self.velocities)
 
 
 @dataclass
@@ -158,54 +207,21 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         unified = self._unified_model()
         if unified.token_ids.answer_end not in self.eos_token_ids:
             self.eos_token_ids.append(unified.token_ids.answer_end)  # `</answer>` ends a completion too
-        self._schedule = sampling_schedule(args.num_inference_steps, args.flow_shift)
+        self._schedule = args.restoration_sampling.schedule(unified)
         seed = args.seed + self.accelerator.process_index
         self._generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
         self._step_chooser = torch.Generator().manual_seed(seed)
-        self._batch_inputs: list[dict] | None = None  # rows of the batch being rolled out
-        self._stash: dict[str, torch.Tensor] = {}  # the rollout's per-row tensors, added to TRL's output
-        self._state: _ForwardState | None = None  # what forward passes need beside TRL's inputs
+        # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
+        # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
+        self._scoring: FlowRollout | None = None
 
     def _unified_model(self):
         return unified_core(self.model)
 
-    # -- rollouts ---------------------------------------------------------------------------------
-    def _generate_and_score_completions(self, inputs):
-        self._batch_inputs = inputs  # the rollout reads `image` and `clean_image` from the rows
-        output = super()._generate_and_score_completions(inputs)
-        state, stash = self._state, self._stash
-        calls = iter(state.velocities)  # forwards TRL ran after the rollout: old policy, then reference
-        if "old_per_token_logps" in output:
-            output["flow_old_logps"] = self._flow_step(stash, next(calls)).log_prob.view(
-                stash["flow_t"].shape
-            )
-        if self.beta != 0.0:
-            reference = self._flow_step(stash, next(calls)).mean
-            output["flow_ref_mean"] = reference.view(*stash["flow_t"].shape, *reference.shape[1:])
-        output.update(stash)
-        mode = "train" if self.model.training else "eval"
-        restore_rate = self.accelerator.gather(stash["restored"].float()).mean().item()
-        self._metrics[mode]["restore_rate"].append(restore_rate)
-        return output
-
+    # -- 1. the rollout ---------------------------------------------------------------------------
     def _rollout(self, prompts: list, trainer) -> dict:
         """TRL's `rollout_func`: interleaved generation for a batch of (already repeated) prompts."""
-        args, device = self.args, self.accelerator.device
-        rows = self._batch_inputs  # TRL's rows of these prompts, in order (it inserted `image` into them)
-        images = [row["image"] for row in rows]
-        texts = [
-            apply_chat_template({"prompt": p}, self.processing_class, **self.chat_template_kwargs)["prompt"]
-            for p in prompts
-        ]
-        encoded = self.processing_class(
-            images=[[image] for image in images],
-            text=texts,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-        ).to(device)
-        unified = self._unified_model()
-        size = unified.config.vae_image_size
+        args = self.args
         config = InterleavedGenerationConfig(
             max_new_tokens=args.max_completion_length,
             do_sample=True,
@@ -215,63 +231,26 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             restore=args.restore_policy,
             readback=args.readback,
             degraded_view=args.degraded_view,
-            sampler="sde",
-            num_inference_steps=args.num_inference_steps,
-            flow_shift=args.flow_shift,
-            noise_level=args.sde_noise_level,
+            restoration=args.restoration_sampling,
         )
-        vlm_inputs = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
-            ) as generator_model,
-            torch.no_grad(),
-        ):
-            # The degraded images' latents only condition restorations: generation encodes them when
-            # the first row restores, so a batch in which nobody restores (all of them under
-            # `restore_policy: never`) skips that VAE encode.
-            out = generate_interleaved(
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
+        ) as generator_model:
+            answered = answer_batch(
                 generator_model,
-                encoded["input_ids"],
-                encoded["attention_mask"],
+                self.processing_class,
+                [prompt_image(p) for p in prompts],  # TRL put each row's `image` into its prompt
+                prompts,
                 config,
-                vae_pixel_values=vae_pixel_values(images, size).to(device),
                 generator=self._generator,
-                image_processor=self.processing_class if args.readback == "reencode" else None,
-                **vlm_inputs,
+                chat_template_kwargs=self.chat_template_kwargs,
             )
-            degraded = out.degraded_latents
-            if degraded is None:  # nobody restored: the flow tensors, all masked, only need the shape
-                degraded = torch.zeros(len(prompts), *unified.latent_shape, device=device)
-            # The clean image's latent is what restorations are compared with (latent_quality):
-            # encoded for the rows that restored, None for the others.
-            clean_latents: list[torch.Tensor | None] = [None] * len(prompts)
-            restoring = [
-                i for i, r in enumerate(out.restored.tolist()) if r and rows[i].get("clean_image") is not None
-            ]
-            if restoring:
-                encoded_clean = generator_model.encode_latents(
-                    vae_pixel_values([rows[i]["clean_image"] for i in restoring], size).to(device)
-                ).float()
-                for i, latent in zip(restoring, encoded_clean.cpu()):
-                    clean_latents[i] = latent
-        self._stash = self._flow_stash(out, degraded)
-        if out.restored_embeds is not None:  # readback=reencode and someone restored: what the slot read
-            self._stash["restored_embeds"] = out.restored_embeds
-        self._state = _ForwardState(
-            out.restored_latents,
-            degraded,
-            out.restored,
-            self._stash["flow_latents"],
-            self._stash["flow_t"],
-            self._stash.get("restored_embeds"),
-        )
-        real = out.completion_mask.bool()
-        text = out.text_mask
-        restored = out.restored.tolist()
+        out = answered.output
+        self._scoring = self._flow_rollout(out)
+        real, text, restored = out.completion_mask.bool(), out.text_mask, out.restored.tolist()
         return {
             "prompt_ids": [
-                ids[m.bool()].tolist() for ids, m in zip(encoded["input_ids"], encoded["attention_mask"])
+                ids[m.bool()].tolist() for ids, m in zip(answered.prompt_ids, answered.prompt_mask)
             ],
             "completion_ids": [ids[m].tolist() for ids, m in zip(out.completion_ids, real)],
             "logprobs": [lp[m].tolist() for lp, m in zip(out.token_logprobs, real)],
@@ -279,47 +258,38 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             # Per-completion keyword arguments of the reward functions.
             "restored": restored,
             "restored_latents": [lat.cpu() if r else None for lat, r in zip(out.restored_latents, restored)],
-            "clean_latents": clean_latents,
         }
 
-    def _flow_stash(self, out, degraded: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-row tensors of the flow loss: K chosen denoising steps of each trajectory."""
-        batch, steps = out.restored.shape[0], self.args.num_inference_steps
+    def _flow_rollout(self, out: InterleavedOutput) -> FlowRollout:
+        """The batch's slots and K chosen denoising steps of each trajectory (random, per rollout)."""
+        batch, steps = out.restored.shape[0], self.args.restoration_steps
+        device = out.restored_latents.device
+        degraded = out.degraded_latents
+        if degraded is None:  # nobody restored: flow tensors exist (for TRL's batching) but are masked
+            degraded = torch.zeros(batch, *self._unified_model().latent_shape, device=device)
+        trajectory = out.trajectory
+        if trajectory is None:
+            trajectory = degraded.new_zeros(batch, steps + 1, *degraded.shape[1:])
         k = steps if self.args.flow_train_steps == -1 else self.args.flow_train_steps
         chosen = torch.stack([torch.randperm(steps, generator=self._step_chooser)[:k] for _ in range(batch)])
-        chosen = chosen.sort(dim=1).values.to(degraded.device)
-        schedule = self._schedule.to(degraded.device)
-        trajectory = out.trajectory
-        if trajectory is None:  # nobody restored: flow tensors exist (for TRL's batching) but are masked
-            trajectory = degraded.new_zeros(batch, steps + 1, *degraded.shape[1:])
-        rows = torch.arange(batch, device=degraded.device)[:, None]
-        return {
-            "restored": out.restored,
-            "restored_latents": out.restored_latents,
-            "degraded_latents": degraded,
-            "flow_latents": trajectory[rows, chosen],
-            "flow_next": trajectory[rows, chosen + 1],
-            "flow_t": schedule[chosen],
-            "flow_t_next": schedule[chosen + 1],
-        }
-
-    def _flow_step(self, batch: dict[str, torch.Tensor], velocity: torch.Tensor):
-        """Score the stored transitions x_t -> x_next under `velocity` (Flow-GRPO's SDE step)."""
-        flat = {key: batch[key].flatten(0, 1) for key in FLOW_KEYS}
-        steps = batch["flow_latents"].shape[1]
-        mean = self._unified_model().flow_source_mean(batch["degraded_latents"])
-        return sde_step(
-            flat["flow_latents"],
-            velocity.flatten(0, 1),
-            flat["flow_t"],
-            flat["flow_t_next"],
-            self.args.sde_noise_level,
-            t_max=float(self._schedule[1]),
-            next_sample=flat["flow_next"],
-            source_mean=None if mean is None else mean.repeat_interleave(steps, dim=0),
+        chosen = chosen.sort(dim=1).values.to(device)
+        schedule, rows = self._schedule.to(device), torch.arange(batch, device=device)[:, None]
+        return FlowRollout(
+            restored=out.restored,
+            restored_latents=out.restored_latents,
+            degraded_latents=degraded,
+            x_t=trajectory[rows, chosen],
+            x_next=trajectory[rows, chosen + 1],
+            t=schedule[chosen],
+            t_next=schedule[chosen + 1],
+            restored_embeds=out.restored_embeds,
         )
 
-    # -- forward passes ---------------------------------------------------------------------------
+    # -- 2. scoring passes ------------------------------------------------------------------------
+    def _scorer(self, model, rollout: FlowRollout, keep: int, entropy: bool, flow: bool) -> _RolloutScorer:
+        drop = self.args.degraded_view == "drop"
+        return _RolloutScorer(model, rollout, keep, self.temperature, entropy, drop, flow)
+
     def _get_per_token_logps_and_entropies(
         self,
         model,
@@ -330,32 +300,122 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         compute_entropy=False,
         **kwargs,
     ):
-        stand_in = _LatentAwareModel(
-            model,
-            self._state,
-            self.temperature,
-            logits_to_keep,
-            compute_entropy,
-            drop_view=self.args.degraded_view == "drop",
+        if not isinstance(model, _RolloutScorer):  # one of TRL's scoring passes of a fresh rollout
+            rollout = self._scoring
+            if rollout is None or len(rollout) != input_ids.shape[0]:
+                raise RuntimeError(
+                    "TRL scored completions outside a rollout of this trainer; this TRL version's call "
+                    "order is not the one InterleavedGRPOTrainer supports"
+                )
+            model = self._scorer(model, rollout, logits_to_keep, compute_entropy, flow=False)
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )
-        result = super()._get_per_token_logps_and_entropies(
-            stand_in, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
-        )
-        self._state.velocities.append(torch.cat(stand_in.velocities))
-        return result
 
-    # -- the loss ---------------------------------------------------------------------------------
-    def _compute_loss(self, model, inputs):
-        self._state = _ForwardState(
-            inputs["restored_latents"],
-            inputs["degraded_latents"],
-            inputs["restored"],
-            inputs["flow_latents"],
-            inputs["flow_t"],
-            inputs.get("restored_embeds"),
+    # -- 3. rewards -------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards, after giving each restoring row its clean image's latent (`clean_latents`,
+        None elsewhere: `latent_quality` compares restorations only)."""
+        restoring = [
+            i for i, row in enumerate(inputs) if row["restored"] and row.get("clean_image") is not None
+        ]
+        clean_latents: list[torch.Tensor | None] = [None] * len(inputs)
+        if restoring:
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped,
+                    self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                ) as model,
+                torch.no_grad(),
+            ):
+                pixels = vae_pixel_values(
+                    [inputs[i]["clean_image"] for i in restoring], model.config.vae_image_size
+                )
+                encoded = model.encode_latents(pixels.to(self.accelerator.device)).float().cpu()
+            for i, latent in zip(restoring, encoded):
+                clean_latents[i] = latent
+        for row, latent in zip(inputs, clean_latents):
+            row["clean_latents"] = latent
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    # -- 4. flow scoring --------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        self._scoring = None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            rollout = self._scoring
+        finally:
+            self._scoring = None
+        if rollout is None or len(rollout) != output["completion_ids"].shape[0]:
+            raise RuntimeError("TRL returned completions this trainer's rollout did not make")
+        if bool(rollout.restored.any()):
+            if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
+                velocity = self._flow_velocity(self.model, rollout, output)
+                rollout.old_log_probs = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape)
+            if self.beta != 0.0:
+                with self._reference_model() as reference:
+                    velocity = self._flow_velocity(reference, rollout, output)
+                mean = self._flow_step(rollout, velocity).mean
+                rollout.reference_means = mean.view(*rollout.t.shape, *mean.shape[1:])
+        else:  # nothing to score: the loss masks every step
+            rollout.old_log_probs = torch.zeros_like(rollout.t) if "old_per_token_logps" in output else None
+            rollout.reference_means = torch.zeros_like(rollout.x_t) if self.beta != 0.0 else None
+        output["rollout"] = rollout.rows()  # TRL shuffles and slices lists with the batch
+        mode = "train" if self.model.training else "eval"
+        restore_rate = self.accelerator.gather(rollout.restored.float()).mean().item()
+        self._metrics[mode]["restore_rate"].append(restore_rate)
+        return output
+
+    @torch.no_grad()
+    def _flow_velocity(self, model, rollout: FlowRollout, output) -> torch.Tensor:
+        """`model`'s head velocities at the rollout's chosen steps: one no-grad pass over the batch."""
+        scorer = self._scorer(model, rollout, keep=1, entropy=False, flow=True)
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            super()._get_per_token_logps_and_entropies(
+                scorer,
+                input_ids,
+                attention_mask,
+                1,
+                batch_size=self.args.per_device_train_batch_size,
+                **{key: output.get(key) for key in MULTIMODAL_KEYS},
+            )
+        return scorer.velocity()
+
+    @contextlib.contextmanager
+    def _reference_model(self):
+        """The model TRL scores its reference with: `ref_model`, else the PEFT model with its
+        adapters off (or its `ref` adapter), as in `GRPOTrainer._generate_and_score_completions`."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            yield self.model
+
+    def _flow_step(self, rollout: FlowRollout, velocity: torch.Tensor):
+        """Score the stored transitions x_t -> x_next under `velocity` (Flow-GRPO's SDE step)."""
+        steps = rollout.x_t.shape[1]
+        mean = self._unified_model().flow_source_mean(rollout.degraded_latents)
+        return sde_step(
+            rollout.x_t.flatten(0, 1),
+            velocity.flatten(0, 1),
+            rollout.t.flatten(),
+            rollout.t_next.flatten(),
+            self.args.restoration_noise_level,
+            t_max=float(self._schedule[1]),
+            next_sample=rollout.x_next.flatten(0, 1),
+            source_mean=None if mean is None else mean.repeat_interleave(steps, dim=0),
         )
-        text_loss = super()._compute_loss(model, inputs)
-        flow_loss = self._flow_loss(inputs, self._state.velocities[-1])
+
+    # -- 5. the loss ------------------------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        rollout = FlowRollout.cat(inputs["rollout"])
+        scorer = self._scorer(model, rollout, inputs["completion_ids"].shape[1], entropy=True, flow=True)
+        text_loss = super()._compute_loss(scorer, inputs)  # TRL's GRPO loss, scored by our forward
+        flow_loss = self._flow_loss(rollout, scorer.velocity(), inputs["advantages"])
         mode = "train" if self.model.training else "eval"
         weight = self.args.flow_loss_weight
         if self.args.alternation == "alternate" and mode == "train":
@@ -370,25 +430,32 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         )
         return loss
 
-    def _flow_loss(self, inputs, velocity: torch.Tensor) -> torch.Tensor:
+    def _flow_loss(
+        self, rollout: FlowRollout, velocity: torch.Tensor, advantages: torch.Tensor
+    ) -> torch.Tensor:
         """PPO-clipped Flow-GRPO loss over the chosen steps of restoring rollouts."""
-        step = self._flow_step(inputs, velocity)
-        shape = inputs["flow_t"].shape
+        step = self._flow_step(rollout, velocity)
+        shape = rollout.t.shape
         log_prob = step.log_prob.view(shape)
-        old = inputs.get("flow_old_logps")
+        old = rollout.old_log_probs
         old = log_prob.detach() if old is None else old  # on-policy: ratio exactly 1, as TRL does for text
         ratio = torch.exp(log_prob - old)
-        advantages = inputs["advantages"].view(-1, 1)
+        advantages = advantages.view(-1, 1)
         clipped = torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
         per_step = -torch.min(ratio * advantages, clipped * advantages)
-        mask = inputs["restored"].bool()[:, None].expand(shape)
+        mask = rollout.restored.bool()[:, None].expand(shape)
         kl = None
         if self.beta != 0.0:
-            kl = step_mean_kl(step.mean, inputs["flow_ref_mean"].flatten(0, 1), step.std).view(shape)
+            kl = step_mean_kl(step.mean, rollout.reference_means.flatten(0, 1), step.std).view(shape)
             per_step = per_step + self.beta * kl
         count = mask.sum().clamp(min=1)
         loss = torch.where(mask, per_step, 0.0).sum() / count
-        mode = "train" if self.model.training else "eval"
+        self._log_flow_metrics(loss, count, mask, ratio, advantages, kl)
+        normalizer = self.current_gradient_accumulation_steps if self.model.training else 1.0
+        return loss / normalizer
+
+    def _log_flow_metrics(self, loss, count, mask, ratio, advantages, kl) -> None:
+        """The flow loss, clip fraction, mean ratio and KL over every process's restoring steps."""
         is_clipped = ((ratio < 1 - self.epsilon_low) & (advantages < 0)) | (
             (ratio > 1 + self.epsilon_high) & (advantages > 0)
         )
@@ -403,37 +470,54 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         )
         totals = self.accelerator.reduce(stats, reduction="sum")
         denominator = totals[4].clamp(min=1)
-        self._metrics[mode]["flow/loss"].append((totals[0] / denominator).item())
-        self._metrics[mode]["flow/clip_ratio"].append((totals[1] / denominator).item())
-        self._metrics[mode]["flow/ratio_mean"].append(
-            (totals[2] / denominator).item() if totals[4] > 0 else 1.0
-        )
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["flow/loss"].append((totals[0] / denominator).item())
+        metrics["flow/clip_ratio"].append((totals[1] / denominator).item())
+        metrics["flow/ratio_mean"].append((totals[2] / denominator).item() if totals[4] > 0 else 1.0)
         if kl is not None:
-            self._metrics[mode]["flow/kl"].append((totals[3] / denominator).item())
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        return loss / normalizer
+            metrics["flow/kl"].append((totals[3] / denominator).item())
+
+
+def prompt_image(prompt: list[dict]):
+    """The image TRL inserted into a conversational prompt (`{"type": "image", "image": ...}`)."""
+    images = [
+        block["image"]
+        for message in prompt
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if block.get("type") == "image" and block.get("image") is not None
+    ]
+    if len(images) != 1:
+        raise ValueError(
+            f"a GRPO prompt carries one image (the dataset's `image`), this one has {len(images)}"
+        )
+    return images[0]
 
 
 def to_grpo_dataset(prepared, system_prompt: str | None):
-    """Prepared rows -> TRL's conversational prompts (the image is inserted by TRL from `image`)."""
+    """Prepared rows -> TRL's conversational prompts (the image is inserted by TRL from `image`).
 
-    def prompt(row):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": format_question(row["question"], row_options(row))})
-        return {"prompt": messages}
-
-    return prepared.map(prompt, desc="GRPO prompts")
+    The prompts are added as an in-memory column: `Dataset.map` would write `cache-*.arrow` files
+    into the prepared dataset's own folder.
+    """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    options = [c for c in prepared.column_names if c == "options" or (len(c) == 1 and c.isupper())]
+    text = prepared.select_columns(["question", *options])
+    prompts = [
+        [*system, {"role": "user", "content": format_question(row["question"], row_options(row))}]
+        for row in text
+    ]
+    return prepared.add_column("prompt", prompts)
 
 
 def train(recipe: Recipe, callbacks=()) -> None:
     """Run stage 3 from a validated recipe (`callbacks`: extra TrainerCallbacks)."""
+    from clear_rl.rewards import load_rewards
     from clear_rl.trainers.progress import attach_callbacks
 
     args: InterleavedGRPOConfig = recipe.training
     if not recipe.rewards:
         raise RecipeError(f"{recipe.source}: the grpo stage needs a `rewards:` section")
-    from clear_rl.rewards import load_rewards
-
     reward_funcs, weights = load_rewards(recipe.rewards)
     if args.reward_weights is not None:
         raise RecipeError(
@@ -441,12 +525,7 @@ def train(recipe: Recipe, callbacks=()) -> None:
         )
     args.reward_weights = weights
     seed_everything(args.seed)
-    model, processor = build_model(
-        recipe.model,
-        default_parts=DEFAULT_TRAINABLE_PARTS,
-        adapter_base_dir=Path(args.output_dir) / "base",
-        args=args,
-    )
+    model, processor = build_model(recipe.model, adapter_base_dir=Path(args.output_dir) / "base", args=args)
     data = load_split(recipe.data.path, recipe.data.split, recipe.data.max_samples, required=GRPO_COLUMNS)
     trainer = InterleavedGRPOTrainer(
         model,
