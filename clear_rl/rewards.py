@@ -12,8 +12,9 @@ parameters bound to the function:
 Each function follows TRL's contract `fn(prompts, completions, **kwargs) -> list[float | None]`.
 The wrapper TRL receives checks what the function returns, passes only the keywords it accepts
 (when it has no **kwargs), and turns any failure into a RewardError that names the plugin and
-the completion that broke it. Built-ins live in the top-level `rewards/` folder of a checkout
-(editable installs use it) and ship in wheels as `clear_rl/builtin_rewards/`.
+the completion that broke it. Built-ins are the modules of the package `clear_rl.builtin_rewards`
+(the top-level `rewards/` folder, see pyproject.toml), imported by name; a user's file is
+imported from its path, a dotted path by name.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import inspect
 import math
 import numbers
 import os
+import pkgutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,24 +39,14 @@ from clear_rl.errors import ClearRLError, RewardError
 from clear_rl.reward_helpers import completion_text
 
 CALL_ARGUMENTS = ("prompts", "completions")
+BUILTIN_PACKAGE = "clear_rl.builtin_rewards"
 _loaded_files: dict[Path, ModuleType] = {}
 
 
-def builtin_rewards_dir() -> Path:
-    """The folder of built-in plugins: inside the installed package, else the checkout's rewards/."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "builtin_rewards", package_dir.parent / "rewards"):
-        if (candidate / "accuracy.py").is_file():
-            return candidate
-    raise RewardError(
-        f"clear-rl's built-in rewards are missing: neither {package_dir / 'builtin_rewards'} nor "
-        f"{package_dir.parent / 'rewards'} holds them; reinstall clear-rl"
-    )
-
-
 def builtin_reward_names() -> list[str]:
-    """Names usable as `name:` in a recipe."""
-    return sorted(p.stem for p in builtin_rewards_dir().glob("*.py") if not p.stem.startswith("_"))
+    """Names usable as `name:` in a recipe: the modules of `clear_rl.builtin_rewards`."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
 
 @dataclass(frozen=True)
@@ -155,10 +147,11 @@ def parse_reward_specs(entries: Sequence[Any], base_dir: str | os.PathLike | Non
 
 
 def _load_file(file: Path, where: str) -> ModuleType:
+    """Import a user's plugin file once, under a module name of its own (its stem and a hash of
+    its path, so that two `rewards.py` of different folders do not collide)."""
     if file in _loaded_files:
         return _loaded_files[file]
-    digest = hashlib.sha1(str(file).encode()).hexdigest()[:10]
-    module_name = f"_clear_rl_reward_{file.stem}_{digest}"
+    module_name = f"_clear_rl_reward_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
         raise RewardError(f"{where}: {file} cannot be imported as Python")
@@ -184,16 +177,14 @@ def _import_module(name: str, where: str) -> ModuleType:
 
 def resolve_function(spec: RewardSpec) -> Callable[..., Any]:
     """Import the function a spec names; RewardError names the missing file, module or function."""
-    if spec.name is not None:
-        module = _load_file(builtin_rewards_dir() / f"{spec.name}.py", spec.where)
-        target, function_name = str(builtin_rewards_dir() / f"{spec.name}.py"), spec.name
+    if spec.name is not None:  # a built-in: module clear_rl.builtin_rewards.<name>, function <name>
+        target, function_name = f"{BUILTIN_PACKAGE}.{spec.name}", spec.name
     else:
         target, function_name = _split_target(spec.path or "")
-        module = (
-            _load_file(Path(target), spec.where)
-            if _is_file_target(target)
-            else _import_module(target, spec.where)
-        )
+    if _is_file_target(target):
+        module = _load_file(Path(target), spec.where)
+    else:
+        module = _import_module(target, spec.where)
     function = getattr(module, function_name, None)
     if not callable(function):
         defined = sorted(
