@@ -29,7 +29,7 @@ import numbers
 import os
 import pkgutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -194,6 +194,13 @@ def resolve_function(spec: RewardSpec) -> Callable[..., Any]:
     return function
 
 
+# How one reward call goes, written once for plugins of both kinds (LoadedReward._plan): a
+# generator that yields the keyword arguments of each plugin call it wants, is sent back
+# (values, None) or (None, exception), and returns the checked values. The two __call__ methods
+# only make those calls: LoadedReward's directly, AsyncLoadedReward's awaiting each.
+_CallPlan = Generator[dict[str, Any], tuple[Any, Exception | None], list[float | None]]
+
+
 class LoadedReward:
     """A plugin function made ready for TRL: named, parameters bound, output checked, errors located."""
 
@@ -216,9 +223,9 @@ class LoadedReward:
             raise RewardError(
                 f"{spec.where}: {function.__name__}{signature} must accept `completions` (TRL's contract)"
             )
-        unknown = sorted(set(spec.params) - (self._named - set(CALL_ARGUMENTS)))
+        accepted = sorted(self._named - set(CALL_ARGUMENTS))
+        unknown = sorted(set(spec.params) - set(accepted))
         if unknown:
-            accepted = sorted(self._named - set(CALL_ARGUMENTS))
             raise RewardError(
                 f"{spec.where}: unknown parameter(s) {unknown} for {function.__name__}; it accepts {accepted}"
             )
@@ -255,7 +262,7 @@ class LoadedReward:
             )
 
     def _failure(self, exc: Exception, row: int | None, completions: Sequence[Any]) -> RewardError:
-        if isinstance(exc, ClearRLError):
+        if isinstance(exc, ClearRLError):  # a plugin's own error (or the judge's) already says what is wrong
             return RewardError(f"{self.spec.where}: {exc}")
         cause = f"{type(exc).__name__}: {exc}"
         if row is None:
@@ -270,22 +277,33 @@ class LoadedReward:
             f"{self.spec.where} raised on completion {row} of {len(completions)} ({shown!r}): {cause}"
         )
 
+    def _plan(self, prompts: Any, completions: Sequence[Any], batch: Mapping[str, Any]) -> _CallPlan:
+        """Call on the whole batch; when that raises (other than a ClearRLError, which already says
+        what is wrong), call row by row so that the RewardError names the completion that breaks."""
+        arguments = self._arguments(prompts, completions, batch)
+        values, error = yield arguments
+        if error is None:
+            return check_reward_values(values, len(completions), self.spec.where)
+        if not isinstance(error, ClearRLError):
+            for row, row_arguments in self._per_row(arguments, len(completions)):
+                _, row_error = yield row_arguments
+                if row_error is not None:
+                    raise self._failure(row_error, row, completions) from row_error
+        raise self._failure(error, None, completions) from error
+
     def __call__(
         self, prompts: Any = None, completions: Sequence[Any] = (), **batch: Any
     ) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, batch)
+        plan, outcome = self._plan(prompts, completions, batch), None
         try:
-            values = self.function(**arguments)
-        except ClearRLError as exc:  # a plugin's own error (or the judge's) already says what is wrong
-            raise self._failure(exc, None, completions) from exc
-        except Exception as exc:
-            for row, row_arguments in self._per_row(arguments, len(completions)):
+            while True:
+                arguments = plan.send(outcome)
                 try:
-                    self.function(**row_arguments)
-                except Exception as row_exc:
-                    raise self._failure(row_exc, row, completions) from row_exc
-            raise self._failure(exc, None, completions) from exc
-        return check_reward_values(values, len(completions), self.spec.where)
+                    outcome = (self.function(**arguments), None)
+                except Exception as exc:
+                    outcome = (None, exc)
+        except StopIteration as done:
+            return done.value
 
 
 class AsyncLoadedReward(LoadedReward):
@@ -294,19 +312,16 @@ class AsyncLoadedReward(LoadedReward):
     async def __call__(
         self, prompts: Any = None, completions: Sequence[Any] = (), **batch: Any
     ) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, batch)
+        plan, outcome = self._plan(prompts, completions, batch), None
         try:
-            values = await self.function(**arguments)
-        except ClearRLError as exc:  # a plugin's own error (or the judge's) already says what is wrong
-            raise self._failure(exc, None, completions) from exc
-        except Exception as exc:
-            for row, row_arguments in self._per_row(arguments, len(completions)):
+            while True:
+                arguments = plan.send(outcome)
                 try:
-                    await self.function(**row_arguments)
-                except Exception as row_exc:
-                    raise self._failure(row_exc, row, completions) from row_exc
-            raise self._failure(exc, None, completions) from exc
-        return check_reward_values(values, len(completions), self.spec.where)
+                    outcome = (await self.function(**arguments), None)
+                except Exception as exc:
+                    outcome = (None, exc)
+        except StopIteration as done:
+            return done.value
 
 
 def check_reward_values(values: Any, count: int, where: str) -> list[float | None]:
@@ -344,7 +359,7 @@ def _dry_run(reward: LoadedReward) -> None:
     try:
         reward.function(**reward._arguments([], [], empty))
     except ClearRLError as exc:
-        raise RewardError(f"{reward.spec.where}: {exc}") from exc
+        raise reward._failure(exc, None, []) from exc
     except Exception:
         pass
 
