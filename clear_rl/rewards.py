@@ -68,8 +68,12 @@ class RewardSpec:
 
     @property
     def where(self) -> str:
-        place = f"rewards[{self.position}]" if self.position is not None else "reward"
-        return f"{place} ({self.name or self.path})"
+        return f"{_place(self.position)} ({self.name or self.path})"
+
+
+def _place(position: int | None) -> str:
+    """How messages name a recipe entry: `rewards[2]`, or `reward` for one given on its own."""
+    return f"rewards[{position}]" if position is not None else "reward"
 
 
 def _is_file_target(target: str) -> bool:
@@ -101,7 +105,7 @@ def parse_reward_spec(
     entry: Any, position: int | None = None, base_dir: str | os.PathLike | None = None
 ) -> RewardSpec:
     """One recipe entry (a mapping, or a bare built-in name) -> RewardSpec; RewardError says what is wrong."""
-    where = f"rewards[{position}]" if position is not None else "reward"
+    where = _place(position)
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, Mapping):
