@@ -67,13 +67,15 @@ def answer_scores(
     Rule-based (`clear_rl.eval.extract.score_answer`). With `judge`, answers the rules do not
     find fully right go to the LLM judge (configured by CLEAR_RL_JUDGE_* variables), which sees
     the question (column `question`) with its options, the reference and the answer block: the
-    way VLMEvalKit asks its judge only about what exact matching cannot settle.
+    way VLMEvalKit asks its judge only about what exact matching cannot settle. The judge's
+    verdicts are cached (`clear_rl.eval.judge`), so every reward that scores answers (accuracy,
+    then decision) costs one judge request per distinct completion, however many ask.
     """
     texts = [completion_text(c) for c in completions]
+    options = {i: row_options(columns, i) for i, answer in enumerate(answers) if not is_missing(answer)}
     scores: list[float | None] = [None] * len(texts)
-    for i, answer in enumerate(answers):
-        if not is_missing(answer):
-            scores[i] = score_answer(texts[i], str(answer), row_options(columns, i))
+    for i, row_choices in options.items():
+        scores[i] = score_answer(texts[i], str(answers[i]), row_choices)
     if not judge:
         return scores
     from clear_rl.eval.judge import judge_scores
@@ -81,7 +83,7 @@ def answer_scores(
     unsure = [i for i, score in enumerate(scores) if score is not None and score < 1.0]
     questions = columns["question"] if "question" in columns else [""] * len(texts)
     graded = judge_scores(
-        [_question_with_options(str(questions[i]), row_options(columns, i)) for i in unsure],
+        [_question_with_options(str(questions[i]), options[i]) for i in unsure],
         [str(answers[i]) for i in unsure],
         [extract_answer_block(texts[i]) for i in unsure],
         max_workers=judge_workers,

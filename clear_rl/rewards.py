@@ -12,8 +12,9 @@ parameters bound to the function:
 Each function follows TRL's contract `fn(prompts, completions, **kwargs) -> list[float | None]`.
 The wrapper TRL receives checks what the function returns, passes only the keywords it accepts
 (when it has no **kwargs), and turns any failure into a RewardError that names the plugin and
-the completion that broke it. Built-ins live in the top-level `rewards/` folder of a checkout
-(editable installs use it) and ship in wheels as `clear_rl/builtin_rewards/`.
+the completion that broke it. Built-ins are the modules of the package `clear_rl.builtin_rewards`
+(the top-level `rewards/` folder, see pyproject.toml), imported by name; a user's file is
+imported from its path, a dotted path by name.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import inspect
 import math
 import numbers
 import os
+import pkgutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -37,24 +39,14 @@ from clear_rl.errors import ClearRLError, RewardError
 from clear_rl.reward_helpers import completion_text
 
 CALL_ARGUMENTS = ("prompts", "completions")
+BUILTIN_PACKAGE = "clear_rl.builtin_rewards"
 _loaded_files: dict[Path, ModuleType] = {}
 
 
-def builtin_rewards_dir() -> Path:
-    """The folder of built-in plugins: inside the installed package, else the checkout's rewards/."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "builtin_rewards", package_dir.parent / "rewards"):
-        if (candidate / "accuracy.py").is_file():
-            return candidate
-    raise RewardError(
-        f"clear-rl's built-in rewards are missing: neither {package_dir / 'builtin_rewards'} nor "
-        f"{package_dir.parent / 'rewards'} holds them; reinstall clear-rl"
-    )
-
-
 def builtin_reward_names() -> list[str]:
-    """Names usable as `name:` in a recipe."""
-    return sorted(p.stem for p in builtin_rewards_dir().glob("*.py") if not p.stem.startswith("_"))
+    """Names usable as `name:` in a recipe: the modules of `clear_rl.builtin_rewards`."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
 
 @dataclass(frozen=True)
@@ -76,8 +68,12 @@ class RewardSpec:
 
     @property
     def where(self) -> str:
-        place = f"rewards[{self.position}]" if self.position is not None else "reward"
-        return f"{place} ({self.name or self.path})"
+        return f"{_place(self.position)} ({self.name or self.path})"
+
+
+def _place(position: int | None) -> str:
+    """How messages name a recipe entry: `rewards[2]`, or `reward` for one given on its own."""
+    return f"rewards[{position}]" if position is not None else "reward"
 
 
 def _is_file_target(target: str) -> bool:
@@ -109,7 +105,7 @@ def parse_reward_spec(
     entry: Any, position: int | None = None, base_dir: str | os.PathLike | None = None
 ) -> RewardSpec:
     """One recipe entry (a mapping, or a bare built-in name) -> RewardSpec; RewardError says what is wrong."""
-    where = f"rewards[{position}]" if position is not None else "reward"
+    where = _place(position)
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, Mapping):
@@ -155,10 +151,11 @@ def parse_reward_specs(entries: Sequence[Any], base_dir: str | os.PathLike | Non
 
 
 def _load_file(file: Path, where: str) -> ModuleType:
+    """Import a user's plugin file once, under a module name of its own (its stem and a hash of
+    its path, so that two `rewards.py` of different folders do not collide)."""
     if file in _loaded_files:
         return _loaded_files[file]
-    digest = hashlib.sha1(str(file).encode()).hexdigest()[:10]
-    module_name = f"_clear_rl_reward_{file.stem}_{digest}"
+    module_name = f"_clear_rl_reward_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
         raise RewardError(f"{where}: {file} cannot be imported as Python")
@@ -184,16 +181,14 @@ def _import_module(name: str, where: str) -> ModuleType:
 
 def resolve_function(spec: RewardSpec) -> Callable[..., Any]:
     """Import the function a spec names; RewardError names the missing file, module or function."""
-    if spec.name is not None:
-        module = _load_file(builtin_rewards_dir() / f"{spec.name}.py", spec.where)
-        target, function_name = str(builtin_rewards_dir() / f"{spec.name}.py"), spec.name
+    if spec.name is not None:  # a built-in: module clear_rl.builtin_rewards.<name>, function <name>
+        target, function_name = f"{BUILTIN_PACKAGE}.{spec.name}", spec.name
     else:
         target, function_name = _split_target(spec.path or "")
-        module = (
-            _load_file(Path(target), spec.where)
-            if _is_file_target(target)
-            else _import_module(target, spec.where)
-        )
+    if _is_file_target(target):
+        module = _load_file(Path(target), spec.where)
+    else:
+        module = _import_module(target, spec.where)
     function = getattr(module, function_name, None)
     if not callable(function):
         defined = sorted(
@@ -201,6 +196,13 @@ def resolve_function(spec: RewardSpec) -> Callable[..., Any]:
         )
         raise RewardError(f"{spec.where}: {target} has no function {function_name!r}; it defines {defined}")
     return function
+
+
+# How one reward call goes, written once for plugins of both kinds (LoadedReward._plan): a
+# generator that yields the keyword arguments of each plugin call it wants, is sent back
+# (values, None) or (None, exception), and returns the checked values. The two __call__ methods
+# only make those calls: LoadedReward's directly, AsyncLoadedReward's awaiting each.
+_CallPlan = Generator[dict[str, Any], tuple[Any, Exception | None], list[float | None]]
 
 
 class LoadedReward:
@@ -225,9 +227,9 @@ class LoadedReward:
             raise RewardError(
                 f"{spec.where}: {function.__name__}{signature} must accept `completions` (TRL's contract)"
             )
-        unknown = sorted(set(spec.params) - (self._named - set(CALL_ARGUMENTS)))
+        accepted = sorted(self._named - set(CALL_ARGUMENTS))
+        unknown = sorted(set(spec.params) - set(accepted))
         if unknown:
-            accepted = sorted(self._named - set(CALL_ARGUMENTS))
             raise RewardError(
                 f"{spec.where}: unknown parameter(s) {unknown} for {function.__name__}; it accepts {accepted}"
             )
@@ -264,7 +266,7 @@ class LoadedReward:
             )
 
     def _failure(self, exc: Exception, row: int | None, completions: Sequence[Any]) -> RewardError:
-        if isinstance(exc, ClearRLError):
+        if isinstance(exc, ClearRLError):  # a plugin's own error (or the judge's) already says what is wrong
             return RewardError(f"{self.spec.where}: {exc}")
         cause = f"{type(exc).__name__}: {exc}"
         if row is None:
@@ -279,22 +281,33 @@ class LoadedReward:
             f"{self.spec.where} raised on completion {row} of {len(completions)} ({shown!r}): {cause}"
         )
 
+    def _plan(self, prompts: Any, completions: Sequence[Any], batch: Mapping[str, Any]) -> _CallPlan:
+        """Call on the whole batch; when that raises (other than a ClearRLError, which already says
+        what is wrong), call row by row so that the RewardError names the completion that breaks."""
+        arguments = self._arguments(prompts, completions, batch)
+        values, error = yield arguments
+        if error is None:
+            return check_reward_values(values, len(completions), self.spec.where)
+        if not isinstance(error, ClearRLError):
+            for row, row_arguments in self._per_row(arguments, len(completions)):
+                _, row_error = yield row_arguments
+                if row_error is not None:
+                    raise self._failure(row_error, row, completions) from row_error
+        raise self._failure(error, None, completions) from error
+
     def __call__(
         self, prompts: Any = None, completions: Sequence[Any] = (), **batch: Any
     ) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, batch)
+        plan, outcome = self._plan(prompts, completions, batch), None
         try:
-            values = self.function(**arguments)
-        except ClearRLError as exc:  # a plugin's own error (or the judge's) already says what is wrong
-            raise self._failure(exc, None, completions) from exc
-        except Exception as exc:
-            for row, row_arguments in self._per_row(arguments, len(completions)):
+            while True:
+                arguments = plan.send(outcome)
                 try:
-                    self.function(**row_arguments)
-                except Exception as row_exc:
-                    raise self._failure(row_exc, row, completions) from row_exc
-            raise self._failure(exc, None, completions) from exc
-        return check_reward_values(values, len(completions), self.spec.where)
+                    outcome = (self.function(**arguments), None)
+                except Exception as exc:
+                    outcome = (None, exc)
+        except StopIteration as done:
+            return done.value
 
 
 class AsyncLoadedReward(LoadedReward):
@@ -303,19 +316,16 @@ class AsyncLoadedReward(LoadedReward):
     async def __call__(
         self, prompts: Any = None, completions: Sequence[Any] = (), **batch: Any
     ) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, batch)
+        plan, outcome = self._plan(prompts, completions, batch), None
         try:
-            values = await self.function(**arguments)
-        except ClearRLError as exc:  # a plugin's own error (or the judge's) already says what is wrong
-            raise self._failure(exc, None, completions) from exc
-        except Exception as exc:
-            for row, row_arguments in self._per_row(arguments, len(completions)):
+            while True:
+                arguments = plan.send(outcome)
                 try:
-                    await self.function(**row_arguments)
-                except Exception as row_exc:
-                    raise self._failure(row_exc, row, completions) from row_exc
-            raise self._failure(exc, None, completions) from exc
-        return check_reward_values(values, len(completions), self.spec.where)
+                    outcome = (await self.function(**arguments), None)
+                except Exception as exc:
+                    outcome = (None, exc)
+        except StopIteration as done:
+            return done.value
 
 
 def check_reward_values(values: Any, count: int, where: str) -> list[float | None]:
@@ -353,7 +363,7 @@ def _dry_run(reward: LoadedReward) -> None:
     try:
         reward.function(**reward._arguments([], [], empty))
     except ClearRLError as exc:
-        raise RewardError(f"{reward.spec.where}: {exc}") from exc
+        raise reward._failure(exc, None, []) from exc
     except Exception:
         pass
 

@@ -1,7 +1,8 @@
-"""The built-in reward plugins (accuracy, format, decision, latent_quality).
+"""The built-in reward plugins (accuracy, format, decision, latent_quality), importable as
+`clear_rl.builtin_rewards.<name>`.
 
-Each file is written exactly as a user's plugin is: a plain Python file with a function that
+Each module is written exactly as a user's plugin is: a plain Python module with a function that
 follows TRL's contract `fn(prompts, completions, **kwargs) -> list[float | None]`, named like
-the file. clear-rl loads them by file path, the same way it loads `path: my_rewards.py:fn`;
-this `__init__` exists only so that wheels can ship the folder as `clear_rl.builtin_rewards`.
+the module. pyproject.toml ships this folder as the package `clear_rl.builtin_rewards`; in a source
+checkout `clear_rl/builtin_rewards/__init__.py` points that package here.
 """

@@ -1,7 +1,8 @@
 """Built-in reward `decision`: was restoring (or not) the right call, judged by the outcome?
 
-correct = accuracy > 0.5 (the `accuracy` reward's rules, or its judge with `judge: true`);
-`restored` is the per-completion flag clear-rl's GRPO trainer passes.
+correct = accuracy > 0.5 (the `accuracy` reward's rules, or its judge with `judge: true`: the
+judge's cached verdicts, so beside `accuracy` it asks the judge nothing more); `restored` is the
+per-completion flag clear-rl's GRPO trainer passes.
 
 | matrix            | restored & correct | skipped & correct | restored & wrong | skipped & wrong |
 |-------------------|--------------------|-------------------|------------------|-----------------|

@@ -15,18 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from clear_rl.errors import RewardError
+from clear_rl.models.bridge import patchify_latents
 
 
-def patchify(latent: torch.Tensor) -> torch.Tensor:
-    """(C, h, w) -> (h//2 * w//2, 4C); an odd last row or column is dropped."""
-    channels, height, width = latent.shape
-    latent = latent[:, : height - height % 2, : width - width % 2]
-    grid = latent.reshape(channels, height // 2, 2, width // 2, 2)
-    return grid.permute(1, 3, 0, 2, 4).reshape(-1, channels * 4)
+def latent_tokens(latent: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (h//2 * w//2, 4C) float tokens, as the bridge sees them; an odd last row or
+    column is dropped."""
+    _, height, width = latent.shape
+    even = latent[None, :, : height - height % 2, : width - width % 2]
+    return patchify_latents(even.float(), patch_size=2)[0]
 
 
 def latent_similarity(restored: torch.Tensor, clean: torch.Tensor) -> float:
-    restored_tokens, clean_tokens = patchify(restored.float()), patchify(clean.float())
+    restored_tokens, clean_tokens = latent_tokens(restored), latent_tokens(clean)
     mse = F.mse_loss(restored_tokens, clean_tokens).item()
     global_cos = (
         F.cosine_similarity(restored_tokens.flatten(), clean_tokens.flatten(), dim=0).clamp(min=0).item()

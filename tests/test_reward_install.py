@@ -15,12 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHECK = """
 import json, sys
-from clear_rl.rewards import builtin_rewards_dir, load_rewards
+from pathlib import Path
+from clear_rl.rewards import load_rewards
 names = sys.argv[1].split(",")
 functions, weights = load_rewards([{"name": n, "weight": 0.5} for n in names])
 out = [f(prompts=["q"], completions=["<think>t</think><answer>B</answer>"], answer=["B"], restored=[False],
          restored_latents=[None], clean_latents=[None]) for f in functions]
-print(json.dumps({"dir": str(builtin_rewards_dir()), "names": [f.__name__ for f in functions], "out": out}))
+# Where each built-in was imported from (by name, as clear_rl.builtin_rewards.<name>).
+modules = {sys.modules[f.function.__module__].__file__ for f in functions}
+print(json.dumps({"dirs": sorted({str(Path(m).parent) for m in modules}),
+                  "modules": [f.function.__module__ for f in functions],
+                  "names": [f.__name__ for f in functions], "out": out}))
 """
 
 
@@ -59,9 +64,13 @@ def test_wheel_install_ships_the_builtin_rewards(tmp_path):
     target = tmp_path / "site"
     _pip_install("--target", str(target), str(_copy_project(tmp_path)))
     assert (target / "clear_rl" / "builtin_rewards" / "latent_quality.py").is_file()
+    # The package is built from rewards/ itself: the checkout's redirecting __init__ is not shipped.
+    shipped_init = (target / "clear_rl" / "builtin_rewards" / "__init__.py").read_text()
+    assert shipped_init == (REPO / "rewards" / "__init__.py").read_text()
     names = "accuracy,format,decision,latent_quality"
     report = _run([sys.executable, "-c", CHECK, names], cwd=tmp_path, env_path=str(target))
-    assert Path(report["dir"]) == target / "clear_rl" / "builtin_rewards"
+    assert [Path(d) for d in report["dirs"]] == [target / "clear_rl" / "builtin_rewards"]
+    assert report["modules"] == [f"clear_rl.builtin_rewards.{n}" for n in names.split(",")]
     assert report["names"] == names.split(",")
     assert report["out"] == [[1.0], [1.0], [0.0], [None]]
 
@@ -78,5 +87,17 @@ def test_editable_install_reads_the_checkout_rewards_folder(tmp_path):
     report = _run(
         [sys.executable, "-S", "-c", script, "accuracy,format,decision"], cwd=tmp_path, env_path=None
     )
-    assert Path(report["dir"]) == source / "rewards"
+    assert [Path(d) for d in report["dirs"]] == [source / "rewards"]
+    assert report["out"] == [[1.0], [1.0], [0.0]]
+
+
+@pytest.mark.slow
+def test_source_checkout_reads_its_own_rewards_folder(tmp_path):
+    """clear_rl imported from a checkout on PYTHONPATH (a git worktree, say) takes the built-ins of
+    that checkout, even where the environment has another checkout installed in editable mode."""
+    source = _copy_project(tmp_path)
+    report = _run(
+        [sys.executable, "-c", CHECK, "accuracy,format,decision"], cwd=tmp_path, env_path=str(source)
+    )
+    assert [Path(d) for d in report["dirs"]] == [source / "rewards"]
     assert report["out"] == [[1.0], [1.0], [0.0]]

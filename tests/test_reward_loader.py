@@ -3,11 +3,14 @@
 import asyncio
 import inspect
 import pickle
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
+import clear_rl
 from clear_rl.errors import RewardError
 from clear_rl.rewards import builtin_reward_names, load_rewards, parse_reward_specs
 
@@ -43,6 +46,9 @@ def batch_only(prompts, completions, **kwargs):
 
 async def judged(prompts, completions, **kwargs):
     return [0.25 for c in completions]
+
+async def judged_fragile(prompts, completions, **kwargs):
+    return [1.0 / len(c) for c in completions]
 '''
 
 
@@ -155,6 +161,25 @@ def test_call_errors_name_the_plugin_and_the_row(plugin_dir):
         RewardError, match="strict needs keyword\\(s\\) \\['answer'\\].*the batch has \\['completion_ids'\\]"
     ):
         strict(prompts=["p"], completions=["x"], completion_ids=[[1]])
+
+
+def test_async_plugins_get_the_same_checks_and_errors(plugin_dir):
+    fragile, _ = load_one({"path": "my_rewards.py:judged_fragile"}, plugin_dir)
+    with pytest.raises(
+        RewardError, match="judged_fragile\\) raised on completion 1 of 3 \\(''\\): ZeroDivisionError"
+    ):
+        asyncio.run(fragile(prompts=["p"] * 3, completions=["ok", "", "fine"]))
+    assert asyncio.run(fragile(prompts=["p"] * 2, completions=["ab", "abcd"])) == [0.5, 0.25]
+
+
+def test_builtins_are_modules_of_the_checkouts_rewards_folder():
+    """Built-ins import by name, as clear_rl.builtin_rewards.<name>, from the rewards/ folder beside
+    the clear_rl in use (its checkout, or its wheel's copy), never another checkout's."""
+    functions, _ = load_rewards(builtin_reward_names())
+    modules = [sys.modules[f.function.__module__] for f in functions]
+    assert [m.__name__ for m in modules] == [f"clear_rl.builtin_rewards.{n}" for n in builtin_reward_names()]
+    rewards_dir = Path(clear_rl.__file__).resolve().parents[1] / "rewards"
+    assert {Path(m.__file__).resolve().parent for m in modules} == {rewards_dir}
 
 
 def test_output_is_checked(plugin_dir):

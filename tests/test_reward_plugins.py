@@ -81,6 +81,45 @@ def test_accuracy_with_judge_asks_only_about_unsure_answers(monkeypatch):
         assert len(FakeJudge.seen) == 1
 
 
+def test_accuracy_and_decision_share_one_judge_request_per_completion(monkeypatch):
+    """With the judge on, accuracy then decision (as TRL calls them, one after the other) ask the
+    judge once per distinct unsure completion: repeats and the second reward reuse the verdict."""
+    texts = ["crimson", "red", "scarlet", "crimson", "maroon", "pink"]
+    completions = [f"<think>t{i}</think><answer>{text}</answer>" for i, text in enumerate(texts)]
+    columns = {
+        "answer": ["red"] * 5 + [None],  # the last row has no reference: never judged
+        "question": ["Colour?"] * 6,
+        "restored": [True, False, True, False, False, True],
+    }
+    with fake_judge(script=[(200, "0.8"), (200, "0.3"), (200, "0.6")]) as url:
+        monkeypatch.setenv(judge.ENV_URL, url)
+        monkeypatch.setenv(judge.ENV_MODEL, "grader")
+        rewards, _ = load_rewards(
+            [
+                {"name": "accuracy", "judge": True, "judge_workers": 1},  # one worker: replies in order
+                {"name": "decision", "judge": True, "matrix": "released"},
+            ]
+        )
+        accuracy, decision = (call(function, completions, **columns) for function in rewards)
+        assert accuracy == [pytest.approx(0.8), 1.0, pytest.approx(0.3), pytest.approx(0.8), 0.6, None]
+        assert decision == [1.0, 0.6, 0.4, 0.6, 0.6, None]
+        asked = [request["body"]["messages"][-1]["content"] for request in FakeJudge.seen]
+        assert len(asked) == 3  # crimson (twice in the batch), scarlet, maroon; "red" the rules settled
+        assert [next(t for t in ("crimson", "scarlet", "maroon") if t in a) for a in asked] == [
+            "crimson",
+            "scarlet",
+            "maroon",
+        ]
+
+
+def test_judge_asks_once_for_repeats_sent_concurrently(monkeypatch):
+    with fake_judge() as url:
+        monkeypatch.setenv(judge.ENV_URL, url)
+        monkeypatch.setenv(judge.ENV_MODEL, "grader")
+        scores = call(reward("accuracy", judge=True), ["<answer>crimson</answer>"] * 8, answer=["red"] * 8)
+        assert scores == [1.0] * 8 and len(FakeJudge.seen) == 1  # eight workers, one request
+
+
 def test_accuracy_judge_without_configuration_names_the_variables(monkeypatch):
     monkeypatch.delenv(judge.ENV_URL, raising=False)
     with pytest.raises(RewardError, match="CLEAR_RL_JUDGE_URL"):

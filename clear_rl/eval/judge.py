@@ -7,7 +7,8 @@ file ever holds the key:
 - CLEAR_RL_JUDGE_MODEL: the model name the server expects;
 - CLEAR_RL_JUDGE_API_KEY: optional bearer token; never logged nor put in an error message.
 The standard library's urllib does the HTTP, so the judge adds no dependency. Answers are cached
-per (question, reference, prediction), so the accuracy and decision rewards share one request.
+per (question, reference, prediction): the one memo of verdicts, through which the accuracy and
+decision rewards (and repeats within a batch) share one request per completion.
 """
 
 from __future__ import annotations
@@ -199,9 +200,15 @@ def judge_scores(
     config: JudgeConfig | None = None,
     max_workers: int = 8,
 ) -> list[float]:
-    """Grade many predictions with concurrent requests, in input order."""
+    """Grade many predictions with concurrent requests, in input order.
+
+    Each distinct (question, answer, prediction) is asked once: repeats within the batch (GRPO
+    samples several completions per prompt, often alike) wait for that one request rather than
+    race it past the cache, and later batches reuse the cached verdict.
+    """
     config = config or JudgeConfig.from_env()
+    asked = [(str(q), str(a), str(p)) for q, a, p in zip(questions, answers, predictions)]
+    distinct = list(dict.fromkeys(asked))
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        return list(
-            pool.map(lambda qap: judge_score(*qap, config=config), zip(questions, answers, predictions))
-        )
+        graded = dict(zip(distinct, pool.map(lambda qap: judge_score(*qap, config=config), distinct)))
+    return [graded[key] for key in asked]
