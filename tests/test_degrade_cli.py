@@ -13,8 +13,8 @@ from PIL import Image
 
 from clear_rl import __version__
 from clear_rl.cli import main
-from clear_rl.data.images import decode_base64_image, encode_base64_image, tensor_to_pil
-from clear_rl.data.tsv import read_tsv
+from clear_rl.io.images import decode_base64_image, encode_base64_image, tensor_to_pil
+from clear_rl.io.tsv import read_tsv
 from clear_rl.degrade import CORRUPTIONS, corrupt_pil
 from clear_rl.degrade.benchmark import DegradeOptions, iter_degraded_frames
 

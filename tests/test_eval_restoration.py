@@ -13,7 +13,7 @@ from PIL import Image
 
 from clear_rl.cli import main
 from clear_rl.data.synthetic import generate_shapes_vqa, records_to_tsv_frame
-from clear_rl.data.tsv import read_tsv, write_tsv
+from clear_rl.io.tsv import read_tsv, write_tsv
 from clear_rl.degrade import CORRUPTIONS
 from clear_rl.errors import ClearRLError
 from clear_rl.eval.reference import CleanReference, row_corruptions

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from clear_rl.data.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS, glyph_mask
-from clear_rl.data.images import pil_to_tensor
+from clear_rl.io.images import pil_to_tensor
 from clear_rl.data.shapes_scene import (
     COLORS,
     Background,
@@ -37,7 +37,7 @@ from clear_rl.data.synthetic import (
     shapes_vqa_corpus,
     shapes_vqa_vocabulary,
 )
-from clear_rl.data.tsv import decode_row_image, read_tsv
+from clear_rl.io.tsv import decode_row_image, read_tsv
 from clear_rl.errors import ClearRLError
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import datasets
 
 from clear_rl.data.sources import decode_image_cell
-from clear_rl.data.tsv import read_tsv, resolve_image_cells
+from clear_rl.io.tsv import read_tsv, resolve_image_cells
 from clear_rl.errors import DataError
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.vision import image_inputs

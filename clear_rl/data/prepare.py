@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from clear_rl.atomic import atomic_path
-from clear_rl.data.images import png_bytes
+from clear_rl.io.atomic import atomic_path
+from clear_rl.io.images import png_bytes
 from clear_rl.data.samples import (
     CLEAN,
     OPTION_COLUMNS,

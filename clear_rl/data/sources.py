@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from clear_rl.data.images import decode_base64_image, load_image
+from clear_rl.io.images import decode_base64_image, load_image
 from clear_rl.data.prompts import is_missing, row_options
 from clear_rl.errors import DataError
 
@@ -142,7 +142,7 @@ class DatasetSplit(SourceSplit):
 
 class TsvSplit(SourceSplit):
     def __init__(self, name, location, frame, reasoning_column):
-        from clear_rl.data.tsv import resolve_image_cells
+        from clear_rl.io.tsv import resolve_image_cells
 
         if "index" in frame.columns:
             frame = frame.copy()
@@ -173,7 +173,7 @@ def open_source(
     if os.path.isfile(location):
         if not location.endswith(".tsv"):
             raise DataError(f"{location}: a file source must be a VLMEvalKit .tsv file")
-        from clear_rl.data.tsv import read_tsv
+        from clear_rl.io.tsv import read_tsv
 
         frame = read_tsv(location, required=())
         _check_columns(list(frame.columns), location)

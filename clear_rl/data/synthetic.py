@@ -377,7 +377,7 @@ def records_to_dataset(records: Sequence[dict]):
     """A `datasets.Dataset` with the Image feature for the image column (PNG, lossless)."""
     import datasets
 
-    from clear_rl.data.images import png_bytes
+    from clear_rl.io.images import png_bytes
 
     string = datasets.Value("string")
     features = datasets.Features(
@@ -396,7 +396,7 @@ def records_to_tsv_frame(records: Sequence[dict]):
     """A VLMEvalKit-style frame: text cells, base64 JPEG images (what the benchmark files hold)."""
     import pandas as pd
 
-    from clear_rl.data.images import encode_base64_image
+    from clear_rl.io.images import encode_base64_image
 
     rows = [
         {c: (encode_base64_image(r[c]) if c == "image" else str(r[c])) for c in TSV_COLUMNS} for r in records
@@ -418,8 +418,8 @@ def build_shapes_vqa(
     """
     import datasets
 
-    from clear_rl.atomic import atomic_path, write_text
-    from clear_rl.data.tsv import write_tsv
+    from clear_rl.io.atomic import atomic_path, write_text
+    from clear_rl.io.tsv import write_tsv
 
     config = config or ShapesVQAConfig()
     root = Path(out_dir)

@@ -26,9 +26,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clear_rl import __version__
-from clear_rl.atomic import atomic_path, write_text
-from clear_rl.data.images import encode_base64_image, encode_jpeg
-from clear_rl.data.tsv import decode_row_image, is_image_reference, read_tsv, write_tsv
+from clear_rl.io.atomic import atomic_path, write_text
+from clear_rl.io.images import encode_base64_image, encode_jpeg
+from clear_rl.io.tsv import decode_row_image, is_image_reference, read_tsv, write_tsv
 from clear_rl.degrade.engine import corrupt_images
 from clear_rl.degrade.registry import (
     CORRUPTIONS,

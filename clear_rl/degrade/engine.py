@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.data.images import pil_to_tensor, tensor_to_pil
+from clear_rl.io.images import pil_to_tensor, tensor_to_pil
 from clear_rl.degrade.ops import from_u8, to_u8
 from clear_rl.degrade.registry import get_corruption, resolve_intensity
 from clear_rl.degrade.rng import generators

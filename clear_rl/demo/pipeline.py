@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clear_rl.atomic import write_text
+from clear_rl.io.atomic import write_text
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus

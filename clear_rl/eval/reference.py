@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
+from clear_rl.io.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import DataError
 from clear_rl.eval.scoring import parse_dataset_name
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clear_rl.atomic import atomic_path, write_text
+from clear_rl.io.atomic import atomic_path, write_text
 from clear_rl.errors import DataError
 from clear_rl.eval import plots
 from clear_rl.eval.gallery import write_galleries

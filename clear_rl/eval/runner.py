@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from clear_rl.atomic import write_text
+from clear_rl.io.atomic import write_text
 from clear_rl.data.collate import encode_prompts
 from clear_rl.data.prompts import format_question, is_missing, row_options
-from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
+from clear_rl.io.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.eval.gallery import save_example, slug
 from clear_rl.eval.quality import measure_restorations

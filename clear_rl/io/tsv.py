@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import pandas as pd
 from PIL import Image
 
-from clear_rl.atomic import atomic_path
-from clear_rl.data.images import decode_base64_image
+from clear_rl.io.atomic import atomic_path
+from clear_rl.io.images import decode_base64_image
 from clear_rl.errors import DataError
 
 # VLMEvalKit treats an image cell this short as a reference to another row's image.
