@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from clear_rl.io.atomic import atomic_path
-from clear_rl.io.images import png_bytes
 from clear_rl.data.samples import (
     CLEAN,
     OPTION_COLUMNS,
@@ -36,6 +34,8 @@ from clear_rl.data.samples import (
 )
 from clear_rl.data.sources import SourceSplit, open_source
 from clear_rl.errors import DataError
+from clear_rl.io.atomic import atomic_path
+from clear_rl.io.images import png_bytes
 from clear_rl.seeds import derive_seed
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from clear_rl.io.atomic import write_text
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
@@ -33,6 +32,7 @@ from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
+from clear_rl.io.atomic import write_text
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values

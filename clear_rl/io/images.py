@@ -1,4 +1,5 @@
-"""Conversions between PIL images, uint8 arrays, base64 strings and float tensors.
+"""Conversions between PIL images, uint8 arrays, base64 strings and float tensors, and the
+one decoder of image cells (`decode_image`).
 
 Tensors are (3, H, W) or (B, 3, H, W) float32 in [0, 1], RGB: the format the MMD-Bench engine
 and the models work on.
@@ -10,7 +11,9 @@ import base64
 import binascii
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,20 +48,6 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(tensor_to_uint8(image).permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
-def decode_base64_image(data: str) -> Image.Image:
-    """Decode a base64 string (VLMEvalKit's `image` cell) to an RGB PIL image.
-
-    Raises ValueError when the string is not base64 or not an image.
-    """
-    try:
-        raw = base64.b64decode(data, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"not a base64-encoded image ({exc.__class__.__name__})") from exc
-    return image.convert("RGB")
-
-
 def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
     """Encode an image as JPEG bytes (quality 95 is what the released MMD-Bench files use)."""
     buffer = io.BytesIO()
@@ -79,12 +68,56 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, with an error that names the file."""
-    if not os.path.exists(path):
-        raise DataError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot decode image file {path}: {exc}") from exc
+# A text cell this long is image data, never a file name.
+_MAX_PATH_CELL = 1024
+
+
+def decode_image(
+    cell: Any, where: str | None = None, base_dir: str | os.PathLike | None = None
+) -> Image.Image:
+    """Decode any image cell to an RGB PIL image: the one decoder of every reader in clear-rl.
+
+    A cell is a PIL image, a `datasets.Image` storage dict ({"bytes", "path"}), raw bytes, a path
+    to an image file (a relative one is looked up in `base_dir`, default the working directory)
+    or base64 text (VLMEvalKit's `image` cell). An empty cell, a missing file or data that is not
+    an image raise a DataError that starts with `where` (name the row and the file there).
+    """
+
+    def error(problem: str) -> DataError:
+        return DataError(f"{where}: {problem}" if where else problem)
+
+    def located(name: str | os.PathLike) -> Path:
+        return Path(name) if base_dir is None or os.path.isabs(name) else Path(base_dir, name)
+
+    if isinstance(cell, Image.Image):
+        return cell.convert("RGB")
+    if isinstance(cell, Mapping):
+        cell = cell.get("bytes") or (Path(cell["path"]) if cell.get("path") else None)
+    if cell is None or (isinstance(cell, (str, bytes, bytearray, memoryview)) and len(cell) == 0):
+        raise error("empty image cell")
+    if isinstance(cell, str) and len(cell) < _MAX_PATH_CELL and os.path.isfile(located(cell)):
+        cell = Path(cell)
+    if isinstance(cell, os.PathLike):
+        path = located(cell)
+        if not os.path.exists(path):
+            raise error(f"image file not found: {path}")
+        try:
+            return _open(path)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise error(f"undecodable image file {path} ({exc.__class__.__name__}: {exc})") from exc
+    if isinstance(cell, str):
+        try:
+            return _open(io.BytesIO(base64.b64decode(cell, validate=False)))
+        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+            raise error(f"undecodable image (not a base64-encoded image: {exc.__class__.__name__})") from exc
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        try:
+            return _open(io.BytesIO(cell))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise error(f"undecodable image (not an image: {exc.__class__.__name__})") from exc
+    raise error(f"unsupported image cell of type {type(cell).__name__}")
+
+
+def _open(source: Path | io.BytesIO) -> Image.Image:
+    with Image.open(source) as image:
+        return image.convert("RGB")
