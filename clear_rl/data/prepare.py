@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import tempfile
-import zlib
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -56,7 +55,7 @@ def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tu
                 f"test_fraction applies to a one-split source; this source has splits {list(plan)}"
             )
         ((name, (split, positions)),) = plan.items()
-        rng = np.random.default_rng(derive_seed(config.seed, zlib.crc32(b"test_fraction")))
+        rng = np.random.default_rng(derive_seed(config.seed, "test_fraction"))
         held = set(
             rng.choice(len(positions), size=int(round(config.test_fraction * len(positions))), replace=False)
         )
@@ -167,9 +166,7 @@ def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> 
             )
             counts = Counter(dataset["label"])
             if config.balance and len(dataset):
-                keep = balance_indices(
-                    dataset["label"], derive_seed(config.seed, zlib.crc32(name.encode())), name
-                )
+                keep = balance_indices(dataset["label"], derive_seed(config.seed, "balance", name), name)
                 dataset = dataset.select(keep)
             result[name] = dataset
             summary["splits"][name] = {"rows": len(dataset), "labels_before_balance": dict(counts)}

@@ -34,11 +34,11 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
-from clear_rl.degrade.rng import derive_seed
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, write_text
 from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
+from clear_rl.seeds import derive_seed
 
 MODES = ("mixed", "full")
 JPEG_QUALITY = 95  # the release re-encodes every image (fallbacks too) at OpenCV's default 95
