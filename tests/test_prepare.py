@@ -12,8 +12,8 @@ from clear_rl.data.prepare import MANIFEST_NAME, prepare_dataset
 from clear_rl.data.probe import Prober
 from clear_rl.data.samples import PREPARED_COLUMNS, PrepareConfig, ProbeSettings, prepared_features
 from clear_rl.data.sources import SourceRow
-from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa
 from clear_rl.degrade import LEVELS
+from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa
 from clear_rl.errors import DataError
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import save_unified

@@ -14,18 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clear_rl.data.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS, glyph_mask
-from clear_rl.data.shapes_scene import (
-    COLORS,
-    Background,
-    Scene,
-    ShapeObject,
-    SymbolMark,
-    nearest_color_name,
-    render_scenes,
-    shape_coverage,
-)
-from clear_rl.data.synthetic import (
+from clear_rl.demo.shapes_vqa.generate import (
     CHOICE_LETTERS,
     TSV_COLUMNS,
     ShapesVQAConfig,
@@ -35,6 +24,17 @@ from clear_rl.data.synthetic import (
     main,
     shapes_vqa_corpus,
     shapes_vqa_vocabulary,
+)
+from clear_rl.demo.shapes_vqa.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS, glyph_mask
+from clear_rl.demo.shapes_vqa.scene import (
+    COLORS,
+    Background,
+    Scene,
+    ShapeObject,
+    SymbolMark,
+    nearest_color_name,
+    render_scenes,
+    shape_coverage,
 )
 from clear_rl.errors import ClearRLError
 from clear_rl.io.images import decode_image, pil_to_tensor

@@ -24,9 +24,9 @@ import torch
 
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
-from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.colour_check import colour_check
+from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_vision

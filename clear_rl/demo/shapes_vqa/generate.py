@@ -10,7 +10,7 @@ Every sample is drawn answer-first from its own generator, seeded by (seed, spli
 answers are balanced by construction, the same seed gives the same set, a longer set starts
 with the shorter one, and the test split never repeats the train split's draws.
 
-    python -m clear_rl.data.synthetic --out data/shapes_vqa --train 2000 --test 500 --seed 0
+    python -m clear_rl.demo.shapes_vqa --out data/shapes_vqa --train 2000 --test 500 --seed 0
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clear_rl.data.glyphs import AVAILABLE_SYMBOLS, GLYPH_HEIGHT, GLYPH_WIDTH
-from clear_rl.data.shapes_scene import (
+from clear_rl.demo.shapes_vqa.glyphs import AVAILABLE_SYMBOLS, GLYPH_HEIGHT, GLYPH_WIDTH
+from clear_rl.demo.shapes_vqa.scene import (
     COLOR_JITTER,
     COLORS,
     GRID,
@@ -451,7 +451,7 @@ def build_shapes_vqa(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m clear_rl.data.synthetic",
+        prog="python -m clear_rl.demo.shapes_vqa",
         description="Generate ShapesVQA (a datasets folder and VLMEvalKit TSVs) into --out.",
     )
     parser.add_argument("--out", required=True, help="output folder")
@@ -479,7 +479,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, path in files.tsv.items():
         print(f"  {split} TSV: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
