@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
-from clear_rl.models.compose import compose_unified
+from clear_rl.models.assemble import compose_unified
 from clear_rl.models.positions import (
     RolloutPositions,
     multimodal_position_ids,
