@@ -22,8 +22,8 @@ from transformers.initialization import no_init_weights
 from benchmarks._common import count_parameters, median_seconds, millions
 from benchmarks.results import machine_line, update_section
 from clear_rl.eval.report import markdown_table
+from clear_rl.models.assemble import DEFAULT_BRIDGE
 from clear_rl.models.bridge import LatentBridge
-from clear_rl.models.compose import DEFAULT_BRIDGE
 
 LLM_HIDDEN = 3584  # Qwen2.5-7B, BAGEL's LLM
 LATENT_SHAPE = (16, 64, 64)  # FLUX VAE latent of a 512x512 image

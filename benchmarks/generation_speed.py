@@ -16,7 +16,7 @@ import torch
 
 from benchmarks._common import PhaseTimer, count_parameters, millions, suppress_tokens
 from benchmarks.results import machine_line, update_section
-from clear_rl.data.synthetic import generate_shapes_vqa
+from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.eval.report import markdown_table
 from clear_rl.generation import InterleavedGenerationConfig, _Rollout, generate_interleaved
 from clear_rl.models import TinyModelConfig, build_tiny_model

@@ -25,7 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from benchmarks._common import PhaseTimer, suppress_tokens
 from benchmarks.results import machine_line, update_section
-from clear_rl.data.synthetic import generate_shapes_vqa
+from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.eval.report import markdown_table
 from clear_rl.generation import _Rollout
 from clear_rl.models import build_tiny_model

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from clear_rl.atomic import write_text
+from clear_rl.io.atomic import write_text
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Benchmark results\n\nWritten by `make bench` (each section by its own script).\n"

@@ -32,8 +32,8 @@ from typing import Any, Literal
 import yaml
 
 from clear_rl import __version__
-from clear_rl.atomic import write_text
 from clear_rl.errors import RecipeError
+from clear_rl.io.atomic import write_text
 from clear_rl.models.adapters import LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from clear_rl.data.images import png_bytes
 from clear_rl.data.samples import PREPARED_COLUMNS, build_target, prepared_features
+from clear_rl.io.images import png_bytes
 from clear_rl.models import TinyModelConfig
 from tests.conftest import make_images
 

@@ -6,8 +6,8 @@ import torch
 import yaml
 
 from clear_rl.data.image_sources import AlignCollator, load_image_dataset
-from clear_rl.data.images import encode_base64_image
 from clear_rl.errors import DataError, RecipeError
+from clear_rl.io.images import encode_base64_image
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import load_unified
 from clear_rl.models.processing import prompt_texts

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from clear_rl.data.collate import IGNORE_INDEX, ClearCollator, split_inputs
-from clear_rl.models.processing import encode_prompts
 from clear_rl.data.prompts import format_question, row_options
 from clear_rl.errors import DataError
+from clear_rl.models.processing import encode_prompts
 from tests.prepared import prepared_rows
 
 

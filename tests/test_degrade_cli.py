@@ -13,10 +13,10 @@ from PIL import Image
 
 from clear_rl import __version__
 from clear_rl.cli import main
-from clear_rl.data.images import decode_base64_image, encode_base64_image, tensor_to_pil
-from clear_rl.data.tsv import read_tsv
 from clear_rl.degrade import CORRUPTIONS, corrupt_pil
 from clear_rl.degrade.benchmark import DegradeOptions, iter_degraded_frames
+from clear_rl.io.images import decode_image, encode_base64_image, tensor_to_pil
+from clear_rl.io.tsv import read_tsv
 
 SIZES = [(64, 80), (72, 72), (64, 80), (60, 90), (72, 72)]
 
@@ -66,8 +66,8 @@ def test_mixed_round_trip_keeps_columns_and_records_reproducible_draws(tsv, tmp_
         for k in range(5):
             row = rows[str(k + 1)]
             assert row["intensity"] == entry["intensity"]
-            clean = decode_base64_image(source["image"].iloc[k])
-            degraded = decode_base64_image(frame["image"].iloc[k])
+            clean = decode_image(source["image"].iloc[k])
+            degraded = decode_image(frame["image"].iloc[k])
             assert degraded.size == clean.size
             # The manifest reproduces the cell exactly: same corruption, intensity, seed, JPEG 95.
             expected = corrupt_pil(clean, row["corruption"], row["intensity"], row["seed"])

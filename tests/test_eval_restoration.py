@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from clear_rl.cli import main
-from clear_rl.data.synthetic import generate_shapes_vqa, records_to_tsv_frame
-from clear_rl.data.tsv import read_tsv, write_tsv
 from clear_rl.degrade import CORRUPTIONS
+from clear_rl.demo.shapes_vqa import generate_shapes_vqa, records_to_tsv_frame
 from clear_rl.errors import ClearRLError
 from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.runner import EvalConfig, evaluate, plan_runs
+from clear_rl.io.tsv import read_tsv, write_tsv
 from clear_rl.models.io import save_unified
 
 SMALL = {"batch_size": 4, "max_new_tokens": 4, "restoration_steps": 2}

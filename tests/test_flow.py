@@ -128,6 +128,8 @@ def test_a_degraded_source_restores_a_latent_the_degradation_left_alone(fresh_ti
     context = RestorationContext(torch.zeros(2, 5, 128), torch.ones(2, 5, dtype=torch.bool), degraded)
     # The exact velocity field of the straight path from s to x0 = d: v(x_t, t) = (x_t - d) / t.
     model.velocity = lambda x_t, t, ctx: (x_t - ctx.degraded_latents) / t.view(-1, 1, 1, 1)
-    sample = restore_latents(model, context, RestorationSampling(steps=4), generator=torch.Generator().manual_seed(4))
+    sample = restore_latents(
+        model, context, RestorationSampling(steps=4), generator=torch.Generator().manual_seed(4)
+    )
     torch.testing.assert_close(sample.latents, degraded, atol=1e-5, rtol=0)
     assert not torch.allclose(sample.trajectory[:, 0], degraded)  # it started from noise around d

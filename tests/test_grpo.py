@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from clear_rl.data.synthetic import generate_shapes_vqa
+from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values

@@ -8,7 +8,7 @@ import torch
 from clear_rl.errors import ClearRLError
 from clear_rl.models import ComposedUnifiedModel, patchify_latents
 from clear_rl.models.adapters import LoraSettings, apply_lora, part_paths, set_trainable_parts
-from clear_rl.models.compose import compose_unified, load_vlm
+from clear_rl.models.assemble import compose_unified, load_vlm
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
 from tests.conftest import make_prompts

@@ -13,9 +13,8 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from clear_rl.restoration import RestorationSampling
 from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
-from clear_rl.models.compose import compose_unified
+from clear_rl.models.assemble import compose_unified
 from clear_rl.models.positions import (
     RolloutPositions,
     multimodal_position_ids,
@@ -23,6 +22,7 @@ from clear_rl.models.positions import (
     restored_block_grid,
 )
 from clear_rl.models.tiny import build_tiny_tokenizer
+from clear_rl.restoration import RestorationSampling
 
 VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 PATCH_DIM = 3 * 2 * 2 * 2  # channels * temporal patch * patch * patch
@@ -247,7 +247,9 @@ def _full_pass_logprobs(model, input_ids, mask, images, out, temperature: float 
 
 
 def _generate(model, input_ids, mask, images, seed: int = 3, **config):
-    cfg = InterleavedGenerationConfig(**{"max_new_tokens": 12, "restoration": RestorationSampling(steps=2), **config})
+    cfg = InterleavedGenerationConfig(
+        **{"max_new_tokens": 12, "restoration": RestorationSampling(steps=2), **config}
+    )
     degraded = torch.randn(
         input_ids.shape[0], *model.latent_shape, generator=torch.Generator().manual_seed(2)
     )

@@ -9,12 +9,12 @@ import pytest
 
 from clear_rl.cli import main
 from clear_rl.data.prepare import MANIFEST_NAME, prepare_dataset
-from clear_rl.data.probe import Prober
 from clear_rl.data.samples import PREPARED_COLUMNS, PrepareConfig, ProbeSettings, prepared_features
 from clear_rl.data.sources import SourceRow
-from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa
 from clear_rl.degrade import LEVELS
+from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa
 from clear_rl.errors import DataError
+from clear_rl.labelling import Prober
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import save_unified
 from tests.prepared import SMALL
@@ -134,6 +134,20 @@ def test_bad_settings_are_errors():
         PrepareConfig(label="probe")
 
 
+def test_probe_labelling_takes_the_labeller_from_the_caller(source, tmp_path):
+    settings = ProbeSettings(model_path=str(tmp_path / "no_model"))
+    prober = Prober(settings)  # loads its model on first use, so a bad source is reported first
+    with pytest.raises(DataError, match="needs a labeller"):
+        prepare_dataset(source.dataset_dir, tmp_path / "out", PrepareConfig(label="probe", probe=settings))
+    with pytest.raises(DataError, match="only used with label='probe'"):
+        prepare_dataset(source.dataset_dir, tmp_path / "out", PrepareConfig(), prober)
+    with pytest.raises(DataError, match="source not found"):
+        prepare_dataset(
+            tmp_path / "missing", tmp_path / "out", PrepareConfig(label="probe", probe=settings), prober
+        )
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny"
@@ -144,7 +158,9 @@ def tiny_folder(tmp_path_factory):
 def test_probe_labels_follow_the_models_answers(source, tiny_folder, tmp_path):
     out = tmp_path / "probed"
     settings = ProbeSettings(model_path=str(tiny_folder), max_new_tokens=8, device="cpu")
-    prepare_dataset(source.dataset_dir, out, PrepareConfig(label="probe", probe=settings, max_samples=6))
+    prepare_dataset(
+        source.dataset_dir, out, PrepareConfig(label="probe", probe=settings, max_samples=6), Prober(settings)
+    )
     train = datasets.load_from_disk(str(out))["train"]
     # The oracle: the same model asked directly about the stored degraded and clean images.
     prober = Prober(settings)

@@ -179,11 +179,15 @@ def test_renamed_keys_still_work_this_release_and_name_their_new_spelling(tmp_pa
         del raw["training"][new]
     raw["training"].update(num_inference_steps=4, flow_shift=2.0, sde_noise_level=0.5)
     path = write(tmp_path, raw, "old-grpo.yaml")
-    with pytest.warns(FutureWarning, match=r"training\.num_inference_steps is deprecated.*'restoration_steps'"):
+    with pytest.warns(
+        FutureWarning, match=r"training\.num_inference_steps is deprecated.*'restoration_steps'"
+    ):
         recipe = load_recipe(path)
     sampling = recipe.training.restoration_sampling
     assert (sampling.steps, sampling.shift, sampling.sampler, sampling.noise_level) == (4, 2.0, "sde", 0.5)
-    with pytest.raises(RecipeError, match=r"'num_inference_steps' and 'restoration_steps' are the same setting"):
+    with pytest.raises(
+        RecipeError, match=r"'num_inference_steps' and 'restoration_steps' are the same setting"
+    ):
         load_recipe(path, ["training.restoration_steps=4"])
     with pytest.warns(FutureWarning, match="'train_timestep_shift'"):
         sft = load_recipe(write(tmp_path, with_training(flow_shift=2.5)))

@@ -14,19 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clear_rl.data.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS, glyph_mask
-from clear_rl.data.images import pil_to_tensor
-from clear_rl.data.shapes_scene import (
-    COLORS,
-    Background,
-    Scene,
-    ShapeObject,
-    SymbolMark,
-    nearest_color_name,
-    render_scenes,
-    shape_coverage,
-)
-from clear_rl.data.synthetic import (
+from clear_rl.demo.shapes_vqa.generate import (
     CHOICE_LETTERS,
     TSV_COLUMNS,
     ShapesVQAConfig,
@@ -37,8 +25,20 @@ from clear_rl.data.synthetic import (
     shapes_vqa_corpus,
     shapes_vqa_vocabulary,
 )
-from clear_rl.data.tsv import decode_row_image, read_tsv
+from clear_rl.demo.shapes_vqa.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS, glyph_mask
+from clear_rl.demo.shapes_vqa.scene import (
+    COLORS,
+    Background,
+    Scene,
+    ShapeObject,
+    SymbolMark,
+    nearest_color_name,
+    render_scenes,
+    shape_coverage,
+)
 from clear_rl.errors import ClearRLError
+from clear_rl.io.images import decode_image, pil_to_tensor
+from clear_rl.io.tsv import read_tsv
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +268,7 @@ def test_build_writes_a_loadable_dataset_and_round_tripping_tsvs(tmp_path):
         frame = read_tsv(files.tsv[split], required=TSV_COLUMNS)
         assert list(frame.columns) == list(TSV_COLUMNS) and len(frame) == len(made)
         for (_, cells), record in zip(frame.iterrows(), made):
-            image = decode_row_image(cells["image"], cells["index"], files.tsv[split])
+            image = decode_image(cells["image"], f"{files.tsv[split]}: row index={cells['index']}")
             error = np.abs(np.asarray(image, dtype=float) - np.asarray(record["image"], dtype=float))
             # base64 JPEG at quality 95 with 4:2:0 chroma, as the MMD-Bench files hold: ~2 grey levels.
             assert error.mean() < 4.0

@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.grid:
-        from clear_rl.atomic import atomic_path
-        from clear_rl.data.images import load_image
         from clear_rl.degrade.grid import corruption_grid
+        from clear_rl.io.atomic import atomic_path
+        from clear_rl.io.images import decode_image
 
         with atomic_path(args.grid) as tmp:
-            corruption_grid(load_image(source), seed=args.seed, levels=args.levels).save(tmp, format="PNG")
+            corruption_grid(decode_image(source), seed=args.seed, levels=args.levels).save(tmp, format="PNG")
         print(f"wrote {args.grid}")
         return 0
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from clear_rl.data.samples import PrepareConfig, ProbeSettings
     from clear_rl.errors import DataError
 
-    probe = None
+    probe = labeller = None
     if args.label == "probe":
         if not args.probe_model:
             raise DataError("--label probe needs --probe-model PATH (a saved clear-rl model folder)")
@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.probe_device,
             require_clean_correct=not args.probe_any_failure,
         )
+        from clear_rl.labelling import Prober
+
+        labeller = Prober(probe)
     weights = None
     if args.level_weights:
         try:
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         reasoning_column=args.reasoning_column or None,
         chunk_size=args.chunk_size,
     )
-    summary = prepare_dataset(args.source, args.out, config)
+    summary = prepare_dataset(args.source, args.out, config, labeller)
     for name, split in summary["splits"].items():
         print(f"{name}: {split['rows']} rows, labels {split['labels']}")
     print(f"prepared dataset: {args.out}")

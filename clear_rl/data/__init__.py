@@ -1,1 +1,1 @@
-"""Data: image conversions, VLMEvalKit TSV io, sample builders and the synthetic ShapesVQA set."""
+"""Data: VQA sources, prompts, the prepared samples and `prepare`, collators, image sources for alignment."""

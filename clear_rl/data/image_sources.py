@@ -15,9 +15,9 @@ from typing import Any
 
 import datasets
 
-from clear_rl.data.sources import decode_image_cell
-from clear_rl.data.tsv import read_tsv, resolve_image_cells
 from clear_rl.errors import DataError
+from clear_rl.io.images import decode_image
+from clear_rl.io.tsv import read_tsv, resolve_image_cells
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.vision import image_inputs
 
@@ -75,8 +75,8 @@ class AlignCollator:
         images = []
         for i, row in enumerate(rows):
             try:
-                images.append(decode_image_cell(row[IMAGE_COLUMN], Path.cwd()))
-            except (ValueError, DataError) as exc:
+                images.append(decode_image(row[IMAGE_COLUMN]))
+            except DataError as exc:
                 raise DataError(f"image row {i} of the batch cannot be decoded: {exc}") from None
         return {
             **image_inputs(self.processor, images),

@@ -11,16 +11,14 @@ import json
 import logging
 import os
 import tempfile
-import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from clear_rl.atomic import atomic_path
-from clear_rl.data.images import png_bytes
 from clear_rl.data.samples import (
     CLEAN,
     OPTION_COLUMNS,
@@ -34,12 +32,23 @@ from clear_rl.data.samples import (
     row_seed,
     rule_labels,
 )
-from clear_rl.data.sources import SourceSplit, open_source
+from clear_rl.data.sources import SourceRow, SourceSplit, open_source
 from clear_rl.errors import DataError
+from clear_rl.io.atomic import atomic_path
+from clear_rl.io.images import png_bytes
 from clear_rl.seeds import derive_seed
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "clear_rl_prepare.json"
+
+
+class Labeller(Protocol):
+    """What `label: probe` asks for: `restore` or `direct` per row, given its degraded image.
+
+    `clear_rl.labelling.Prober` is the one clear-rl has (it runs a model, so it lives above this
+    layer and is passed in by the caller)."""
+
+    def labels(self, rows: Sequence[SourceRow], degraded: Sequence[Any]) -> list[str]: ...
 
 
 def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tuple[SourceSplit, list[int]]]:
@@ -56,7 +65,7 @@ def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tu
                 f"test_fraction applies to a one-split source; this source has splits {list(plan)}"
             )
         ((name, (split, positions)),) = plan.items()
-        rng = np.random.default_rng(derive_seed(config.seed, zlib.crc32(b"test_fraction")))
+        rng = np.random.default_rng(derive_seed(config.seed, "test_fraction"))
         held = set(
             rng.choice(len(positions), size=int(round(config.test_fraction * len(positions))), replace=False)
         )
@@ -68,7 +77,7 @@ def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tu
 
 
 def _chunk_records(
-    split: SourceSplit, positions: list[int], config: PrepareConfig, prober
+    split: SourceSplit, positions: list[int], config: PrepareConfig, labeller: Labeller | None
 ) -> dict[str, list]:
     """Degrade and label one chunk of rows; returns the prepared columns."""
     from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
@@ -82,7 +91,7 @@ def _chunk_records(
     corruptions = [name or "none" for name in picked]
     intensities = [level or 0.0 for level in levels]
     if config.label == "probe":
-        labels = prober.labels(rows, degraded)
+        labels = labeller.labels(rows, degraded)
     else:
         labels = rule_labels(severities, config.restore_levels)
     columns: dict[str, list[Any]] = {c: [] for c in PREPARED_COLUMNS}
@@ -113,33 +122,41 @@ def _chunk_records(
 
 
 def prepare_dataset(
-    source: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig | None = None
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    config: PrepareConfig | None = None,
+    labeller: Labeller | None = None,
 ) -> dict:
-    """Write the prepared dataset of `source` to `out`; returns a summary (counts per split and label)."""
+    """Write the prepared dataset of `source` to `out`; returns a summary (counts per split and label).
+
+    `label: probe` needs the `labeller` that decides each row, e.g.
+    `clear_rl.labelling.Prober(config.probe)`; rule labelling takes none.
+    """
     import datasets
 
     config = config or PrepareConfig()
+    if config.label == "probe" and labeller is None:
+        raise DataError(
+            "probe labelling needs a labeller: pass labeller=clear_rl.labelling.Prober(config.probe)"
+        )
+    if config.label != "probe" and labeller is not None:
+        raise DataError(f"a labeller is only used with label='probe'; this config labels by {config.label!r}")
     plan = _plan(
         open_source(source, list(config.splits) if config.splits else None, config.reasoning_column), config
     )
-    prober = None
-    if config.label == "probe":
-        from clear_rl.data.probe import Prober
-
-        prober = Prober(config.probe)
     features = prepared_features()
     out = Path(out)
     quiet = not datasets.utils.are_progress_bars_disabled()
     if quiet:  # one bar per split here, not one per chunk written
         datasets.disable_progress_bars()
     try:
-        return _write(plan, config, prober, features, out, source)
+        return _write(plan, config, labeller, features, out, source)
     finally:
         if quiet:
             datasets.enable_progress_bars()
 
 
-def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> dict:
+def _write(plan, config: PrepareConfig, labeller: Labeller | None, features, out: Path, source) -> dict:
     """Degrade, label and write every planned split into `out` (atomically); returns the summary."""
     import datasets
     from tqdm.auto import tqdm
@@ -155,7 +172,7 @@ def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> 
             with tqdm(total=len(positions), desc=f"prepare {name}", unit="row") as bar:
                 for start in range(0, len(positions), config.chunk_size):
                     chunk = positions[start : start + config.chunk_size]
-                    columns = _chunk_records(split, chunk, config, prober)
+                    columns = _chunk_records(split, chunk, config, labeller)
                     part_dir = Path(work, name, f"{start:09d}")
                     datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(part_dir))
                     parts.append(datasets.load_from_disk(str(part_dir)))
@@ -167,9 +184,7 @@ def _write(plan, config: PrepareConfig, prober, features, out: Path, source) -> 
             )
             counts = Counter(dataset["label"])
             if config.balance and len(dataset):
-                keep = balance_indices(
-                    dataset["label"], derive_seed(config.seed, zlib.crc32(name.encode())), name
-                )
+                keep = balance_indices(dataset["label"], derive_seed(config.seed, "balance", name), name)
                 dataset = dataset.select(keep)
             result[name] = dataset
             summary["splits"][name] = {"rows": len(dataset), "labels_before_balance": dict(counts)}

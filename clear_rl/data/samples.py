@@ -79,9 +79,7 @@ PREPARED_COLUMNS = (
 # -- degradation draws ---------------------------------------------------------------------------
 def row_seed(seed: int, split: str, position: int) -> int:
     """The seed of one source row: its corruption, level and corruption noise all derive from it."""
-    import zlib
-
-    return derive_seed(seed, zlib.crc32(split.encode("utf-8")), position)
+    return derive_seed(seed, split, position)
 
 
 def choose_levels(

@@ -7,18 +7,17 @@ source never sits in memory at once, and a bad image is an error that names the 
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from clear_rl.data.images import decode_base64_image, load_image
 from clear_rl.data.prompts import is_missing, row_options
 from clear_rl.errors import DataError
+from clear_rl.io.images import decode_image
 
 REQUIRED_COLUMNS = ("image", "question", "answer")
 # The prepared schema keeps four option columns, as the MMD-Bench sources have.
@@ -35,32 +34,6 @@ class SourceRow:
     answer: str
     options: dict[str, str] | None
     reasoning: str | None
-
-
-def decode_image_cell(cell: Any, base_dir: Path) -> Image.Image:
-    """An image cell: a PIL image, a `datasets.Image` storage dict, a file path (relative to
-    `base_dir`), raw bytes or base64 text. Raises ValueError when it is none of these."""
-    if isinstance(cell, Image.Image):
-        return cell.convert("RGB")
-    if isinstance(cell, Mapping):
-        if cell.get("bytes"):
-            cell = cell["bytes"]
-        elif cell.get("path"):
-            cell = str(cell["path"])
-        else:
-            raise ValueError("empty image cell")
-    if isinstance(cell, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(cell)) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"not an image ({exc.__class__.__name__})") from exc
-    if isinstance(cell, str) and cell:
-        path = Path(cell) if os.path.isabs(cell) else base_dir / cell
-        if len(cell) < 1024 and path.exists():
-            return load_image(path)
-        return decode_base64_image(cell)
-    raise ValueError(f"unsupported image cell of type {type(cell).__name__}")
 
 
 def normalise_answer(answer: str, options: Mapping[str, str] | None, where: str) -> str:
@@ -97,10 +70,7 @@ class SourceSplit:
             index = raw.get("index")
             index = str(position) if is_missing(index) else str(index)
             where = f"{self.location}: split '{self.name}' row {position} (index={index})"
-            try:
-                image = decode_image_cell(raw.get("image"), self.base_dir)
-            except (ValueError, DataError) as exc:
-                raise DataError(f"{where}: undecodable image ({exc})") from None
+            image = decode_image(raw.get("image"), where, self.base_dir)
             try:
                 options = row_options(raw)
             except ValueError as exc:
@@ -142,7 +112,7 @@ class DatasetSplit(SourceSplit):
 
 class TsvSplit(SourceSplit):
     def __init__(self, name, location, frame, reasoning_column):
-        from clear_rl.data.tsv import resolve_image_cells
+        from clear_rl.io.tsv import resolve_image_cells
 
         if "index" in frame.columns:
             frame = frame.copy()
@@ -173,7 +143,7 @@ def open_source(
     if os.path.isfile(location):
         if not location.endswith(".tsv"):
             raise DataError(f"{location}: a file source must be a VLMEvalKit .tsv file")
-        from clear_rl.data.tsv import read_tsv
+        from clear_rl.io.tsv import read_tsv
 
         frame = read_tsv(location, required=())
         _check_columns(list(frame.columns), location)

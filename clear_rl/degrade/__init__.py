@@ -18,7 +18,7 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
-from clear_rl.degrade.rng import derive_seed
+from clear_rl.seeds import derive_seed
 
 __all__ = [
     "CATEGORIES",

@@ -26,9 +26,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clear_rl import __version__
-from clear_rl.atomic import atomic_path, write_text
-from clear_rl.data.images import encode_base64_image, encode_jpeg
-from clear_rl.data.tsv import decode_row_image, is_image_reference, read_tsv, write_tsv
 from clear_rl.degrade.engine import corrupt_images
 from clear_rl.degrade.registry import (
     CORRUPTIONS,
@@ -37,8 +34,11 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
-from clear_rl.degrade.rng import derive_seed
 from clear_rl.errors import ClearRLError, DataError
+from clear_rl.io.atomic import atomic_path, write_text
+from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
+from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
+from clear_rl.seeds import derive_seed
 
 MODES = ("mixed", "full")
 JPEG_QUALITY = 95  # the release re-encodes every image (fallbacks too) at OpenCV's default 95
@@ -219,7 +219,7 @@ def iter_degraded_frames(
     keys, cells = list(frame["index"]), list(frame["image"])
 
     def decode(position: int) -> Image.Image:
-        return decode_row_image(cells[position], keys[position], source)
+        return decode_image(cells[position], f"{source}: row index={keys[position]}", source.parent)
 
     total = len(specs) * len(image_rows)
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
@@ -298,21 +298,6 @@ def _open_dataset(source: Path, image_column: str):
     return splits, isinstance(loaded, datasets.DatasetDict)
 
 
-def _decode_cell(value: dict, where: str) -> Image.Image:
-    """An undecoded `datasets.Image` cell ({"bytes", "path"}) -> RGB image, or a DataError."""
-    import io
-
-    try:
-        if value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-        else:
-            image = Image.open(value["path"])
-        image.load()
-        return image.convert("RGB")
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{where}: undecodable image ({exc.__class__.__name__}: {exc})") from exc
-
-
 def degrade_dataset(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -340,7 +325,7 @@ def degrade_dataset(
                 where = f"{source}" + (f" split {split!r}" if split else "")
 
                 def decode(p: int, column=column, where=where) -> Image.Image:
-                    return _decode_cell(column[p], f"{where} row {p}")
+                    return decode_image(column[p], f"{where} row {p}")
 
                 present = [p for p, value in enumerate(column) if value is not None]
                 names, seeds = row_plan(spec, keys, options.seed)

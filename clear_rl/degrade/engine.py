@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.data.images import pil_to_tensor, tensor_to_pil
 from clear_rl.degrade.ops import from_u8, to_u8
 from clear_rl.degrade.registry import get_corruption, resolve_intensity
 from clear_rl.degrade.rng import generators
 from clear_rl.errors import ClearRLError
+from clear_rl.io.images import pil_to_tensor, tensor_to_pil
 
 logger = logging.getLogger("clear_rl.degrade")
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from clear_rl.data.images import pil_to_tensor, tensor_to_pil
 from clear_rl.degrade.engine import corrupt
 from clear_rl.degrade.registry import CORRUPTIONS, resolve_intensity
-from clear_rl.degrade.rng import derive_seed
+from clear_rl.io.images import pil_to_tensor, tensor_to_pil
+from clear_rl.seeds import derive_seed
 
 CATEGORY_TITLES = {
     "capture": "Capture",

@@ -8,18 +8,13 @@ each range's inclusive/exclusive bounds.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 
-SEED_BITS = 63
+from clear_rl.seeds import derive_seed
 
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (base seed, row index, level...), same on every run."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << SEED_BITS) - 1)
+__all__ = ["derive_seed", "generators", "randint", "randint_exclusive", "uniform"]
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from clear_rl.data.shapes_scene import nearest_color_name
+from clear_rl.demo.shapes_vqa.scene import nearest_color_name
 
 CORE_FRACTION = 0.25  # of the object's radius: the disc that lies inside every shape
 

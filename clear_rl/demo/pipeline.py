@@ -22,17 +22,18 @@ from pathlib import Path
 
 import torch
 
-from clear_rl.atomic import write_text
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
-from clear_rl.data.synthetic import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
 from clear_rl.demo.colour_check import colour_check
+from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_vision
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
+from clear_rl.io.atomic import write_text
+from clear_rl.labelling import Prober
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.io import load_unified, save_unified
 from clear_rl.models.processing import vae_pixel_values
@@ -181,11 +182,12 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
             max_new_tokens=config.max_new_tokens,
             system_prompt=system_prompt(config),
         )
-        labels = {"label": "probe", "probe": probe, "balance": True}
+        labels, labeller = {"label": "probe", "probe": probe, "balance": True}, Prober(probe)
     else:
-        labels = {"label": "rule", "restore_levels": ("mid", "high")}
+        labels, labeller = {"label": "rule", "restore_levels": ("mid", "high")}, None
     # Clean rows among the degraded ones keep the model's clean accuracy.
-    prepare_dataset(source, paths.prepared, PrepareConfig(seed=config.seed + 2, levels=ALL_LEVELS, **labels))
+    prepared = PrepareConfig(seed=config.seed + 2, levels=ALL_LEVELS, **labels)
+    prepare_dataset(source, paths.prepared, prepared, labeller)
 
 
 def train_stage(

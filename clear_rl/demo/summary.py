@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from clear_rl.atomic import write_text
 from clear_rl.eval.report import robustness
 from clear_rl.eval.scoring import LEVELS
 from clear_rl.eval.tables import markdown_table
+from clear_rl.io.atomic import write_text
 
 MODELS = ("Base", "CLEAR-SFT", "CLEAR-RL")
 ANALYSED = "CLEAR-SFT"  # the model whose never / always / oracle runs the analysis holds

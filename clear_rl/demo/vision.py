@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from clear_rl.data.synthetic import ShapesVQAConfig
+from clear_rl.demo.shapes_vqa import ShapesVQAConfig
 from clear_rl.models.composed import ComposedUnifiedModel
 
 

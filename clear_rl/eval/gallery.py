@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from clear_rl.atomic import atomic_path
-from clear_rl.data.images import tensor_to_pil
 from clear_rl.eval.extract import extract_answer_block
 from clear_rl.eval.scoring import LEVELS, as_bool
+from clear_rl.io.atomic import atomic_path
+from clear_rl.io.images import tensor_to_pil
 
 PANELS = ("degraded", "restored", "clean")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from clear_rl.atomic import atomic_path
 from clear_rl.eval.scoring import LEVELS
 from clear_rl.eval.tables import LEVEL_TITLES
+from clear_rl.io.atomic import atomic_path
 
 
 def _figure(width: float, height: float):

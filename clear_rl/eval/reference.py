@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import DataError
 from clear_rl.eval.scoring import parse_dataset_name
+from clear_rl.io.images import decode_image
+from clear_rl.io.tsv import read_tsv, resolve_image_cells
 
 CLEAN = "none"  # the corruption label of clean rows (and of rows a corruption left as they were)
 UNKNOWN = "unknown"  # a degraded row whose corruption no manifest records
@@ -42,7 +43,7 @@ class CleanReference:
         key = str(index)
         if key not in self._cells:
             raise DataError(f"{self.source}: no row index={key} to serve as the clean reference")
-        return decode_row_image(self._cells[key], key, self.source)
+        return decode_image(self._cells[key], f"{self.source}: row index={key}", self.source.parent)
 
     def images(self, indices: Sequence[object]) -> list[Image.Image]:
         """The clean images of several rows, in order."""

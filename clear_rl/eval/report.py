@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from clear_rl.atomic import atomic_path, write_text
 from clear_rl.errors import DataError
 from clear_rl.eval import plots
 from clear_rl.eval.gallery import write_galleries
@@ -33,6 +32,7 @@ from clear_rl.eval.restoration_report import (
 from clear_rl.eval.scoring import CORRUPTIONS, LEVELS, PAPER_ORDER, parse_dataset_name, score_benchmark
 from clear_rl.eval.tables import LEVEL_TITLES, markdown_table
 from clear_rl.eval.tables import cell as _cell
+from clear_rl.io.atomic import atomic_path, write_text
 
 Results = Mapping[str, Mapping[str, pd.DataFrame]]
 # Per-row columns too large or binary for a predictions file.

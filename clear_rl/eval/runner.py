@@ -23,9 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clear_rl.answering import answer_batch
-from clear_rl.atomic import write_text
 from clear_rl.data.prompts import format_question, is_missing, row_options
-from clear_rl.data.tsv import decode_row_image, read_tsv, resolve_image_cells
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.eval.gallery import save_example, slug
 from clear_rl.eval.quality import measure_restorations
@@ -33,6 +31,9 @@ from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS, parse_dataset_name
 from clear_rl.generation import InterleavedGenerationConfig
+from clear_rl.io.atomic import write_text
+from clear_rl.io.images import decode_image
+from clear_rl.io.tsv import read_tsv, resolve_image_cells
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.restoration import RestorationSampling
@@ -275,7 +276,7 @@ def answer_file(
     size = model.config.vae_image_size
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
-        images = [decode_row_image(cells[i], keys[i], tsv) for i in chunk]
+        images = [decode_image(cells[i], f"{tsv}: row index={keys[i]}", Path(tsv).parent) for i in chunk]
         clean_images = clean.images([keys[i] for i in chunk]) if clean is not None else None
         clean_pixels = vae_pixel_values(clean_images, size).to(model.device) if clean_images else None
         oracle = None

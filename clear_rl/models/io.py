@@ -15,8 +15,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoProcessor, ProcessorMixin
 
-from clear_rl.atomic import atomic_path
 from clear_rl.errors import ClearRLError
+from clear_rl.io.atomic import atomic_path
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 
 

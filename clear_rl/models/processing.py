@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.data.images import pil_to_tensor
+from clear_rl.io.images import pil_to_tensor
 from clear_rl.models.tokens import SYSTEM_PROMPT
 
 

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from clear_rl.models.compose import compose_unified
+from clear_rl.models.assemble import compose_unified
 from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.models.tokens import SYSTEM_PROMPT
 

@@ -1,4 +1,4 @@
-"""Build a composed unified model from parts: a VLM + its processor, a VAE, and new head and bridge.
+"""Assemble a composed unified model from parts: a VLM + its processor, a VAE, and new head and bridge.
 
 `compose_unified` works on objects (the tiny model uses it); `compose_from_pretrained` loads the
 VLM and the VAE from local folders first (never from a hub), optionally with a 4-bit VLM.

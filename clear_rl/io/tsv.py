@@ -12,11 +12,9 @@ import os
 from collections.abc import Iterable
 
 import pandas as pd
-from PIL import Image
 
-from clear_rl.atomic import atomic_path
-from clear_rl.data.images import decode_base64_image
 from clear_rl.errors import DataError
+from clear_rl.io.atomic import atomic_path
 
 # VLMEvalKit treats an image cell this short as a reference to another row's image.
 IMAGE_REFERENCE_MAX_LEN = 64
@@ -51,13 +49,3 @@ def resolve_image_cells(frame: pd.DataFrame) -> list[str]:
     """The base64 image of every row, following MMBench-style references to another row."""
     by_index = dict(zip(frame["index"], frame["image"]))
     return [by_index[cell] if is_image_reference(cell, by_index) else cell for cell in frame["image"]]
-
-
-def decode_row_image(cell: str, index: str, path: str | os.PathLike) -> Image.Image:
-    """Decode one row's image cell, with an error naming the row index and the file."""
-    if not cell:
-        raise DataError(f"{path}: row index={index} has an empty image cell")
-    try:
-        return decode_base64_image(cell)
-    except ValueError as exc:
-        raise DataError(f"{path}: row index={index}: undecodable image ({exc})") from exc

@@ -1,9 +1,13 @@
-"""Probe labelling: ask a model each question on the degraded and on the clean image.
+"""Probe labelling for `clear-rl prepare --label probe`: ask a model each question on the degraded
+and on the clean image.
 
 As in the paper, a row the model answers wrongly on its degraded image becomes restore-then-answer;
 by default it must also answer the clean image rightly (otherwise restoring would not help it, and
 the row stays direct). Answers come from greedy decoding with restoration banned, scored with the
 same rule-based matching as the accuracy reward.
+
+This sits above generation and eval (it runs the model), so `data.prepare` never imports it: the
+caller (`clear-rl prepare`, the demo) builds a `Prober` and hands it to `prepare_dataset`.
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ from clear_rl.models.tokens import SYSTEM_PROMPT
 
 
 class Prober:
-    """A loaded model that says, per row, whether it answers correctly."""
+    """A model that says, per row, whether it answers correctly; it is loaded on first use, so a
+    bad source is reported before a large model is read."""
 
     def __init__(self, settings: ProbeSettings):
+        self.settings = settings
+        self.model = None
+
+    def _load(self) -> None:
         from clear_rl.models.io import load_unified
 
-        self.settings = settings
+        settings = self.settings
         model, self.processor = load_unified(settings.model_path)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(device).eval()
@@ -40,6 +49,8 @@ class Prober:
 
     def correct(self, images: Sequence[Image.Image], rows: Sequence[SourceRow]) -> list[bool]:
         """Whether the greedy answer on each image scores >= 0.5 against its row's answer."""
+        if self.model is None:
+            self._load()
         verdicts: list[bool] = []
         size = self.settings.batch_size
         for start in range(0, len(rows), size):

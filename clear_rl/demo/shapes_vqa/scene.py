@@ -1,7 +1,7 @@
 """ShapesVQA scenes: what is in one image (background, shapes, one printed symbol) and drawing it.
 
-A scene is plain data, sampled by `clear_rl.data.synthetic` from the answer it must support, so
-that a test can redraw the same scene with one thing changed (another symbol, say) and compare.
+A scene is plain data, sampled by `generate.py` from the answer it must support, so that a test
+can redraw the same scene with one thing changed (another symbol, say) and compare.
 Backgrounds for a whole batch are drawn at once with torch; shapes are anti-aliased coverage
 masks drawn by PIL at `SUPERSAMPLE`x resolution and box-filtered down; symbols are bitmap
 glyphs (see `glyphs.py`).
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from clear_rl.data.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, glyph_mask
+from clear_rl.demo.shapes_vqa.glyphs import GLYPH_HEIGHT, GLYPH_WIDTH, glyph_mask
 
 # Saturated colours that stay apart in hue, on purpose far from the pale, desaturated
 # backgrounds. Values are the nominal RGB; each drawn shape jitters them by COLOR_JITTER.

@@ -10,7 +10,7 @@ Every sample is drawn answer-first from its own generator, seeded by (seed, spli
 answers are balanced by construction, the same seed gives the same set, a longer set starts
 with the shorter one, and the test split never repeats the train split's draws.
 
-    python -m clear_rl.data.synthetic --out data/shapes_vqa --train 2000 --test 500 --seed 0
+    python -m clear_rl.demo.shapes_vqa --out data/shapes_vqa --train 2000 --test 500 --seed 0
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clear_rl.data.glyphs import AVAILABLE_SYMBOLS, GLYPH_HEIGHT, GLYPH_WIDTH
-from clear_rl.data.shapes_scene import (
+from clear_rl.demo.shapes_vqa.glyphs import AVAILABLE_SYMBOLS, GLYPH_HEIGHT, GLYPH_WIDTH
+from clear_rl.demo.shapes_vqa.scene import (
     COLOR_JITTER,
     COLORS,
     GRID,
@@ -377,7 +377,7 @@ def records_to_dataset(records: Sequence[dict]):
     """A `datasets.Dataset` with the Image feature for the image column (PNG, lossless)."""
     import datasets
 
-    from clear_rl.data.images import png_bytes
+    from clear_rl.io.images import png_bytes
 
     string = datasets.Value("string")
     features = datasets.Features(
@@ -396,7 +396,7 @@ def records_to_tsv_frame(records: Sequence[dict]):
     """A VLMEvalKit-style frame: text cells, base64 JPEG images (what the benchmark files hold)."""
     import pandas as pd
 
-    from clear_rl.data.images import encode_base64_image
+    from clear_rl.io.images import encode_base64_image
 
     rows = [
         {c: (encode_base64_image(r[c]) if c == "image" else str(r[c])) for c in TSV_COLUMNS} for r in records
@@ -418,8 +418,8 @@ def build_shapes_vqa(
     """
     import datasets
 
-    from clear_rl.atomic import atomic_path, write_text
-    from clear_rl.data.tsv import write_tsv
+    from clear_rl.io.atomic import atomic_path, write_text
+    from clear_rl.io.tsv import write_tsv
 
     config = config or ShapesVQAConfig()
     root = Path(out_dir)
@@ -451,7 +451,7 @@ def build_shapes_vqa(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m clear_rl.data.synthetic",
+        prog="python -m clear_rl.demo.shapes_vqa",
         description="Generate ShapesVQA (a datasets folder and VLMEvalKit TSVs) into --out.",
     )
     parser.add_argument("--out", required=True, help="output folder")
@@ -479,7 +479,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, path in files.tsv.items():
         print(f"  {split} TSV: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
