@@ -4,6 +4,7 @@
   ground floor   errors, seeds, io/ (images, image-cell decoding, TSV files, atomic output)
   degrade/, models/                      on the ground floor only
   flow, restoration, generation          on models/ and the ground floor
+  answering                              on generation and what it stands on
   data/                                  on degrade/, models/ and the ground floor
   eval/, trainers/, labelling, ...       above (not checked here, except the rule below)
   cli, commands/, demo/                  the top: nothing else imports them
@@ -28,6 +29,7 @@ ALLOWED = {
     "flow": GROUND | {"flow"},
     "restoration": GROUND | {"models", "flow", "restoration"},
     "generation": GROUND | {"models", "flow", "restoration", "generation"},
+    "answering": GROUND | {"models", "flow", "restoration", "generation", "answering"},
     "data": GROUND | {"degrade", "models", "data"},
 }
 TOP = {"cli", "commands", "demo", "__main__"}

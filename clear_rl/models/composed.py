@@ -15,8 +15,9 @@ other model: one folder holds every part (`save_pretrained` / `from_pretrained`)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, PixArtTransformer2DModel
@@ -317,7 +318,7 @@ class ComposedUnifiedModel(PreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         restored_latents: torch.Tensor | None = None,
@@ -326,6 +327,7 @@ class ComposedUnifiedModel(PreTrainedModel):
         flow_timesteps: torch.Tensor | None = None,
         flow_rows: torch.Tensor | None = None,
         degraded_latents: torch.Tensor | None = None,
+        clear_step: Callable[..., Any] | None = None,
         **kwargs,
     ):
         """The understanding pass; `<|restored_pad|>` positions carry `bridge(restored_latents)`.
@@ -340,7 +342,27 @@ class ComposedUnifiedModel(PreTrainedModel):
         way so the head runs inside whatever wrapper holds the model (DDP, FSDP, DeepSpeed),
         in one forward with the text. Other keyword arguments (position_ids, cache,
         logits_to_keep, output_hidden_states, image_grid_thw, ...) go to the wrapped VLM.
+
+        `clear_step(model, forward, batch)`, when given, is a training step of several passes
+        (VAE encodes, a teacher pass, the restoration loss) run inside this one call, with `batch`
+        the call's other arguments: wrappers act around `forward` (DDP, FSDP, DeepSpeed, peft,
+        accelerate's autocast), so their bookkeeping covers every part the step uses. Its return
+        value is returned (a dict of tensors, which wrappers map over).
         """
+        if clear_step is not None:
+            named = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "pixel_values": pixel_values,
+                "restored_latents": restored_latents,
+                "restored_embeds": restored_embeds,
+                "flow_latents": flow_latents,
+                "flow_timesteps": flow_timesteps,
+                "flow_rows": flow_rows,
+                "degraded_latents": degraded_latents,
+            }
+            batch = {**{k: v for k, v in named.items() if v is not None}, **kwargs}
+            return clear_step(self, self.forward, batch)
         if flow_latents is not None:
             kwargs["output_hidden_states"] = True
         # M-RoPE VLMs (Qwen2-VL family): restored blocks get image positions (models/positions.py).

@@ -42,7 +42,6 @@ from clear_rl.trainers.common import (
     unified_core,
 )
 from clear_rl.trainers.progress import attach_callbacks
-from clear_rl.trainers.sft import install_step_forward
 
 CONFIG_CLASS = AlignConfig
 
@@ -117,8 +116,6 @@ class AlignTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The bridge and VAE run beside the VLM: inside the model's forward call, so DDP/FSDP see them.
-        install_step_forward(unified_core(self.model))
         self._terms: dict[str, list[float]] = {}
         self.loss_is_scaled_for_ga = False  # Trainer divides the loss by the accumulation steps
 
@@ -129,6 +126,7 @@ class AlignTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, Trainer):
             terms = alignment_terms(core, batch, with_hidden=args.lambda_hidden > 0)
             return {f.name: getattr(terms, f.name) for f in fields(terms)}
 
+        # The bridge and VAE run beside the VLM: inside the model's forward call, so DDP/FSDP see them.
         terms = AlignmentTerms(**model(clear_step=step, **inputs))
         loss = terms.mse + args.lambda_cos * terms.cosine
         if terms.hidden is not None:

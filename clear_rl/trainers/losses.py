@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
-from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.models.vision import vision_token_grid
 
 DistillMode = Literal["per_layer_kl", "pooled_mse"]
@@ -61,23 +61,22 @@ def token_cross_entropy(
     return ce, valid.sum(), correct
 
 
-def flow_matching_loss(
+def flow_matching_sample(
     model: ComposedUnifiedModel,
-    context: RestorationContext,
     clean_latents: torch.Tensor,
+    degraded_latents: torch.Tensor,
     shift: float,
     generator: torch.Generator,
-) -> torch.Tensor:
-    """Velocity MSE at one random noise level per row, x0 = the clean latent (source: noise, or
-    noise centred on the degraded latent, as the model's `flow_source` says)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, velocity target) at one random noise level per row, x0 = the clean latent (source:
+    noise, or noise centred on the degraded latent, as the model's `flow_source` says)."""
     x0 = clean_latents.float()
     t = sample_training_timesteps(x0.shape[0], shift, generator=generator, device=x0.device)
     source = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    mean = model.flow_source_mean(context.degraded_latents)
+    mean = model.flow_source_mean(degraded_latents)
     if mean is not None:
         source = source + mean.to(x0.device)
-    velocity = model.velocity(add_noise(x0, source, t), t, context).float()
-    return (velocity - velocity_target(x0, source)).pow(2).mean()
+    return add_noise(x0, source, t), t, velocity_target(x0, source)
 
 
 def vit_token_grid(model: ComposedUnifiedModel, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
@@ -189,6 +188,22 @@ def loss_terms(
         need_degraded = (with_mse or restored_latents is not None) and len(rows) > 0
         degraded_latents = model.encode_latents(inputs["vae_pixel_values"]).float() if need_degraded else None
     slot = restored_latents(degraded_latents) if restored_latents is not None and len(rows) else clean_latents
+    flow, target = {}, None
+    if with_mse and len(rows):  # the head runs in the same pass, through the model's flow arguments
+        shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
+        x_t, t, target = flow_matching_sample(
+            model, clean_latents[rows], degraded_latents[rows], shift, generator
+        )
+        flow_latents = x_t.new_zeros(restore.shape[0], 1, *x_t.shape[1:])
+        flow_latents[rows, 0] = x_t
+        timesteps = t.new_zeros(restore.shape[0], 1)
+        timesteps[rows, 0] = t
+        flow = {
+            "flow_latents": flow_latents,
+            "flow_timesteps": timesteps,
+            "flow_rows": restore,
+            "degraded_latents": degraded_latents,
+        }
     positions = label_positions(labels)
     out = forward(
         **student,
@@ -196,14 +211,12 @@ def loss_terms(
         output_hidden_states=True,
         use_cache=False,
         logits_to_keep=positions,
+        **flow,
     )
     ce_sum, ce_tokens, ce_correct = token_cross_entropy(out.logits, labels, positions)
     mse = distill = None
-    if with_mse and len(rows):
-        states = out.hidden_states[model.config.condition_layer]
-        context = model.restoration_context(input_ids, attention_mask, states, degraded_latents).select(rows)
-        shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
-        mse = flow_matching_loss(model, context, clean_latents[rows], shift, generator)
+    if flow:
+        mse = (out["flow_velocity"][rows, 0].float() - target).pow(2).mean()
     if with_distill and len(rows):
         with torch.no_grad():
             teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)

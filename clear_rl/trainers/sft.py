@@ -11,7 +11,6 @@ wrapped model, so DDP, FSDP and DeepSpeed see every parameter used in their own 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import fields
 from typing import Any
 
@@ -24,33 +23,11 @@ from clear_rl.trainers.common import (
     LossOnlyEvaluationMixin,
     UnifiedCheckpointMixin,
     run_stage,
-    unified_core,
 )
 from clear_rl.trainers.losses import LossTerms, loss_terms
 from clear_rl.trainers.sft_config import ClearSFTConfig
 
 CONFIG_CLASS = ClearSFTConfig
-
-
-def install_step_forward(model) -> None:
-    """Let `model(clear_step=fn, **batch)` run `fn(model, forward, batch)` inside the model's forward call.
-
-    Wrappers (DDP, FSDP, DeepSpeed, peft, accelerate's autocast) act around `forward`; running the
-    whole loss computation inside it keeps their bookkeeping right for parameters used beside the
-    VLM (restoration head, bridge). Without `clear_step` the forward is unchanged.
-    """
-    if getattr(model, "_clear_step_forward", False):
-        return
-    original = model.forward
-
-    @functools.wraps(original)
-    def forward(*args, clear_step=None, **kwargs):
-        if clear_step is None:
-            return original(*args, **kwargs)
-        return clear_step(model, original, kwargs)
-
-    model.forward = forward
-    model._clear_step_forward = True
 
 
 class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTrainer):
@@ -61,7 +38,6 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        install_step_forward(unified_core(self.model))
         self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
         self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
 
