@@ -55,7 +55,7 @@ SHARED = {
     "disable_tqdm": True,
     "seed": 0,
 }
-FLOW = {"num_inference_steps": 8, "flow_shift": 3.0, "flow_loss_weight": 0.3, "flow_train_steps": 1}
+FLOW = {"restoration_steps": 8, "restoration_shift": 3.0, "flow_loss_weight": 0.3, "flow_train_steps": 1}
 # TRL's GRPOConfig turns bf16 on by default, which on a CPU means bf16 autocast: slow matmuls on
 # CPUs without native bf16, so the overhead comparison is run in float32 as well.
 # Explicit both ways: TRL's GRPOConfig defaults to bf16, ours to bf16 only on a bf16 GPU.
@@ -112,9 +112,10 @@ def _run(trainer, phases: PhaseTimer, model=None) -> None:
         phases.wrap(trainer, "_compute_loss", "loss forward")
         phases.wrap(trainer.accelerator, "backward", "backward")
         if model is not None:
-            phases.wrap(_Rollout, "restore", "restoration")
-            phases.wrap(model, "encode_latents", "vae encode")
+            phases.wrap(_Rollout, "restore", "restoration")  # the degraded images' VAE encode included
+            phases.wrap(GRPOTrainer, "_calculate_rewards", "reward functions")  # without the clean encode
             phases.wrap(model, "_flow_velocity", "flow head forward")
+            phases.wrap(trainer, "_score_flow_steps", "flow scoring passes")
             phases.wrap(trainer, "_flow_loss", "flow loss")
         trainer.train()
 
@@ -165,11 +166,15 @@ def _coarse_parts(phase: dict[str, float]) -> dict[str, float]:
 def _fine_parts(phase: dict[str, float]) -> dict[str, float]:
     """One step's timed phases -> disjoint parts (nested wrappers subtracted from their callers)."""
     coarse = _coarse_parts(phase)
+    # Off-policy or beta > 0 only: none in this config, so the head's time is the loss pass's.
+    scoring = phase.get("flow scoring passes", 0.0)
     return {
-        "rollout: text generation": phase["generation"] - phase["restoration"] - phase["vae encode"],
-        "rollout: VAE encode of the degraded and clean images": phase["vae encode"],
-        "rollout: restorations (SDE denoising)": phase["restoration"],
-        "rewards": phase["rewards"],
+        "rollout: text generation": phase["generation"] - phase["restoration"],
+        "rollout: restorations (VAE encode + SDE denoising)": phase["restoration"],
+        "rewards: VAE encode of the clean images (restoring rows)": phase["rewards"]
+        - phase["reward functions"],
+        "rewards: the reward functions": phase["reward functions"],
+        "flow: old-policy / reference scoring passes": scoring,
         "text loss forward (policy log-probs + TRL loss)": phase["loss forward"]
         - phase["flow head forward"]
         - phase["flow loss"],
@@ -251,7 +256,7 @@ def main() -> None:
             "encoded for restoring rollouts only); the text generation loops themselves "
             "(`generate_interleaved` and transformers' `generate`) cost about the same.",
             f"### Where a step goes with a restoration in every rollout (`restore_policy: always`, "
-            f"{FLOW['num_inference_steps']} SDE steps, restore rate {restore_rate:.0%}, float32)",
+            f"{FLOW['restoration_steps']} SDE steps, restore rate {restore_rate:.0%}, float32)",
             markdown_table(
                 ["part", "s/step", "share"],
                 [[label, f"{seconds:.3f}", f"{seconds / step:.0%}"] for label, seconds in fine.items()]
@@ -259,9 +264,10 @@ def main() -> None:
             ),
             "Median of each part over the measured steps (the parts' medians need not add up to "
             "the step's). Measured by timing wrappers around `rollout_func` (`_rollout`), the "
-            "rollout's `restore`, the model's `encode_latents`, `_calculate_rewards`, `_compute_loss`, "
-            "the model's `_flow_velocity`, `_flow_loss` and `accelerator.backward`. Rewards: accuracy, "
-            "format, decision, latent_quality (the demo recipe's).",
+            "rollout's `restore`, `_calculate_rewards` (ours, and TRL's inside it), `_compute_loss`, "
+            "the model's `_flow_velocity`, `_score_flow_steps`, `_flow_loss` and "
+            "`accelerator.backward`. Rewards: accuracy, format, decision, latent_quality (the demo "
+            "recipe's).",
             machine_line(),
         ]
     )

@@ -358,3 +358,12 @@ def test_prompts_are_built_without_writing_into_the_prepared_folder(tmp_path):
     prompt = dataset[0]["prompt"]
     assert prompt[0] == {"role": "system", "content": "Be brief."}
     assert "A. " in prompt[1]["content"] and prompt[1]["content"].startswith(_rows(1)[0]["question"])
+
+
+def test_scoring_outside_a_rollout_is_refused_with_a_clear_error(tmp_path):
+    # TRL's scoring passes must score the rows this trainer's rollout just made; a TRL that calls
+    # them in another order gets an error, not log-probs of contexts without their restorations.
+    trainer = _trainer(tmp_path, [constant_by_position], restore_policy="always")
+    ids = torch.ones(2, 5, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="outside a rollout of this trainer"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)

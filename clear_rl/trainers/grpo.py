@@ -351,11 +351,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             raise RuntimeError("TRL returned completions this trainer's rollout did not make")
         if bool(rollout.restored.any()):
             if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
-                velocity = self._flow_velocity(self.model, rollout, output)
+                velocity = self._score_flow_steps(self.model, rollout, output)
                 rollout.old_log_probs = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape)
             if self.beta != 0.0:
                 with self._reference_model() as reference:
-                    velocity = self._flow_velocity(reference, rollout, output)
+                    velocity = self._score_flow_steps(reference, rollout, output)
                 mean = self._flow_step(rollout, velocity).mean
                 rollout.reference_means = mean.view(*rollout.t.shape, *mean.shape[1:])
         else:  # nothing to score: the loss masks every step
@@ -368,7 +368,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         return output
 
     @torch.no_grad()
-    def _flow_velocity(self, model, rollout: FlowRollout, output) -> torch.Tensor:
+    def _score_flow_steps(self, model, rollout: FlowRollout, output) -> torch.Tensor:
         """`model`'s head velocities at the rollout's chosen steps: one no-grad pass over the batch."""
         scorer = self._scorer(model, rollout, keep=1, entropy=False, flow=True)
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
