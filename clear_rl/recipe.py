@@ -15,6 +15,7 @@ and the key path. `key.path=value` overrides are applied before validation.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
@@ -32,10 +33,11 @@ from typing import Any, Literal
 import yaml
 
 from clear_rl import __version__
-from clear_rl.errors import RecipeError
+from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.adapters import LoraSettings
+from clear_rl.models.settings import PARTS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
+from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
 # Stage name -> module with `CONFIG_CLASS` (the `training:` dataclass) and `train(recipe)`.
 STAGES: dict[str, str] = {
@@ -64,7 +66,7 @@ class ModelConfig:
     tiny: dict[str, Any] | None = None  # TinyModelConfig fields: a small model built in code
     dtype: str = "auto"
     load_in_4bit: bool = False
-    trainable_parts: list[str] | None = None  # None: the stage's default (sft: llm, head, bridge)
+    trainable_parts: list[Literal[PARTS]] | None = None  # None: the stage's default (sft: llm, head, bridge)
     lora: LoraSettings | None = None
 
     def __post_init__(self) -> None:
@@ -108,10 +110,18 @@ class Recipe:
     raw: dict[str, Any] = field(default_factory=dict)  # the merged YAML, overrides applied
 
     def save_resolved(self, output_dir: str | os.PathLike) -> Path:
-        """Write the merged recipe beside the outputs, so a run can be reproduced exactly."""
+        """Write the merged recipe beside the outputs, so a run can be reproduced exactly.
+
+        Reward plugins given by file are written with their absolute paths: the saved copy
+        loads the same plugins from wherever it is used."""
         path = Path(output_dir) / RESOLVED_RECIPE_NAME
+        raw = copy.deepcopy(self.raw)
+        for spec in self.rewards:
+            entry = raw["rewards"][spec.position] if spec.position is not None else None
+            if isinstance(entry, dict) and entry.get("path") is not None and spec.path is not None:
+                entry["path"] = spec.path  # absolute once parsed, for a file; a dotted path as given
         header = f"# resolved by clear-rl {__version__} from {self.source}\n"
-        write_text(path, header + yaml.safe_dump(self.raw, sort_keys=False))
+        write_text(path, header + yaml.safe_dump(raw, sort_keys=False))
         return path
 
 
@@ -177,6 +187,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message says what is wrong
+            return _coerce(value, options[0], where)
         for option in args:
             if option is type(None):
                 continue
@@ -229,50 +242,42 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # forward references to optional packages: fall back to no check
-        return {}
+def check_mapping(schema: Schema, data: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """`data` checked against a dataclass's schema: renamed keys under their new names, values
+    coerced; an unknown key (with a close match), a wrong type or a missing key is a RecipeError
+    naming `where` (e.g. 'recipe.yaml: training') and the key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = _renamed(schema.renames, data, where)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in schema.hints:
+            close = difflib.get_close_matches(str(key), list(schema.hints), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"{where}.{key}: unknown key{hint}")
+        try:
+            values[key] = _coerce(value, schema.hints[key], f"{where}.{key}")
+        except TypeError as exc:
+            raise RecipeError(f"{where}.{key}: {exc}") from None
+    missing = [name for name in schema.required if name not in values]
+    if missing:
+        raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)}")
+    return values
 
 
 def build_dataclass(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     """Instantiate dataclass `cls` from `data`, naming `where` (e.g. 'recipe.yaml: training') in errors."""
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = _type_hints(cls)
-    values: dict[str, Any] = {}
-    data = _renamed(cls, data, where)
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"{where}.{key}: unknown key{hint}")
-        try:
-            values[key] = _coerce(value, hints.get(key, Any), f"{where}.{key}")
-        except TypeError as exc:
-            raise RecipeError(f"{where}.{key}: {exc}") from None
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)}")
+    values = check_mapping(schema_of(cls), data, where)
     try:
         return cls(**values)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ClearRLError) as exc:
         raise RecipeError(f"{where}: {exc}") from None
 
 
-def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """`data` with keys renamed in this release (`cls.renamed_keys`, old -> new) under their new
-    names, each with a deprecation message; an old and a new spelling together are an error."""
-    renames = getattr(cls, "renamed_keys", {})
+def _renamed(renames: dict[str, str], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with keys renamed in this release (old -> new) under their new names, each with a
+    deprecation message; an old and a new spelling together are an error."""
     if not any(key in renames for key in data):
         return data
     out = dict(data)
@@ -282,7 +287,7 @@ def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
         if new in out:
             raise RecipeError(f"{where}: '{old}' and '{new}' are the same setting; keep '{new}' only")
         message = f"{where}.{old} is deprecated and will be removed in the next release: use '{new}'"
-        warnings.warn(message, FutureWarning, stacklevel=3)
+        warnings.warn(message, FutureWarning, stacklevel=4)
         logger.warning(message)
         out[new] = out.pop(old)
     return out
@@ -295,9 +300,8 @@ def stage_module(stage: str):
     return importlib.import_module(STAGES[stage])
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
-    path = Path(path)
+def _read(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """The recipe file's mapping of sections, overrides applied, its sections and stage known."""
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
@@ -306,7 +310,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
-    apply_overrides(raw, list(overrides or []), str(path))
+    apply_overrides(raw, overrides, str(path))
     known = {"stage", "model", "data", "training", "rewards"}
     for key in raw:
         if key not in known:
@@ -315,18 +319,50 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             raise RecipeError(f"{path}: {key}: unknown section{hint}; sections: {sorted(known)}")
     if "stage" not in raw:
         raise RecipeError(f"{path}: missing required key 'stage' ({' | '.join(STAGES)})")
-    stage = raw["stage"]
-    module = stage_module(stage)
-    model = build_dataclass(ModelConfig, raw.get("model"), f"{path}: model")
+    if raw["stage"] not in STAGE_CONFIGS:
+        raise RecipeError(f"{path}: stage: unknown stage {raw['stage']!r}; valid stages: {list(STAGES)}")
     if "data" not in raw:
         raise RecipeError(f"{path}: missing required section 'data'")
+    return raw
+
+
+def load_recipe(
+    path: str | os.PathLike, overrides: list[str] | None = None, check_inputs: bool = False
+) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Everything but the values of `training:` is checked before TRL is imported (see
+    `recipe_schema`), so a wrong key, type or section is refused in well under a second; with
+    `check_inputs`, so are missing files, data and model folders (`preflight.check_inputs`).
+    Then the stage's config class is built, which checks the values themselves.
+    """
+    path = Path(path)
+    raw = _read(path, list(overrides or []))
+    stage = raw["stage"]
+    model = build_dataclass(ModelConfig, raw.get("model"), f"{path}: model")
     data = build_dataclass(DataConfig, raw.get("data"), f"{path}: data")
-    training = build_dataclass(module.CONFIG_CLASS, raw.get("training"), f"{path}: training")
+    where = f"{path}: training"
+    training = check_mapping(stage_schema(stage), raw.get("training"), where)
+    if not training.get("output_dir"):
+        raise RecipeError(
+            f"{where}.output_dir: missing; name the folder that receives the checkpoints, the model "
+            f"and {RESOLVED_RECIPE_NAME} (e.g. training.output_dir=outputs/{stage})"
+        )
     rewards = []
     if raw.get("rewards"):
         if stage != "grpo":
             raise RecipeError(f"{path}: rewards: only the grpo stage uses rewards")
+        if training.get("reward_weights") is not None:
+            raise RecipeError(f"{where}.reward_weights: give weights in the rewards: list instead")
         from clear_rl.rewards import parse_reward_specs
 
         rewards = parse_reward_specs(raw["rewards"], base_dir=path.parent)
-    return Recipe(stage, model, data, training, rewards, source=path, raw=raw)
+    elif stage == "grpo":
+        raise RecipeError(f"{path}: the grpo stage needs a `rewards:` section")
+    recipe = Recipe(stage, model, data, None, rewards, source=path, raw=raw)
+    if check_inputs:
+        from clear_rl.preflight import check_inputs as check
+
+        check(recipe)
+    recipe.training = build_dataclass(config_class(stage), training, where)
+    return recipe

@@ -329,7 +329,11 @@ class AsyncLoadedReward(LoadedReward):
 
 
 def check_reward_values(values: Any, count: int, where: str) -> list[float | None]:
-    """A plugin's output as TRL needs it: `count` floats or None (NaN read as None)."""
+    """A plugin's output as TRL needs it: `count` finite floats or None.
+
+    NaN is an error, not None: it is what a reward computes when something went wrong (0 / 0,
+    a failed parse turned float), and taking it for "not scored" would hide that. A reward that
+    does not score a completion returns None for it."""
     if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
         values = values.tolist()  # a torch tensor or numpy array
     if not isinstance(values, (list, tuple)):
@@ -344,8 +348,13 @@ def check_reward_values(values: Any, count: int, where: str) -> list[float | Non
     for row, value in enumerate(values):
         if value is not None and hasattr(value, "item") and not isinstance(value, numbers.Real):
             value = value.item()  # a 0-d tensor or numpy scalar
-        if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
+        if value is None:
             checked.append(None)
+        elif isinstance(value, numbers.Real) and math.isnan(value):
+            raise RewardError(
+                f"{where} returned NaN for completion {row} of {count}; return None for a completion "
+                "it does not score"
+            )
         elif isinstance(value, numbers.Real) and math.isfinite(value):
             checked.append(float(value))
         else:

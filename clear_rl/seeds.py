@@ -8,8 +8,10 @@ names, levels), gives the same seed on every machine and run, and is what MMD-Be
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a generator is made: seeds alone are light
+    import torch
 
 SEED_BITS = 63
 
@@ -22,4 +24,6 @@ def derive_seed(*parts: object) -> int:
 
 def generator_for(device: torch.device | str, *parts: object) -> torch.Generator:
     """A torch generator on `device` seeded from `parts`."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(derive_seed(*parts))

@@ -1,5 +1,6 @@
 """Recipes: validation before any work, overrides, the resolved copy, and the shipped recipes."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_qwen_recipe_is_lora_on_a_4bit_base():
     recipe = load_recipe(RECIPES / "qwen2_5_vl_3b/sft-lora.yaml")
     assert recipe.model.load_in_4bit and recipe.model.lora is not None
     assert set(recipe.model.lora.modules_to_save) == {"restoration_head", "latent_bridge"}
-    assert recipe.training.gradient_checkpointing and recipe.training.learning_rate == 1e-4
+    assert recipe.training.activation_checkpointing and recipe.training.learning_rate == 1e-4
 
 
 def test_paper_defaults_and_yaml_exponents_are_floats(tmp_path):
@@ -203,3 +204,47 @@ def test_one_restoration_sampling_spelling_in_every_stage(tmp_path):
         load_recipe(grpo, ["training.restoration_sampler=ode"])
     with pytest.raises(RecipeError, match="restoration steps must be >= 1"):
         load_recipe(write(tmp_path, {**bridge, "training": {**bridge["training"], "restoration_steps": 0}}))
+
+
+def test_shipped_recipes_use_no_deprecated_key():
+    # TRL defaults `gradient_checkpointing` to True, which transformers 5 warns about on every run.
+    for path in sorted(RECIPES.glob("[dq]*/*.yaml")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            recipe = load_recipe(path)
+        deprecated = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+        assert deprecated == [], (path.name, deprecated)
+        assert recipe.training.gradient_checkpointing == recipe.training.activation_checkpointing
+
+
+def test_gradient_checkpointing_is_renamed_and_honoured(tmp_path):
+    assert load_recipe(write(tmp_path, BASE)).training.activation_checkpointing is True  # TRL's default
+    with pytest.warns(
+        FutureWarning, match=r"training\.gradient_checkpointing is deprecated.*'activation_checkpointing'"
+    ):
+        recipe = load_recipe(write(tmp_path, with_training(gradient_checkpointing=False)))
+    assert (
+        recipe.training.activation_checkpointing is False and recipe.training.gradient_checkpointing is False
+    )
+
+
+def test_a_recipe_without_output_dir_is_refused(tmp_path):
+    recipe = {**BASE, "training": {"max_steps": 3}}
+    with pytest.raises(RecipeError, match=r"recipe\.yaml: training\.output_dir: missing"):
+        load_recipe(write(tmp_path, recipe))
+
+
+def test_saved_recipe_finds_its_reward_plugins_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "mine.py").write_text(
+        "def brevity(completions, **kw):\n    return [0.0] * len(completions)\n"
+    )
+    raw = yaml.safe_load((RECIPES / "demo/grpo.yaml").read_text())
+    raw["rewards"].append({"path": "plugins/mine.py:brevity", "weight": 0.5})
+    recipe = load_recipe(write(tmp_path, raw, "grpo.yaml"))
+    saved = recipe.save_resolved(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")  # re-run the saved copy from its own folder
+    again = load_recipe(saved)
+    assert again.rewards[-1].path == f"{(tmp_path / 'plugins' / 'mine.py').resolve()}:brevity"
+    assert again.rewards[-1].path == recipe.rewards[-1].path
+    assert again.raw["training"] == recipe.raw["training"]

@@ -39,6 +39,9 @@ def as_tensor(prompts, completions, **kwargs):
     import torch
     return torch.tensor([0.5, float("nan")])
 
+def maybe(prompts, completions, **kwargs):
+    return [0.5, None]
+
 def batch_only(prompts, completions, **kwargs):
     if len(completions) > 1:
         raise RuntimeError("batch too large")
@@ -192,7 +195,11 @@ def test_output_is_checked(plugin_dir):
         loaded("wordy")(prompts=["p"], completions=["a"])
     with pytest.raises(RewardError, match="returned inf for completion 0"):
         loaded("infinite")(prompts=["p"], completions=["a"])
-    assert loaded("as_tensor")(prompts=["p"] * 2, completions=["a", "b"]) == [0.5, None]  # NaN reads as None
+    with pytest.raises(
+        RewardError, match=r"rewards\[0\] \(.*my_rewards\.py:as_tensor\) returned NaN for completion 1 of 2"
+    ):
+        loaded("as_tensor")(prompts=["p"] * 2, completions=["a", "b"])  # a tensor with a NaN
+    assert loaded("maybe")(prompts=["p"] * 2, completions=["a", "b"]) == [0.5, None]  # None: not scored
 
 
 def test_loaded_rewards_pickle_and_async_plugins_stay_async(plugin_dir):

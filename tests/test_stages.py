@@ -13,7 +13,7 @@ from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe, stage_module
 from clear_rl.trainers.sft import ClearSFTConfig, ClearSFTTrainer
 from tests.prepared import SMALL, prepared_dataset
 
-QUIET = {"report_to": "none", "disable_tqdm": True, "gradient_checkpointing": False, "use_cpu": True}
+QUIET = {"report_to": "none", "disable_tqdm": True, "activation_checkpointing": False, "use_cpu": True}
 
 
 def make_trainer(tmp_path, dataset, **overrides) -> ClearSFTTrainer:
@@ -167,3 +167,20 @@ def test_evaluation_reports_the_loss_and_its_terms(tmp_path):
     metrics = trainer.evaluate(prepared_dataset(4, seed=1))
     for key in ("eval_loss", "eval_ce_loss", "eval_mse_loss", "eval_distill_loss"):
         assert key in metrics and metrics[key] > 0
+
+
+def test_the_merged_recipe_is_saved_when_the_run_starts(tmp_path, monkeypatch):
+    from clear_rl.trainers import common
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the run is stopped while the model loads
+
+    monkeypatch.setattr(common, "load_model", stopped)
+    out = tmp_path / "out"
+    recipe = load_recipe(
+        _recipe(tmp_path, "sft", {"tiny": {}}, {"output_dir": str(out)}), ["training.max_steps=7"]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        stage_module("sft").train(recipe)
+    saved = load_recipe(out / RESOLVED_RECIPE_NAME)
+    assert saved.training.max_steps == 7 and saved.raw == recipe.raw

@@ -8,7 +8,9 @@
 Mixed mode draws one corruption per image with the benchmark's weights and applies it at every
 level (draws independent per level); full mode writes every corruption at every level. Seeds
 derive from --seed and each row's index; a manifest JSON records each row's corruption,
-intensity and seed.
+intensity and seed, the files written so far, and `"complete": true` when all are. A run that
+was killed is continued with the same command plus --resume: the files it finished are kept,
+the rest are written, and the result is byte for byte that of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid", metavar="PNG", help="draw the 16 x 3 corruption grid of the input image to PNG"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run with the same options: keep the files its manifest lists",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +84,13 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         types=tuple(args.types) if args.types else None,
         name=args.name,
+        resume=args.resume,
     )
     if source.is_dir():
         result = degrade_dataset(source, out_dir, options, image_column=args.image_column)
     else:
         result = degrade_tsv(source, out_dir, options)
     for path in result.outputs:
-        print(f"wrote {path}")
+        print(f"wrote {path}")  # or kept, with --resume: every output is complete now
     print(f"manifest {result.manifest}")
     return 0

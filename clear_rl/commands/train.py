@@ -4,9 +4,10 @@
   clear-rl train recipes/demo/grpo.yaml training.max_steps=20 training.learning_rate=1e-6
   accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m clear_rl train RECIPE
 
-The recipe is validated completely (unknown keys, wrong types, missing fields) before any model
-is loaded. `key.path=value` arguments override recipe keys; the merged recipe is saved beside the
-outputs as clear_rl_recipe.yaml.
+The recipe is validated completely before any model is loaded: unknown keys, wrong types and
+missing fields, then what it points at (model folders, the dataset's splits and columns), all
+before TRL is imported. `key.path=value` arguments override recipe keys; the merged recipe is
+saved into training.output_dir as clear_rl_recipe.yaml when the run starts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from clear_rl.recipe import load_recipe, stage_module
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, check_inputs=True)
     stage_module(recipe.stage).train(recipe)
     return 0

@@ -74,6 +74,8 @@ PREPARED_COLUMNS = (
     "label",
     "target",
 )
+# What stage 3 needs of a dataset; clean_image, corruption, severity, ... are optional.
+GRPO_COLUMNS = ("image", "question", "answer")
 
 
 # -- degradation draws ---------------------------------------------------------------------------

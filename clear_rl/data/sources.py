@@ -145,8 +145,7 @@ def open_source(
             raise DataError(f"{location}: a file source must be a VLMEvalKit .tsv file")
         from clear_rl.io.tsv import read_tsv
 
-        frame = read_tsv(location, required=())
-        _check_columns(list(frame.columns), location)
+        frame = read_tsv(location, required=(), filled=REQUIRED_COLUMNS)  # every row needs all three
         found: dict[str, SourceSplit] = {"train": TsvSplit("train", location, frame, reasoning_column)}
     else:
         import datasets
@@ -165,4 +164,6 @@ def open_source(
         if unknown:
             raise DataError(f"{location} has no split(s) {unknown}; it has {list(found)}")
         found = {s: found[s] for s in splits}
+    if not any(len(split) for split in found.values()):
+        raise DataError(f"{location} has no rows (splits {list(found)})")
     return found

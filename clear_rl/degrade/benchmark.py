@@ -7,9 +7,11 @@ per level, or every corruption at every level (`full`); images re-encoded as JPE
 the base seed and the row's key), so a run is reproducible, and a manifest records each row's
 corruption, intensity and seed.
 
-Each output file is written to a temporary name and renamed when complete, and every image
-is decoded before the first file is written: a bad row fails the run without leaving any
-half-written or clobbered output.
+Each output file is written to a temporary name and renamed when complete, and a bad row
+fails the run without leaving any half-written or clobbered output. The manifest is rewritten
+after each output with the files done so far, and `"complete": true` once all are written; a
+killed run's temporaries are cleared by the next run, and `resume` keeps the files a killed run
+finished and writes the rest, giving the same bytes as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from clear_rl.degrade.registry import (
     resolve_intensity,
 )
 from clear_rl.errors import ClearRLError, DataError
-from clear_rl.io.atomic import atomic_path, write_text
+from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
 from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
 from clear_rl.seeds import derive_seed
@@ -67,6 +69,7 @@ class DegradeOptions:
     types: Sequence[str] | None = None
     name: str | None = None
     progress: bool = True
+    resume: bool = False  # keep the outputs a killed run with the same options finished
 
 
 @dataclass
@@ -160,21 +163,61 @@ def _encode_dataset_cell(image: Image.Image) -> dict:
     return {"bytes": encode_jpeg(image, JPEG_QUALITY), "path": None}
 
 
-def _manifest(
-    source: Path, options: DegradeOptions, image_column: str, files: list[dict], path: Path
-) -> None:
-    document = {
-        "library": "clear-rl",
-        "version": __version__,
-        "benchmark": "MMD-Bench",
-        "source": str(source),
-        "mode": options.mode,
-        "seed": options.seed,
-        "image_column": image_column,
-        "jpeg_quality": JPEG_QUALITY,
-        "files": files,
-    }
-    write_text(path, json.dumps(document, indent=1) + "\n")
+class _Manifest:
+    """The manifest of one run: what it is (source, mode, seed, the files it plans), the files
+    written so far, and whether all are (`complete`). Rewritten after each output, so a killed
+    run says what it finished; with `resume`, those files are kept when they are still there."""
+
+    def __init__(
+        self, path: Path, source: Path, options: DegradeOptions, image_column: str, planned: list[Path]
+    ):
+        self.path, self.planned = path, planned
+        self.identity = {
+            "library": "clear-rl",
+            "version": __version__,
+            "benchmark": "MMD-Bench",
+            "source": str(source),
+            "mode": options.mode,
+            "seed": options.seed,
+            "image_column": image_column,
+            "jpeg_quality": JPEG_QUALITY,
+            "planned": [target.name for target in planned],
+        }
+        self.files: dict[str, dict] = {}
+        for target in [*planned, path]:
+            remove_stale_temporaries(target)
+        if options.resume:
+            self.files = self._finished()
+
+    def _finished(self) -> dict[str, dict]:
+        """The entries of the files an earlier run of the same options wrote and are still there."""
+        if not self.path.is_file():
+            return {}
+        try:
+            earlier = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise DataError(
+                f"{self.path}: cannot resume from this manifest ({exc}); run without --resume"
+            ) from None
+        for key, value in self.identity.items():
+            if earlier.get(key) != value:
+                raise DataError(
+                    f"{self.path}: cannot resume: it was written with {key}={earlier.get(key)!r}, this run "
+                    f"has {value!r}; run with the same options, or without --resume to start over"
+                )
+        return {e["file"]: e for e in earlier.get("files", []) if (self.path.parent / e["file"]).exists()}
+
+    def done(self, target: Path) -> bool:
+        return target.name in self.files
+
+    def add(self, entry: dict) -> None:
+        self.files[entry["file"]] = entry
+        self.write()
+
+    def write(self) -> None:
+        files = [self.files[t.name] for t in self.planned if t.name in self.files]
+        document = {**self.identity, "complete": len(files) == len(self.planned), "files": files}
+        write_text(self.path, json.dumps(document, indent=1) + "\n")
 
 
 def _row_entry(key: str, position: int, name: str, intensity: float, seed: int, applied: bool) -> dict:
@@ -204,17 +247,22 @@ def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int
 
 
 def iter_degraded_frames(
-    frame: pd.DataFrame, source: str | os.PathLike, options: DegradeOptions = DegradeOptions()
+    frame: pd.DataFrame,
+    source: str | os.PathLike,
+    options: DegradeOptions = DegradeOptions(),
+    skip: Iterable[str] = (),
 ) -> Iterator[tuple[OutputSpec, pd.DataFrame, list[dict]]]:
     """MMD-Bench copies of a VLMEvalKit frame in memory, one output at a time: yields
-    (spec, degraded frame, manifest rows). `source` names the file in errors and outputs.
+    (spec, degraded frame, manifest rows), except for the outputs named in `skip`. `source`
+    names the file in errors and outputs.
 
     Reference rows keep their cell, so VLMEvalKit resolves them to the corrupted image of
     the row they point to; empty cells stay empty.
     """
     source = Path(source)
     base = options.name or source.stem
-    specs = plan_outputs(base, options.mode, options.levels, options.types)
+    skip = set(skip)
+    specs = [spec for spec in _plan(base, options) if spec.name not in skip]
     image_rows, references, empty = _tsv_roles(frame)
     keys, cells = list(frame["index"]), list(frame["image"])
 
@@ -249,15 +297,21 @@ def degrade_tsv(
     source = Path(source)
     frame = read_tsv(source, required=("index", "image"))
     base = options.name or source.stem
-    result = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json")
-    files: list[dict] = []
-    for spec, out, rows in iter_degraded_frames(frame, source, options):
-        target = Path(out_dir) / f"{spec.name}.tsv"
+    targets = {spec.name: Path(out_dir) / f"{spec.name}.tsv" for spec in _plan(base, options)}
+    manifest = _Manifest(
+        Path(out_dir) / f"{base}_MMD_manifest.json", source, options, "image", list(targets.values())
+    )
+    skip = {name for name, target in targets.items() if manifest.done(target)}
+    for spec, out, rows in iter_degraded_frames(frame, source, options, skip=skip):
+        target = targets[spec.name]
         write_tsv(out, target)
-        result.outputs.append(target)
-        files.append(_file_entry(target, source, options, spec, rows))
-        _manifest(source, options, "image", files, result.manifest)
-    return result
+        manifest.add(_file_entry(target, source, options, spec, rows))
+    manifest.write()
+    return DegradeResult(outputs=list(targets.values()), manifest=manifest.path)
+
+
+def _plan(base: str, options: DegradeOptions) -> list[OutputSpec]:
+    return plan_outputs(base, options.mode, options.levels, options.types)
 
 
 def _file_entry(
@@ -312,9 +366,12 @@ def degrade_dataset(
     source = Path(source)
     splits, is_dict = _open_dataset(source, image_column)
     base = options.name or source.name
-    specs = plan_outputs(base, options.mode, options.levels, options.types)
+    targets = {spec.name: Path(out_dir) / spec.name for spec in _plan(base, options)}
+    manifest = _Manifest(
+        Path(out_dir) / f"{base}_MMD_manifest.json", source, options, image_column, list(targets.values())
+    )
+    specs = [spec for spec in _plan(base, options) if not manifest.done(targets[spec.name])]
     columns = {split: list(dataset[image_column]) for split, dataset in splits.items()}
-    result, files = DegradeResult(manifest=Path(out_dir) / f"{base}_MMD_manifest.json"), []
     total = len(specs) * sum(sum(v is not None for v in column) for column in columns.values())
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
         for spec in specs:
@@ -342,10 +399,9 @@ def degrade_dataset(
                 rows += [
                     _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in present
                 ]
-            target = Path(out_dir) / spec.name
+            target = targets[spec.name]
             with atomic_path(target, is_dir=True) as tmp:
                 (datasets.DatasetDict(outputs) if is_dict else outputs[None]).save_to_disk(str(tmp))
-            result.outputs.append(target)
-            files.append(_file_entry(target, source, options, spec, rows))
-            _manifest(source, options, image_column, files, result.manifest)
-    return result
+            manifest.add(_file_entry(target, source, options, spec, rows))
+    manifest.write()
+    return DegradeResult(outputs=list(targets.values()), manifest=manifest.path)

@@ -179,13 +179,16 @@ def _prompt_question(row: dict) -> str:
 
 
 def _done_rows(path: Path) -> dict[str, dict]:
-    """Rows already answered in an earlier run (a torn last line from a crash is ignored)."""
+    """Rows already answered and scored in an earlier run (a torn last line from a crash, and a
+    row that had no score, are answered again)."""
     done = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if record.get("hit") is None:  # never scored (its answer cell was empty): answer it again
                 continue
             done[str(record["index"])] = record
     return done
@@ -369,7 +372,7 @@ def evaluate(
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")
         # Fail on a bad file before any model runs; every degraded copy keeps all of its rows.
-        reference = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS))
+        reference = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS, filled=("answer",)))
         num_rows[source] = len(reference)
         # A benchmark shipped degraded (R-Bench-Dis) has no clean version to measure against.
         references[source] = None if parse_dataset_name(source.stem).native_degraded else reference

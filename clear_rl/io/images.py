@@ -68,8 +68,17 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-# A text cell this long is image data, never a file name.
-_MAX_PATH_CELL = 1024
+# A text cell this long is image data, never a file name (PATH_MAX on Linux).
+_MAX_PATH_CELL = 4096
+
+
+def looks_like_path(cell: str) -> bool:
+    """Whether a text cell names an image file: one line ending in an image suffix PIL knows
+    (.jpg, .png, ...). Base64 has no '.', so image data never looks like a path, and is never
+    looked up on disk (a JPEG's base64 starts with '/9j/', which would otherwise pass for one)."""
+    if len(cell) >= _MAX_PATH_CELL or "\n" in cell:
+        return False
+    return os.path.splitext(cell.strip())[1].lower() in Image.registered_extensions()
 
 
 def decode_image(
@@ -78,8 +87,8 @@ def decode_image(
     """Decode any image cell to an RGB PIL image: the one decoder of every reader in clear-rl.
 
     A cell is a PIL image, a `datasets.Image` storage dict ({"bytes", "path"}), raw bytes, a path
-    to an image file (a relative one is looked up in `base_dir`, default the working directory)
-    or base64 text (VLMEvalKit's `image` cell). An empty cell, a missing file or data that is not
+    to an image file (text that `looks_like_path`; a relative one is looked up in `base_dir`,
+    default the working directory) or base64 text (VLMEvalKit's `image` cell). An empty cell, a missing file or data that is not
     an image raise a DataError that starts with `where` (name the row and the file there).
     """
 
@@ -95,8 +104,8 @@ def decode_image(
         cell = cell.get("bytes") or (Path(cell["path"]) if cell.get("path") else None)
     if cell is None or (isinstance(cell, (str, bytes, bytearray, memoryview)) and len(cell) == 0):
         raise error("empty image cell")
-    if isinstance(cell, str) and len(cell) < _MAX_PATH_CELL and os.path.isfile(located(cell)):
-        cell = Path(cell)
+    if isinstance(cell, str) and looks_like_path(cell):
+        cell = Path(cell.strip())
     if isinstance(cell, os.PathLike):
         path = located(cell)
         if not os.path.exists(path):
@@ -109,7 +118,11 @@ def decode_image(
         try:
             return _open(io.BytesIO(base64.b64decode(cell, validate=False)))
         except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
-            raise error(f"undecodable image (not a base64-encoded image: {exc.__class__.__name__})") from exc
+            shown = f" {cell[:40]!r}{'...' if len(cell) > 40 else ''}" if len(cell) < 256 else ""
+            raise error(
+                f"undecodable image cell{shown}: not a base64-encoded image ({exc.__class__.__name__}), "
+                "nor the path of an image file (.jpg, .png, ...)"
+            ) from exc
     if isinstance(cell, (bytes, bytearray, memoryview)):
         try:
             return _open(io.BytesIO(cell))

@@ -20,18 +20,42 @@ from clear_rl.io.atomic import atomic_path
 IMAGE_REFERENCE_MAX_LEN = 64
 
 
-def read_tsv(path: str | os.PathLike, required: Iterable[str] = ("index",)) -> pd.DataFrame:
-    """Read a TSV as text cells; raise DataError naming the file and any missing column."""
+def read_tsv(
+    path: str | os.PathLike, required: Iterable[str] = ("index",), filled: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Read a TSV as text cells; raise DataError naming the file when it is missing, empty or
+    has only a header, lacks a `required` column, or has an empty cell in a `filled` column
+    (naming those rows)."""
     if not os.path.exists(path):
         raise DataError(f"TSV file not found: {path}")
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path} is empty: a VLMEvalKit TSV has a header line and one row per question"
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot parse {path} as a tab-separated file: {exc}") from exc
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in [*required, *filled] if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks required column(s) {missing}; it has {list(frame.columns)}")
+    if frame.empty:
+        raise DataError(f"{path} has a header but no rows")
+    for column in filled:
+        empty = [p for p, cell in enumerate(frame[column]) if not cell.strip()]
+        if empty:
+            raise DataError(f"{path}: empty `{column}` in {len(empty)} row(s): {describe_rows(frame, empty)}")
     return frame
+
+
+def describe_rows(frame: pd.DataFrame, positions: list[int], limit: int = 5) -> str:
+    """'row index=7 (line 9), ...': rows by their `index` cell (when the file has one) and line."""
+    names = [
+        (f"row index={frame['index'].iloc[p]} " if "index" in frame.columns else "row ") + f"(line {p + 2})"
+        for p in positions[:limit]
+    ]
+    more = f" and {len(positions) - limit} more" if len(positions) > limit else ""
+    return ", ".join(names) + more
 
 
 def write_tsv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -10,33 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from clear_rl.errors import ClearRLError
 from clear_rl.models.composed import ComposedUnifiedModel
+from clear_rl.models.settings import LoraSettings, check_parts
 
-PARTS = ("llm", "vit", "projector", "head", "bridge", "vae")
 _VISION_ATTRS = ("vision_tower", "visual", "vision_model")
 _PROJECTOR_ATTRS = ("multi_modal_projector", "connector", "merger", "mm_projector")
-
-
-@dataclass
-class LoraSettings:
-    """LoRA on the LLM's attention and on the restoration head's attention by default."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    llm_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    head_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    # Parts trained in full beside the adapters (e.g. ["latent_bridge"] for stage 2).
-    modules_to_save: list[str] = field(default_factory=list)
-    # Train the embedding (and output) rows of the protocol tokens, which compose_unified added
-    # untrained: without them a LoRA model cannot learn to write <think>, <image_restore>, ...
-    train_protocol_tokens: bool = True
 
 
 def _path_of(model: nn.Module, target: nn.Module | None) -> str | None:
@@ -71,10 +54,7 @@ def part_paths(model: ComposedUnifiedModel) -> dict[str, list[str]]:
 
 def set_trainable_parts(model: ComposedUnifiedModel, parts: Iterable[str]) -> None:
     """Freeze everything, then unfreeze the named parts."""
-    parts = list(parts)
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise ClearRLError(f"unknown model part(s) {unknown}; valid parts: {list(PARTS)}")
+    parts = check_parts(parts)
     prefixes = part_paths(model)
     chosen = tuple(f"{p}." for part in parts for p in prefixes[part])
     for name, param in model.named_parameters():

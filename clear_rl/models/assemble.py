@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 from clear_rl.errors import ClearRLError
 from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
+from clear_rl.models.notices import release_4bit_notices
 from clear_rl.models.tokens import ClearTokenIds, add_clear_tokens
 
 # Left in bf16 by a 4-bit load: the vision side (small, and sensitive) and the output head.
@@ -130,6 +131,7 @@ def load_vlm(
             )
         from transformers import BitsAndBytesConfig
 
+        release_4bit_notices()
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

@@ -18,6 +18,7 @@ from transformers import AutoProcessor, ProcessorMixin
 from clear_rl.errors import ClearRLError
 from clear_rl.io.atomic import atomic_path
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
+from clear_rl.models.notices import release_4bit_notices
 
 
 def save_unified(
@@ -54,6 +55,8 @@ def load_unified(
             )
         if "quantization_config" in saved and not torch.cuda.is_available():
             raise ClearRLError(f"{folder} holds a model with a 4-bit base; loading it needs a CUDA GPU")
+        if "quantization_config" in saved:
+            release_4bit_notices()
         model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         _one_dtype_per_part(model)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)

@@ -39,6 +39,7 @@ from clear_rl.trainers.common import (
     finish,
     resume_checkpoint,
     seed_everything,
+    start_run,
     unified_core,
 )
 from clear_rl.trainers.progress import attach_callbacks
@@ -150,6 +151,7 @@ class AlignTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, Trainer):
 def train(recipe: Recipe, callbacks=()) -> AlignTrainer:
     """Align the bridge from a validated recipe (`stage: align`); the model is saved into output_dir."""
     args = recipe.training
+    start_run(recipe)
     seed_everything(args.seed)
     data = recipe.data
     train_dataset = load_image_dataset(data.path, data.split, data.image_column, data.max_samples)

@@ -32,12 +32,44 @@ class AutoPrecisionArguments:
     bf16: bool | None = field(default=None, metadata={"help": "null: bf16 where the GPU supports it."})
     # Parts trained in full when a recipe names none (`model.trainable_parts`): the stage's own default.
     default_trainable_parts: ClassVar[tuple[str, ...]] = ("llm", "head", "bridge")
-    # Old recipe key -> its new name; `build_dataclass` accepts the old one with a deprecation message.
+    # Old recipe key -> its new name, accepted with a deprecation message; each class names only its
+    # own renames (`recipe_schema.schema_of` gathers them over the MRO).
     renamed_keys: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = not self.fp16 and bf16_supported()
+        super().__post_init__()
+
+
+@dataclass
+class CheckpointingArguments:
+    """Activation checkpointing under its transformers 5 name, `activation_checkpointing`.
+
+    TRL's configs turn checkpointing on by defaulting the old name, `gradient_checkpointing`,
+    to True, and transformers warns that the old name is deprecated whenever it is set, so
+    every run would warn even with nothing set. Here the old name is unset unless a caller sets
+    it, and the stage's default (`default_activation_checkpointing`: TRL's True, or False for
+    plain TrainingArguments) goes to the new name. A recipe's `gradient_checkpointing*` keys are
+    renamed to the new ones, with a message that names them.
+    """
+
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass; null: the stage's default."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5)."}
+    )
+    default_activation_checkpointing: ClassVar[bool] = True
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "gradient_checkpointing": "activation_checkpointing",
+        "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+    }
+
+    def __post_init__(self) -> None:
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = self.default_activation_checkpointing
         super().__post_init__()
 
 

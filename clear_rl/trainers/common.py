@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from clear_rl.data.disk import check_saved_split
 from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
@@ -124,32 +125,36 @@ def unified_core(model) -> ComposedUnifiedModel:
 
 def load_split(path: str, split: str, max_samples: int | None = None, required=PREPARED_COLUMNS):
     """One split of a prepared dataset folder, checked for the columns a stage needs."""
-    if not Path(path).exists():
-        raise DataError(f"dataset folder not found: {path} (write one with `clear-rl prepare`)")
-    try:
-        loaded = datasets.load_from_disk(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} is not a dataset saved with save_to_disk: {exc}") from None
+    check_saved_split(path, split, required)
+    loaded = datasets.load_from_disk(path)
     if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(f"{path} has no split '{split}'; it has {list(loaded)}")
         loaded = loaded[split]
-    missing = [c for c in required if c not in loaded.column_names]
-    if missing:
-        raise DataError(
-            f"{path} lacks column(s) {missing} of a prepared dataset; run `clear-rl prepare` on your data first"
-        )
     if max_samples is not None:
         loaded = loaded.select(range(min(max_samples, len(loaded))))
     return loaded
 
 
+def start_run(recipe: Recipe) -> Path:
+    """What every stage does first: check the recipe's inputs (before any model loads), say
+    where the run writes, and save the merged recipe there (main process), so that even a run
+    that stops early can be told apart and re-run. Returns the output folder."""
+    from clear_rl.preflight import check_inputs
+
+    check_inputs(recipe)
+    args = recipe.training
+    output_dir = Path(args.output_dir).resolve()
+    logger.info("%s stage: writing checkpoints and the model to %s", recipe.stage, output_dir)
+    if args.process_index == 0:
+        recipe.save_resolved(output_dir)
+    return output_dir
+
+
 def finish(trainer, processor, recipe: Recipe) -> None:
-    """Save the final model and processor into output_dir (main process), beside the resolved recipe."""
+    """Save the final model and processor into output_dir (main process), beside the resolved
+    recipe `start_run` saved."""
     trainer.save_model(trainer.args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
-        recipe.save_resolved(trainer.args.output_dir)
 
 
 class LossOnlyEvaluationMixin:
@@ -215,9 +220,7 @@ def run_stage(
     from clear_rl.trainers.progress import attach_callbacks
 
     args = recipe.training
-    seed_everything(args.seed)
-    base_dir = Path(args.output_dir) / "base"
-    model, processor = build_model(recipe.model, adapter_base_dir=base_dir, args=args)
+    start_run(recipe)
     data = recipe.data
     train_dataset = load_split(data.path, data.split, data.max_samples)
     eval_dataset = load_split(data.path, data.eval_split, data.max_samples) if data.eval_split else None
@@ -226,6 +229,9 @@ def run_stage(
         eval_dataset = select(eval_dataset) if eval_dataset is not None else None
     if len(train_dataset) == 0:
         raise DataError(f"{data.path} split '{data.split}' has no rows this stage can train on")
+    seed_everything(args.seed)
+    base_dir = Path(args.output_dir) / "base"
+    model, processor = build_model(recipe.model, adapter_base_dir=base_dir, args=args)
     collator = ClearCollator.for_model(unified_core(model), processor, data.system_prompt, labels_after_slot)
     trainer = trainer_class(
         model=model,

@@ -39,7 +39,7 @@ from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_ad
 
 from clear_rl.answering import answer_batch
 from clear_rl.data.prompts import format_question, row_options
-from clear_rl.errors import RecipeError
+from clear_rl.data.samples import GRPO_COLUMNS
 from clear_rl.flow import sde_step, step_mean_kl
 from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.models.processing import vae_pixel_values
@@ -52,13 +52,13 @@ from clear_rl.trainers.common import (
     load_split,
     resume_checkpoint,
     seed_everything,
+    start_run,
     unified_core,
 )
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
-GRPO_COLUMNS = ("image", "question", "answer")  # clean_image, corruption, severity, ... are optional
 # The multimodal inputs TRL hands its scoring function (as in GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
@@ -516,17 +516,12 @@ def train(recipe: Recipe, callbacks=()) -> None:
     from clear_rl.trainers.progress import attach_callbacks
 
     args: InterleavedGRPOConfig = recipe.training
-    if not recipe.rewards:
-        raise RecipeError(f"{recipe.source}: the grpo stage needs a `rewards:` section")
+    start_run(recipe)
     reward_funcs, weights = load_rewards(recipe.rewards)
-    if args.reward_weights is not None:
-        raise RecipeError(
-            f"{recipe.source}: training.reward_weights: give weights in the rewards: list instead"
-        )
     args.reward_weights = weights
+    data = load_split(recipe.data.path, recipe.data.split, recipe.data.max_samples, required=GRPO_COLUMNS)
     seed_everything(args.seed)
     model, processor = build_model(recipe.model, adapter_base_dir=Path(args.output_dir) / "base", args=args)
-    data = load_split(recipe.data.path, recipe.data.split, recipe.data.max_samples, required=GRPO_COLUMNS)
     trainer = InterleavedGRPOTrainer(
         model,
         reward_funcs,

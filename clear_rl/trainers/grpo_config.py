@@ -7,11 +7,17 @@ from typing import ClassVar, Literal
 
 from trl import GRPOConfig
 
-from clear_rl.trainers.arguments import AutoPrecisionArguments, RestorationSamplingArguments
+from clear_rl.trainers.arguments import (
+    AutoPrecisionArguments,
+    CheckpointingArguments,
+    RestorationSamplingArguments,
+)
 
 
 @dataclass
-class InterleavedGRPOConfig(AutoPrecisionArguments, RestorationSamplingArguments, GRPOConfig):
+class InterleavedGRPOConfig(
+    AutoPrecisionArguments, CheckpointingArguments, RestorationSamplingArguments, GRPOConfig
+):
     """`trl.GRPOConfig` (every field by its own name) plus Flow-GRPO on the restoration head.
 
     The text policy gradient is TRL's, untouched (loss_type, epsilon, beta, scale_rewards, ...).

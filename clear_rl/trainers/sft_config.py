@@ -7,11 +7,11 @@ from typing import Any, ClassVar, Literal
 
 from trl import SFTConfig
 
-from clear_rl.trainers.arguments import AutoPrecisionArguments
+from clear_rl.trainers.arguments import AutoPrecisionArguments, CheckpointingArguments
 
 
 @dataclass
-class ClearTrainingConfig(AutoPrecisionArguments, SFTConfig):
+class ClearTrainingConfig(AutoPrecisionArguments, CheckpointingArguments, SFTConfig):
     """TRL's SFTConfig (all its fields, by their own names) plus what stages 1 and 2 share."""
 
     lambda_distill: float = 0.1  # paper 0.1; released script 0.4
