@@ -19,6 +19,7 @@ from clear_rl.recipe import load_recipe, stage_module
 from clear_rl.trainers.common import CHECKPOINT_COMPLETE, resume_checkpoint
 from tests.interrupted_run import KILLED
 from tests.prepared import prepared_dataset
+from tests.test_grpo import _prepared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -152,3 +153,32 @@ def test_bridge_killed_while_writing_trainer_state_resumes_to_the_uninterrupted_
     recipe = _write_recipe(tmp_path, "bridge", training, data={"path": str(data)})
     _assert_kill_and_resume_equal_the_straight_run(tmp_path, caplog, recipe, "trainer_state", 4, 2)
 
+
+@pytest.mark.slow
+def test_grpo_killed_while_writing_weights_resumes_to_the_uninterrupted_weights(tmp_path, caplog):
+    # num_iterations=2: each rollout serves two steps, so checkpoint-1 falls between a generation
+    # and its second use (TRL's buffered batch must come back), and step 3 makes a fresh rollout
+    # (its sampling and restoration noise must be the uninterrupted run's).
+    (tmp_path / "rewards.py").write_text(
+        "def brevity(completions, **kwargs):\n    return [1.0 / (1 + len(str(c))) for c in completions]\n"
+    )
+    training = {
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "num_iterations": 2,
+        "max_completion_length": 6,
+        "restoration_steps": 2,
+        "restore_policy": "always",
+        "learning_rate": 1e-3,
+        "save_strategy": "steps",
+        "save_steps": 1,
+    }
+    recipe = _write_recipe(
+        tmp_path,
+        "grpo",
+        training,
+        data={"path": str(_prepared_folder(tmp_path / "data"))},
+        rewards=[{"path": f"{tmp_path / 'rewards.py'}:brevity"}],
+    )
+    _assert_kill_and_resume_equal_the_straight_run(tmp_path, caplog, recipe, "weights", 2, 1)
