@@ -66,6 +66,36 @@ def test_an_explicit_checkpoint_without_the_marker_is_resumed_with_a_warning(tmp
     assert "may not have finished" in caplog.text
 
 
+def test_rotation_waits_until_the_new_checkpoint_is_marked_complete(tmp_path, monkeypatch):
+    # save_total_limit=1: deleting the previous checkpoint before the new one is marked would
+    # leave nothing to resume from if the run died in between.
+    import transformers.trainer
+    import transformers.trainer_utils
+
+    from tests.test_stages import make_trainer
+
+    rotate, marked_when_rotating = transformers.trainer_utils.rotate_checkpoints, []
+
+    def recording_rotate(output_dir, save_total_limit=None, **kwargs):
+        if save_total_limit:
+            found = sorted(Path(output_dir).glob("checkpoint-*"))
+            marked_when_rotating.append([p.name for p in found if (p / CHECKPOINT_COMPLETE).exists()])
+        rotate(output_dir, save_total_limit, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer_utils, "rotate_checkpoints", recording_rotate)
+    monkeypatch.setattr(transformers.trainer, "rotate_checkpoints", recording_rotate)
+    settings = {"max_steps": 3, "save_strategy": "steps", "save_steps": 1, "save_total_limit": 1}
+    trainer = make_trainer(tmp_path, prepared_dataset(4), **settings)
+    trainer.train()
+    assert marked_when_rotating == [
+        ["checkpoint-1"],
+        ["checkpoint-1", "checkpoint-2"],
+        ["checkpoint-2", "checkpoint-3"],
+    ]
+    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == ["checkpoint-3"]
+    assert trainer.args.save_total_limit == 1
+
+
 # -- kill and resume, end to end ------------------------------------------------------------------
 def _write_recipe(tmp_path: Path, stage: str, training: dict, **sections) -> Path:
     recipe = {
