@@ -158,12 +158,13 @@ class _RolloutScorer:
             restored_embeds=part.restored_embeds,
             logits_to_keep=keep + 1,
             use_cache=False,
+            clear_step=_logits_and_velocity,
             **flow,
             **inputs,
         )
         if self.flow:
             self.velocities.append(outputs["flow_velocity"] if flow else torch.zeros_like(part.x_t))
-        logits = outputs.logits[:, :-1]  # position j predicts token j + 1
+        logits = outputs["logits"][:, :-1]  # position j predicts token j + 1
         # TRL reads the last `keep` positions; labels are -100 before them and on padding.
         mask = (labels[:, -keep:] != -100).float()
         log_probs = selective_log_softmax(
@@ -180,6 +181,13 @@ class _RolloutScorer:
         if self.offset != len(self.rollout):
             raise RuntimeError(f"scored {self.offset} of the rollout's {len(self.rollout)} rows")
         return torch.cat(self.velocities)
+
+
+def _logits_and_velocity(model, forward, batch) -> dict:
+    """The scoring pass's outputs as a plain dict, the form wrappers map over: DDP rebuilds a
+    returned ModelOutput from its class's fields, which have no `flow_velocity`."""
+    out = forward(**batch)
+    return {"logits": out.logits, "flow_velocity": out.get("flow_velocity")}
 
 
 @dataclass
@@ -261,8 +269,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                     path.name,
                 )
             return
+        device = self.accelerator.device  # `cpu:0` in multi-process CPU runs, which torch.load refuses
         with torch.serialization.safe_globals([FlowRollout]):
-            state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+            state = torch.load(
+                path, map_location="cpu" if device.type == "cpu" else device, weights_only=True
+            )
         self._step = state["step"]
         if state["buffered_inputs"] is not None:
             self._buffered_inputs = state["buffered_inputs"]
