@@ -22,6 +22,10 @@ and checkpoints. What this subclass adds, in the order a batch meets it:
    per-step Gaussian log-prob ratios, the same advantages and clipping as the text, and with
    beta > 0 a KL of step means to the reference. L = L_text + flow_loss_weight * L_flow
    (`alternation: joint`), or text and flow optimizer steps in turn (`alternation: alternate`).
+
+Resuming equals not stopping: each rollout's random draws are derived from (seed, step, rank)
+(`_rollout_generators`), and TRL's buffered generation batch travels with the checkpoint
+(`_save_rng_state`).
 """
 
 from __future__ import annotations
