@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from clear_rl.trainers import grpo
 from clear_rl.trainers.grpo import FlowRollout, InterleavedGRPOTrainer, to_grpo_dataset
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = {
     "per_device_train_batch_size": 4,
     "num_generations": 4,
@@ -210,24 +206,6 @@ rewards:
     assert (out / "clear_rl_recipe.yaml").exists()
     model, processor = load_unified(out)
     assert model.num_restored_tokens > 0 and len(processor.tokenizer) > 0
-
-
-@pytest.mark.slow
-def test_accelerate_launch_two_processes_on_cpu(tmp_path):
-    model, processor = build_tiny_model(seed=0)
-    save_unified(model, processor, tmp_path / "model")
-    data = _prepared_folder(tmp_path / "data")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-        "-m", "clear_rl", "train", str(REPO / "recipes/demo/grpo.yaml"),
-        f"model.path={tmp_path / 'model'}", f"data.path={data}", f"training.output_dir={tmp_path / 'out'}",
-        "training.max_steps=2", "training.per_device_train_batch_size=4", "training.max_completion_length=6",
-        "training.restoration_steps=2", "training.logging_steps=1",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "out" / "model.safetensors").exists()
 
 
 def _scored_first_batch(trainer):

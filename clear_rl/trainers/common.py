@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import datasets
@@ -18,6 +20,10 @@ from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 from clear_rl.trainers.arguments import AutoPrecisionArguments
 
 logger = logging.getLogger(__name__)
+
+# The file that makes `checkpoint-N/` complete: the main process writes it once every process has
+# finished its part of Trainer's save (`UnifiedCheckpointMixin._save_checkpoint`).
+CHECKPOINT_COMPLETE = "clear_rl_checkpoint_complete.json"
 
 # Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
 PREPARED_COLUMNS = _PREPARED_COLUMNS
@@ -169,13 +175,44 @@ class LossOnlyEvaluationMixin:
 
 
 class UnifiedCheckpointMixin:
-    """For `transformers.Trainer` subclasses: resume full unified models through `from_pretrained`.
+    """For `transformers.Trainer` subclasses: checkpoints that are complete or skipped, and full
+    unified models resumed through `from_pretrained`.
 
     `save_pretrained` writes a wrapped VLM's weights under their original checkpoint names (e.g.
     LLaVA's `language_model.model.*`), which `Trainer`'s plain `load_state_dict` does not find when
     resuming, silently leaving the weights as they were. Adapter, FSDP and DeepSpeed checkpoints
     take Trainer's own path. Put it first among the bases: `class T(UnifiedCheckpointMixin, SFTTrainer)`.
     """
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's own checkpoint, then `CHECKPOINT_COMPLETE` once every process has written its part.
+
+        A completion marker, not a write-then-rename: every process writes into `checkpoint-N/`
+        (weights, optimizer, `rng_state_<rank>.pth`, FSDP and DeepSpeed shards) and Trainer's
+        best-model and rotation logic name that folder, so no single process could rename it into
+        place. Rotation (`save_total_limit`) waits for the marker: a kill in between never leaves
+        the folder without a complete checkpoint. Guards against a killed process, not power loss.
+        """
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        marker = folder / CHECKPOINT_COMPLETE
+        if self.args.should_save:
+            marker.unlink(missing_ok=True)  # this save rewrites the folder: not complete until it ends
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            marker.write_text(json.dumps({"global_step": self.state.global_step}) + "\n")
+            rotate_checkpoints(
+                output_dir=str(folder.parent),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model
@@ -192,15 +229,42 @@ class UnifiedCheckpointMixin:
 
 
 def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """`training.resume_from_checkpoint`: a checkpoint folder, or `last` for the newest in output_dir."""
-    if value is None or value.lower() not in ("last", "true"):
+    """`training.resume_from_checkpoint`: a checkpoint folder, or `last` (`true`) for the newest
+    complete one in output_dir (it holds `CHECKPOINT_COMPLETE`); incomplete ones (a save that was
+    killed) are named in a warning and skipped, and finding none is a warning too."""
+    if value is None:
+        return None
+    if value.lower() not in ("last", "true"):
+        if Path(value).is_dir() and not (Path(value) / CHECKPOINT_COMPLETE).exists():
+            logger.warning(
+                "resume_from_checkpoint=%s lacks %s: its save may not have finished; resuming from it as asked",
+                value,
+                CHECKPOINT_COMPLETE,
+            )
         return value
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if found is None:
-        logger.info("resume_from_checkpoint=%s: no checkpoint in %s yet; starting fresh", value, output_dir)
-    return found
+    folder = Path(output_dir)
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    found = (
+        [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_dir()] if folder.is_dir() else []
+    )
+    for checkpoint in sorted(found, key=lambda p: int(pattern.fullmatch(p.name)[1]), reverse=True):
+        if (checkpoint / CHECKPOINT_COMPLETE).exists():
+            logger.info("resume_from_checkpoint=%s: resuming from %s", value, checkpoint)
+            return str(checkpoint)
+        logger.warning(
+            "resume_from_checkpoint=%s: skipping %s, whose save did not finish (no %s)",
+            value,
+            checkpoint,
+            CHECKPOINT_COMPLETE,
+        )
+    logger.warning(
+        "resume_from_checkpoint=%s: no complete checkpoint in %s; training starts from the beginning",
+        value,
+        folder,
+    )
+    return None
 
 
 def run_stage(

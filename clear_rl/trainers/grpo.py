@@ -22,6 +22,10 @@ and checkpoints. What this subclass adds, in the order a batch meets it:
    per-step Gaussian log-prob ratios, the same advantages and clipping as the text, and with
    beta > 0 a KL of step means to the reference. L = L_text + flow_loss_weight * L_flow
    (`alternation: joint`), or text and flow optimizer steps in turn (`alternation: alternate`).
+
+Resuming equals not stopping: each rollout's random draws are derived from (seed, step, rank)
+(`_rollout_generators`), and TRL's buffered generation batch travels with the checkpoint
+(`_save_rng_state`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.readback import first_placeholder, view_mask
 from clear_rl.recipe import Recipe
+from clear_rl.seeds import generator_for
 from clear_rl.trainers.common import (
     UnifiedCheckpointMixin,
     build_model,
@@ -59,6 +64,8 @@ from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
+# Per process, in each checkpoint: TRL's micro-step count and buffered generation batch.
+GENERATION_STATE = "generation_state_{rank}.pt"
 # The multimodal inputs TRL hands its scoring function (as in GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
@@ -155,12 +162,13 @@ class _RolloutScorer:
             restored_embeds=part.restored_embeds,
             logits_to_keep=keep + 1,
             use_cache=False,
+            clear_step=_logits_and_velocity,
             **flow,
             **inputs,
         )
         if self.flow:
             self.velocities.append(outputs["flow_velocity"] if flow else torch.zeros_like(part.x_t))
-        logits = outputs.logits[:, :-1]  # position j predicts token j + 1
+        logits = outputs["logits"][:, :-1]  # position j predicts token j + 1
         # TRL reads the last `keep` positions; labels are -100 before them and on padding.
         mask = (labels[:, -keep:] != -100).float()
         log_probs = selective_log_softmax(
@@ -177,6 +185,13 @@ class _RolloutScorer:
         if self.offset != len(self.rollout):
             raise RuntimeError(f"scored {self.offset} of the rollout's {len(self.rollout)} rows")
         return torch.cat(self.velocities)
+
+
+def _logits_and_velocity(model, forward, batch) -> dict:
+    """The scoring pass's outputs as a plain dict, the form wrappers map over: DDP rebuilds a
+    returned ModelOutput from its class's fields, which have no `flow_velocity`."""
+    out = forward(**batch)
+    return {"logits": out.logits, "flow_velocity": out.get("flow_velocity")}
 
 
 @dataclass
@@ -208,9 +223,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         if unified.token_ids.answer_end not in self.eos_token_ids:
             self.eos_token_ids.append(unified.token_ids.answer_end)  # `</answer>` ends a completion too
         self._schedule = args.restoration_sampling.schedule(unified)
-        seed = args.seed + self.accelerator.process_index
-        self._generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
-        self._step_chooser = torch.Generator().manual_seed(seed)
+        self._draw = ("train", -1, 0)  # (mode, global step, n-th rollout at that step) of the last rollout
         # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
         # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
         self._scoring: FlowRollout | None = None
@@ -218,10 +231,62 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
     def _unified_model(self):
         return unified_core(self.model)
 
+    # -- resuming ---------------------------------------------------------------------------------
+    def _rollout_generators(self) -> tuple[torch.Generator, torch.Generator]:
+        """(sampling + restoration noise on the device, chosen denoising steps on the CPU) of this rollout.
+
+        Derived from (seed, mode, global step, n-th rollout at that step, rank), as SFT's draws
+        are, rather than kept as running generators: a resumed run draws what the uninterrupted
+        one did without saving any generator state, and each rollout is reproducible on its own.
+        """
+        mode = "train" if self.model.training else "eval"
+        last_mode, last_step, n = self._draw
+        step = self.state.global_step
+        n = n + 1 if (last_mode, last_step) == (mode, step) else 0
+        self._draw = (mode, step, n)
+        parts = (self.args.seed, mode, step, n, self.accelerator.process_index)
+        sampling = generator_for(self.accelerator.device, "rollout", *parts)
+        return sampling, generator_for("cpu", "flow steps", *parts)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Trainer's random states, plus TRL's micro-step count and, between generations, its
+        buffered generation batch (`steps_per_generation` x `num_iterations` micro-steps share one
+        rollout), which the policy that made them cannot make again once it has moved."""
+        super()._save_rng_state(output_dir)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        buffered = self._buffered_inputs if self._step % generate_every else None
+        state = {"step": self._step, "buffered_inputs": buffered}
+        torch.save(state, Path(output_dir) / GENERATION_STATE.format(rank=self.args.process_index))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / GENERATION_STATE.format(rank=self.args.process_index)
+        if not path.exists():
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            if self.state.global_step * self.args.gradient_accumulation_steps % generate_every:
+                logger.warning(
+                    "%s has no %s: the rollouts buffered across this step are generated again, by the "
+                    "current policy, so the run differs from an uninterrupted one",
+                    checkpoint,
+                    path.name,
+                )
+            return
+        device = self.accelerator.device  # `cpu:0` in multi-process CPU runs, which torch.load refuses
+        with torch.serialization.safe_globals([FlowRollout]):
+            state = torch.load(
+                path, map_location="cpu" if device.type == "cpu" else device, weights_only=True
+            )
+        self._step = state["step"]
+        if state["buffered_inputs"] is not None:
+            self._buffered_inputs = state["buffered_inputs"]
+
     # -- 1. the rollout ---------------------------------------------------------------------------
     def _rollout(self, prompts: list, trainer) -> dict:
         """TRL's `rollout_func`: interleaved generation for a batch of (already repeated) prompts."""
         args = self.args
+        sampling, step_chooser = self._rollout_generators()
         config = InterleavedGenerationConfig(
             max_new_tokens=args.max_completion_length,
             do_sample=True,
@@ -242,11 +307,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                 [prompt_image(p) for p in prompts],  # TRL put each row's `image` into its prompt
                 prompts,
                 config,
-                generator=self._generator,
+                generator=sampling,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
         out = answered.output
-        self._scoring = self._flow_rollout(out)
+        self._scoring = self._flow_rollout(out, step_chooser)
         real, text, restored = out.completion_mask.bool(), out.text_mask, out.restored.tolist()
         return {
             "prompt_ids": [
@@ -260,7 +325,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             "restored_latents": [lat.cpu() if r else None for lat, r in zip(out.restored_latents, restored)],
         }
 
-    def _flow_rollout(self, out: InterleavedOutput) -> FlowRollout:
+    def _flow_rollout(self, out: InterleavedOutput, step_chooser: torch.Generator) -> FlowRollout:
         """The batch's slots and K chosen denoising steps of each trajectory (random, per rollout)."""
         batch, steps = out.restored.shape[0], self.args.restoration_steps
         device = out.restored_latents.device
@@ -271,7 +336,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         if trajectory is None:
             trajectory = degraded.new_zeros(batch, steps + 1, *degraded.shape[1:])
         k = steps if self.args.flow_train_steps == -1 else self.args.flow_train_steps
-        chosen = torch.stack([torch.randperm(steps, generator=self._step_chooser)[:k] for _ in range(batch)])
+        chosen = torch.stack([torch.randperm(steps, generator=step_chooser)[:k] for _ in range(batch)])
         chosen = chosen.sort(dim=1).values.to(device)
         schedule, rows = self._schedule.to(device), torch.arange(batch, device=device)[:, None]
         return FlowRollout(
@@ -510,8 +575,8 @@ def to_grpo_dataset(prepared, system_prompt: str | None):
     return prepared.add_column("prompt", prompts)
 
 
-def train(recipe: Recipe, callbacks=()) -> None:
-    """Run stage 3 from a validated recipe (`callbacks`: extra TrainerCallbacks)."""
+def train(recipe: Recipe, callbacks=()) -> InterleavedGRPOTrainer:
+    """Run stage 3 from a validated recipe (`callbacks`: extra TrainerCallbacks); returns the trainer."""
     from clear_rl.rewards import load_rewards
     from clear_rl.trainers.progress import attach_callbacks
 
@@ -532,3 +597,4 @@ def train(recipe: Recipe, callbacks=()) -> None:
     attach_callbacks(trainer, callbacks)
     trainer.train(resume_from_checkpoint=resume_checkpoint(args.resume_from_checkpoint, args.output_dir))
     finish(trainer, processor, recipe)
+    return trainer
