@@ -88,6 +88,14 @@ def test_missing_levels_are_made_under_out_not_in_the_given_folder(tiny, release
     assert sorted(scores["dataset"]) == ["MMStar_LOW_LEVEL_HIGH", "MMStar_MMD_mid", "MMStar_graffiti"]
 
 
+def test_the_cli_offers_the_runners_choices():
+    from clear_rl.commands import eval as command
+    from clear_rl.eval import scoring
+
+    assert command.PROTOCOLS == scoring.PROTOCOLS and command.LEVELS == scoring.LEVELS
+    assert command.RESTORE_POLICIES == runner.RESTORE_POLICIES and command.READBACKS == runner.READBACKS
+
+
 def test_file_planning_skips_unwanted_levels_and_names_clashes(released, tmp_path, caplog):
     groups = plan_files([released / "R-Bench-Dis.tsv"], ["clean"], tmp_path / "cache", 0)
     assert groups == [] and "R-Bench-Dis.tsv: its level (high) is not among --levels" in caplog.text

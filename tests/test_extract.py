@@ -62,6 +62,8 @@ MESSY_CASES = [
     ("A. cat B. dog C. bird D. fish", None),
     ("A. cat\nB. dog\nC. bird\nD. fish", None),
     ("(A) cat (B) dog", None),
+    ("a. cat b. dog", None),
+    ("It is a cat, not a dog", None),  # two options' texts, no letters
     ("A. cat B. dog C. bird D. fish\nAnswer: B", "B"),
     # Leading claims, including over option texts in the explanation.
     ("A is the answer", "A"),

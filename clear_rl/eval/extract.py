@@ -212,7 +212,10 @@ def _echoes(body: str, options: Mapping[str, str]) -> list[tuple[int, int, str]]
         if not words:
             continue
         phrase = r"\s+".join(re.escape(w) for w in words)
-        pattern = rf"(?<![A-Za-z0-9])[(\[]?{letter}\s*[)\].:\-]?\s*{phrase}(?![A-Za-z0-9])"
+        # The letter with its mark ("B.", "(B)", "B)"), so "a cat" (an article) is no echo of A.
+        pattern = (
+            rf"(?<![A-Za-z0-9])(?:[(\[]\s*{letter}\s*[)\]]|{letter}\s*[).:\-])\s*{phrase}(?![A-Za-z0-9])"
+        )
         spans += [(m.start(), m.end(), letter) for m in re.finditer(pattern, body, re.I)]
     return spans
 
