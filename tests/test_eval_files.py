@@ -168,3 +168,17 @@ def test_mm_vet_is_judge_graded_with_its_prompt_and_unscored_without(tiny, tmp_p
     assert scores["score"].tolist() == [50.0] and scores["scored"].tolist() == [True]
     rows = pd.read_csv(files["predictions.csv"])
     assert set(rows["graded_by"]) == {"judge"}
+
+
+def test_release_rows_are_measured_against_the_clean_file_even_when_clean_is_not_answered(
+    tiny, released, tmp_path
+):
+    config = EvalConfig(
+        levels=["high"], batch_size=4, max_new_tokens=4, restoration_steps=2, restore="always"
+    )
+    data = [released / "MMStar.tsv", released / "MMStar_LOW_LEVEL_HIGH.tsv"]
+    files = evaluate({"tiny": tiny}, data, tmp_path / "out", config)
+    rows = pd.read_csv(files["predictions.csv"])
+    high = rows[rows["dataset"] == "MMStar_LOW_LEVEL_HIGH"]
+    assert len(high) == 4 and high["psnr_restored"].notna().all()
+    assert set(rows["dataset"]) == {"MMStar_LOW_LEVEL_HIGH"}  # no --degraded: the folder is not searched

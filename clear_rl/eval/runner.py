@@ -359,15 +359,18 @@ def evaluate(
     references: dict[str, CleanReference | None] = {}
     num_rows: dict[Path, int] = {}
     for group in groups:
-        reference = None
-        for path in group.all_files():  # fail on a bad file before any model runs
-            frame = read_tsv(path, required=REQUIRED_COLUMNS)
-            num_rows[path] = len(frame)
-            if path == group.clean:
-                reference = CleanReference(path, frame)
-        # A benchmark shipped degraded (R-Bench-Dis) has no clean version to measure against.
+        frames = {path: read_tsv(path, required=REQUIRED_COLUMNS) for path in group.all_files()}
+        num_rows.update({path: len(frame) for path, frame in frames.items()})  # bad files fail here
+        # The clean file measures restorations even where its level is not answered; a benchmark
+        # shipped degraded (R-Bench-Dis) has no clean version to measure against.
         native = parse_dataset_name(group.base).native_degraded
-        references[group.base] = None if native else reference
+        reference = None
+        if group.clean is not None and not native:
+            frame = frames.get(group.clean)
+            reference = CleanReference(
+                group.clean, frame if frame is not None else read_tsv(group.clean, REQUIRED_COLUMNS)
+            )
+        references[group.base] = reference
     total = sum(
         num_rows[path] for run in runs for g in groups for path in _files_of(run, g, references[g.base])
     )
