@@ -4,7 +4,8 @@ and on the clean image.
 As in the paper, a row the model answers wrongly on its degraded image becomes restore-then-answer;
 by default it must also answer the clean image rightly (otherwise restoring would not help it, and
 the row stays direct). Answers come from greedy decoding with restoration banned, scored with the
-same rule-based matching as the accuracy reward.
+same rule-based matching as the accuracy reward, asked with the probed model's own system prompt
+and chat settings (the ones it was trained with, `models.chat`) unless the settings give one.
 
 This sits above generation and eval (it runs the model), so `data.prepare` never imports it: the
 caller (`clear-rl prepare`, the demo) builds a `Prober` and hands it to `prepare_dataset`.
@@ -23,7 +24,7 @@ from clear_rl.data.samples import ProbeSettings
 from clear_rl.data.sources import SourceRow
 from clear_rl.eval.extract import score_answer
 from clear_rl.generation import InterleavedGenerationConfig
-from clear_rl.models.tokens import SYSTEM_PROMPT
+from clear_rl.models.chat import OWN_PROMPT, resolve_chat
 
 
 class Prober:
@@ -42,7 +43,8 @@ class Prober:
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
-        self.system_prompt = settings.system_prompt if settings.system_prompt is not None else SYSTEM_PROMPT
+        own = OWN_PROMPT if settings.system_prompt is None else settings.system_prompt
+        self.chat = resolve_chat(own, model, "ProbeSettings.system_prompt")
         self.generation = InterleavedGenerationConfig(
             max_new_tokens=settings.max_new_tokens, do_sample=False, restore="never"
         )
@@ -61,7 +63,8 @@ class Prober:
                 images[start : start + size],
                 [format_question(r.question, r.options) for r in part],
                 self.generation,
-                system_prompt=self.system_prompt,
+                system_prompt=self.chat.system_prompt,
+                chat_template_kwargs=self.chat.chat_template_kwargs,
             )
             verdicts += [score_answer(t, r.answer, r.options) >= 0.5 for t, r in zip(answered.texts, part)]
         return verdicts

@@ -9,6 +9,7 @@ use these helpers; user plugins may too (`from clear_rl.reward_helpers import co
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clear_rl.data.prompts import is_missing
@@ -55,6 +56,51 @@ def row_options(columns: Mapping[str, Sequence[Any]], row: int) -> dict[str, str
         raise ValueError(f"row {row}: {exc}") from None
 
 
+@dataclass
+class AnswerGrades:
+    """Per completion: the accuracy in [0, 1] (None without a reference) and who graded it."""
+
+    scores: list[float | None]
+    graded_by: list[str]  # "rules" | "judge" | "" (no reference answer)
+
+
+def answer_grades(
+    completions: Sequence[Any],
+    answers: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]],
+    judge: bool = False,
+    judge_workers: int = 8,
+    judge_every: bool = False,
+    judge_style: str = "default",
+) -> AnswerGrades:
+    """`answer_scores` with each score's grader; `judge_every` sends every answer to the judge
+    (MM-Vet's protocol, with `judge_style="mmvet"`), not only those the rules do not find right.
+    A judge failure under CLEAR_RL_JUDGE_ON_FAILURE=rules leaves the rule score, graded `rules`."""
+    texts = [completion_text(c) for c in completions]
+    options = {i: row_options(columns, i) for i, answer in enumerate(answers) if not is_missing(answer)}
+    scores: list[float | None] = [None] * len(texts)
+    graded_by = [""] * len(texts)
+    for i, row_choices in options.items():
+        scores[i], graded_by[i] = score_answer(texts[i], str(answers[i]), row_choices), "rules"
+    if not judge:
+        return AnswerGrades(scores, graded_by)
+    from clear_rl.eval.judge import judge_scores
+
+    unsure = [i for i, score in enumerate(scores) if score is not None and (judge_every or score < 1.0)]
+    questions = columns["question"] if "question" in columns else [""] * len(texts)
+    graded = judge_scores(
+        [_question_with_options(str(questions[i]), options[i]) for i in unsure],
+        [str(answers[i]) for i in unsure],
+        [extract_answer_block(texts[i]) for i in unsure],
+        max_workers=judge_workers,
+        style=judge_style,
+    )
+    for i, score in zip(unsure, graded):
+        if score is not None:  # None: the judge failed and CLEAR_RL_JUDGE_ON_FAILURE=rules
+            scores[i], graded_by[i] = score, "judge"
+    return AnswerGrades(scores, graded_by)
+
+
 def answer_scores(
     completions: Sequence[Any],
     answers: Sequence[Any],
@@ -69,28 +115,10 @@ def answer_scores(
     the question (column `question`) with its options, the reference and the answer block: the
     way VLMEvalKit asks its judge only about what exact matching cannot settle. The judge's
     verdicts are cached (`clear_rl.eval.judge`), so every reward that scores answers (accuracy,
-    then decision) costs one judge request per distinct completion, however many ask.
+    then decision) costs one judge request per distinct completion, however many ask. Where the
+    judge fails under CLEAR_RL_JUDGE_ON_FAILURE=rules, the rule score stays (a counted warning).
     """
-    texts = [completion_text(c) for c in completions]
-    options = {i: row_options(columns, i) for i, answer in enumerate(answers) if not is_missing(answer)}
-    scores: list[float | None] = [None] * len(texts)
-    for i, row_choices in options.items():
-        scores[i] = score_answer(texts[i], str(answers[i]), row_choices)
-    if not judge:
-        return scores
-    from clear_rl.eval.judge import judge_scores
-
-    unsure = [i for i, score in enumerate(scores) if score is not None and score < 1.0]
-    questions = columns["question"] if "question" in columns else [""] * len(texts)
-    graded = judge_scores(
-        [_question_with_options(str(questions[i]), options[i]) for i in unsure],
-        [str(answers[i]) for i in unsure],
-        [extract_answer_block(texts[i]) for i in unsure],
-        max_workers=judge_workers,
-    )
-    for i, score in zip(unsure, graded):
-        scores[i] = score
-    return scores
+    return answer_grades(completions, answers, columns, judge, judge_workers).scores
 
 
 def _question_with_options(question: str, options: Mapping[str, str] | None) -> str:

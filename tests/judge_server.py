@@ -1,7 +1,9 @@
-"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for judge tests."""
+"""Fake judges on 127.0.0.1: a scripted OpenAI-compatible chat-completions server, and a silent
+one that accepts connections and never answers (a hung judge)."""
 
 import contextlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -44,4 +46,36 @@ def fake_judge(script=()):
     finally:
         httpd.shutdown()
         httpd.server_close()
+        judge._cached_score.cache_clear()
+
+
+@contextlib.contextmanager
+def silent_judge():
+    """Accept every connection, read nothing, answer nothing; yield the base URL."""
+    from clear_rl.eval import judge
+
+    judge._cached_score.cache_clear()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.05)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # kept open, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(timeout=1)
+        for connection in held:
+            connection.close()
+        server.close()
         judge._cached_score.cache_clear()

@@ -45,6 +45,83 @@ def test_extract_choice(text, expected):
     assert extract_choice(text, OPTIONS) == expected
 
 
+# Messy answers met in practice, each with the reading a user relies on: a text that commits to
+# two options or only repeats them gives None (the judge decides); a leading claim beats option
+# text in the explanation after it.
+ANIMALS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
+MESSY_CASES = [
+    # Two letters named: never a guess.
+    ("I think A or B", None),
+    ("A is right, B is wrong", None),
+    ("Both A and B are wrong", None),
+    ("A and B", None),
+    ("A or B? I'd say B", None),
+    ("C is correct, unlike A", None),
+    ("Option A is wrong, so the answer is B", None),
+    # Echoes of the option list are not claims; a claim after the echo still counts.
+    ("A. cat B. dog C. bird D. fish", None),
+    ("A. cat\nB. dog\nC. bird\nD. fish", None),
+    ("(A) cat (B) dog", None),
+    ("a. cat b. dog", None),
+    ("It is a cat, not a dog", None),  # two options' texts, no letters
+    ("A. cat B. dog C. bird D. fish\nAnswer: B", "B"),
+    # Leading claims, including over option texts in the explanation.
+    ("A is the answer", "A"),
+    ("C would be correct", "C"),
+    ("A\nThe animal looks like a dog at first, but the ears are a cat's.", "A"),
+    ("B\nIt is not a cat.", "B"),
+    ("B, because the fish is in a bowl", "B"),
+    ("B - dog", "B"),
+    ("D: fish", "D"),
+    # Markdown, brackets, phrases, case, punctuation.
+    ("**C**", "C"),
+    ("The answer is **D**.", "D"),
+    ("`B`", "B"),
+    ("### Answer: D", "D"),
+    ("Option (C)", "C"),
+    ("Option C", "C"),
+    ("the correct choice is c)", "C"),
+    ("Answer: c", "C"),
+    ("answer: b.", "B"),
+    ("My final answer would be **A**", "A"),
+    ("I choose d", "D"),
+    ("The answer is a red one", None),  # "a" before a word is the article
+    ("I choose D", "D"),
+    ("The correct answer is (B) dog.", "B"),
+    ("Answer: (A) cat", "A"),
+    ("(b)", "B"),
+    ("[D]", "D"),
+    ("B!", "B"),
+    ("b.", "B"),
+    ("<answer> c </answer>", "C"),
+    ("I'd go with C.", "C"),
+    # Option texts, in any case; the article "A" and the pronoun "I" are not letters.
+    ("DOG", "B"),
+    ("Dog.", "B"),
+    ("The image shows a bird.", "C"),
+    ("Answer: A dog", "B"),
+    ("A fish.", "D"),
+    ("The answer is a dog", "B"),
+    ("cat, dog, bird or fish", None),
+    ("The dog; option C is unlikely", None),  # option text and another option's letter
+    # Nothing to read.
+    ("E", None),
+    ("Neither", None),
+    ("I can't tell.", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MESSY_CASES)
+def test_extract_choice_never_guesses(text, expected):
+    assert extract_choice(text, ANIMALS) == expected
+
+
+def test_letters_inside_option_texts_are_not_claims():
+    plans = {"A": "Plan B", "B": "Plan C"}
+    assert extract_choice("A) Plan B", plans) == "A"
+    assert extract_choice("Plan C", plans) == "B"
+
+
 SCORE_CASES = [
     # (prediction, reference, options, expected score)
     ("<answer>B</answer>", "B", OPTIONS, 1.0),
@@ -70,6 +147,16 @@ SCORE_CASES = [
     ("x=-1", "-1<AND>-5", None, 0.5),
     ("It is a Reishi mushroom", "Lingzhi<OR>Reishi", None, 1.0),  # MM-Vet <OR>
     ("<think>the answer is 4</think><answer>5</answer>", "5", None, 1.0),  # only the answer block counts
+    # Numbers with units: the value counts, and a stated unit must agree.
+    ("The length is 5 cm.", "5", None, 1.0),
+    ("5cm", "5 cm", None, 1.0),
+    ("5 centimeters", "5 cm", None, 1.0),
+    ("5 m", "5 cm", None, 0.0),
+    ("about 5", "5 cm", None, 1.0),
+    ("$1,000", "1000", None, 1.0),
+    ("50%", "50", None, 1.0),
+    ("12 years old", "12 years", None, 1.0),
+    ("Seven.", "7", None, 1.0),
 ]
 
 

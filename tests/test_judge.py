@@ -1,7 +1,11 @@
 """The optional LLM judge, against a chat-completions server on 127.0.0.1 inside the test process."""
 
+import logging
+import threading
+import time
+
 import pytest
-from judge_server import FakeJudge, fake_judge
+from judge_server import FakeJudge, fake_judge, silent_judge
 
 from clear_rl.eval import judge
 from clear_rl.eval.judge import JudgeConfig, JudgeError, judge_score, judge_scores, parse_score
@@ -75,3 +79,83 @@ def test_parse_score():
     assert parse_score("Correctness: 1.0") == 1.0
     assert parse_score("false") == 0.0
     assert parse_score("7") is None and parse_score("n/a") is None
+
+
+def test_timeout_retries_and_failure_policy_come_from_the_environment():
+    base = {judge.ENV_URL: "http://127.0.0.1:9/v1", judge.ENV_MODEL: "m"}
+    default = JudgeConfig.from_env(base)
+    assert (default.timeout_s, default.retries, default.on_failure) == (20.0, 1, "fail")
+    # Worst case per answer, waits included: well below the 3 x 60 s it used to be.
+    assert (default.retries + 1) * default.timeout_s + default.retry_wait_s * default.retries <= 45
+    set_env = {**base, judge.ENV_TIMEOUT: "2.5", judge.ENV_RETRIES: "0", judge.ENV_ON_FAILURE: "Rules"}
+    chosen = JudgeConfig.from_env(set_env)
+    assert (chosen.timeout_s, chosen.retries, chosen.on_failure) == (2.5, 0, "rules")
+    for name, value in ((judge.ENV_TIMEOUT, "soon"), (judge.ENV_TIMEOUT, "0"), (judge.ENV_RETRIES, "-1"),
+                        (judge.ENV_RETRIES, "1.5"), (judge.ENV_ON_FAILURE, "ignore")):  # fmt: skip
+        with pytest.raises(JudgeError, match=name):
+            JudgeConfig.from_env({**base, name: value})
+
+
+def _finishes_within(seconds, fn):
+    """Run fn in a thread; (finished in time, its result or exception)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome["value"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), outcome.get("value")
+
+
+def test_a_judge_that_accepts_and_never_answers_fails_within_the_configured_time(monkeypatch):
+    with silent_judge() as url:
+        monkeypatch.setenv(judge.ENV_URL, url)
+        monkeypatch.setenv(judge.ENV_MODEL, "grader")
+        monkeypatch.setenv("CLEAR_RL_JUDGE_TIMEOUT", "0.3")  # the documented names, spelled out
+        monkeypatch.setenv("CLEAR_RL_JUDGE_RETRIES", "1")
+        began = time.perf_counter()
+        finished, result = _finishes_within(10, lambda: judge_score("q", "a", "p"))
+        assert finished, "the judge call blocked past its configured timeout and retries"
+        assert isinstance(result, JudgeError) and "after 2 attempts" in str(result)
+        assert time.perf_counter() - began < 5
+
+
+def test_a_judge_that_stays_down_can_fall_back_to_the_rules_with_a_counted_warning(monkeypatch, caplog):
+    from clear_rl.reward_helpers import answer_grades, answer_scores
+
+    columns = {"question": ["Which?"] * 3, "A": ["cat"] * 3, "B": ["dog"] * 3}
+    completions = ["<answer>A or B</answer>", "<answer>B</answer>", "<answer>cat, I guess</answer>"]
+    with silent_judge() as url:
+        for name, value in ((judge.ENV_URL, url), (judge.ENV_MODEL, "grader"), (judge.ENV_TIMEOUT, "0.3"),
+                            (judge.ENV_RETRIES, "0")):  # fmt: skip
+            monkeypatch.setenv(name, value)
+        with pytest.raises(JudgeError, match="cannot reach the judge|timed out"):  # the default: fail
+            answer_scores(completions, ["B", "B", "B"], columns, judge=True)
+        monkeypatch.setenv(judge.ENV_ON_FAILURE, "rules")
+        before = judge.JUDGE_FAILURES.total
+        began = time.perf_counter()
+        with caplog.at_level(logging.WARNING, logger="clear_rl.eval.judge"):
+            finished, grades = _finishes_within(
+                10, lambda: answer_grades(completions, ["B"] * 3, columns, judge=True)
+            )
+        assert finished and time.perf_counter() - began < 3  # one timeout for the batch, not one per answer
+        assert grades.scores == [0.0, 1.0, 0.0] and grades.graded_by == ["rules"] * 3
+        assert judge.JUDGE_FAILURES.total - before == 2  # the two answers the rules did not find right
+        assert "2 of 2 answers in this batch scored by the rules" in caplog.text
+
+
+def test_mm_vet_style_sends_mm_vets_own_grading_prompt(server):
+    FakeJudge.script = [(200, "0.5")]
+    score = judge_score("What is x?", "-1<AND>-5", "x = -1", config_for(server), style="mmvet")
+    assert score == 0.5
+    messages = FakeJudge.seen[0]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user"]
+    assert messages[0]["content"].startswith("Compare the ground truth and prediction from AI models")
+    assert messages[0]["content"].endswith("What is x? | -1 <AND> -5 | x = -1 | ")
+    with pytest.raises(JudgeError, match="style must be one of default, mmvet"):
+        judge_score("q", "a", "p", config_for(server), style="gpt4")

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from clear_rl.errors import DataError
+from clear_rl.eval.corruption_report import corruption_drop, corruption_table
 from clear_rl.eval.report import (
     benchmark_table,
-    corruption_table,
     levels_table,
     per_level,
     robustness,
@@ -62,7 +62,7 @@ RESULTS = {
 
 @pytest.fixture(scope="module")
 def scores():
-    return score_results(RESULTS)
+    return score_results(RESULTS, protocol="vlmevalkit")  # MMVP by pairs
 
 
 def test_hard_table_in_the_papers_layout(scores):
@@ -110,7 +110,7 @@ def test_trigger_rate_latency_and_tokens_per_level(scores):
 
 
 def test_write_report_produces_every_file(tmp_path):
-    files = write_report(RESULTS, tmp_path / "report", title="Demo")
+    files = write_report(RESULTS, tmp_path / "report", title="Demo", protocol="vlmevalkit")
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
         [
             "report.md",
@@ -123,6 +123,7 @@ def test_write_report_produces_every_file(tmp_path):
     )
     report = files["report.md"].read_text()
     assert report.startswith("# Demo") and "| CLEAR-RL | 50.00 | 75.00 | 75.00 | 66.67 |" in report
+    assert "Protocol: `vlmevalkit`" in report
     rows = json.loads(files["predictions.json"].read_text())
     assert len(rows) == sum(len(f) for datasets in RESULTS.values() for f in datasets.values())
     assert {"model", "dataset", "benchmark", "level", "prediction", "hit"} <= set(
@@ -131,7 +132,11 @@ def test_write_report_produces_every_file(tmp_path):
     predictions = pd.read_csv(files["predictions.csv"])
     assert len(predictions) == len(rows) and set(predictions["level"]) == {"clean", "low", "mid", "high"}
     summary = json.loads(files["scores.json"].read_text())
-    assert len(summary["scores"]) == 12 and summary["robustness"][0]["drop"] == 37.5
+    assert (
+        summary["protocol"] == "vlmevalkit"
+        and len(summary["scores"]) == 12
+        and summary["robustness"][0]["drop"] == 37.5
+    )
     assert len(pd.read_csv(files["scores.csv"])) == 12
     with Image.open(files["trigger_latency.png"]) as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 200
@@ -159,7 +164,7 @@ def test_per_corruption_files_get_their_own_table_and_stay_out_of_the_level_tabl
             "MMVP_gaussian_noise": results_file([1, 1, 1, 1], NO),  # 100
         }
     }
-    scores = score_results(results)
+    scores = score_results(results, protocol="vlmevalkit")
     assert benchmark_table(scores, "high").splitlines()[2] == "| CLEAR-RL | 50.00 | 75.00 | 75.00 | 66.67 |"
     assert corruption_table(scores, "CLEAR-RL").splitlines() == [
         "| Corruption | MMVP | MMStar | AVG |",
@@ -168,3 +173,50 @@ def test_per_corruption_files_get_their_own_table_and_stay_out_of_the_level_tabl
         "| graffiti | – | 25.00 | 25.00 |",
     ]
     assert per_level(scores).loc[lambda t: t["level"] == "high", "trigger_rate"].item() == pytest.approx(75.0)
+
+
+def test_the_paper_protocol_scores_mmvp_by_question_and_says_so(tmp_path):
+    scores = score_results(RESULTS)  # the default: the paper's protocol
+    # Base's High MMVP has 3 of 4 questions right: 75 by question (50 by pairs, as above).
+    assert benchmark_table(scores, "high").splitlines()[2] == "| Base | 75.00 | 50.00 | 50.00 | 58.33 |"
+    report = write_report(RESULTS, tmp_path)["report.md"].read_text()
+    assert "Protocol: `paper`: CLEAR's copy of VLMEvalKit" in report
+
+
+def test_mm_vet_without_a_judge_is_reported_as_not_scored(tmp_path):
+    mmvet = results_file([1, 0, 1, 1], NO).assign(answer=["x"] * 4, graded_by=["rules"] * 4)
+    results = {"Base": {**RESULTS["Base"], "MMVet": mmvet, "MMVet_LOW_LEVEL_HIGH": mmvet}}
+    scores = score_results(results)
+    hard = benchmark_table(scores, "high").splitlines()
+    assert hard[0] == "| Method | MM-Vet | MMVP | MMStar | R-Bench-Dis | AVG |"
+    assert hard[2] == "| Base | – | 75.00 | 50.00 | 50.00 | 58.33* |"  # no rule-based number under MM-Vet
+    assert robustness(scores).set_index("model").loc["Base", "benchmarks"] == ["MMStar", "MMVP"]
+    report = write_report(results, tmp_path)["report.md"].read_text()
+    assert "## Not scored" in report and "MM-Vet (MMVet_LOW_LEVEL_HIGH, Base): not scored" in report
+    assert "run with --judge" in report
+    judged = {"Base": {"MMVet": mmvet.assign(graded_by="judge", hit=[1.0, 0.5, 0.0, 0.5])}}
+    assert score_results(judged)["score"].tolist() == [50.0]
+
+
+def test_full_mode_files_give_a_table_per_level_and_a_drop_heat_map(tmp_path):
+    from clear_rl.eval.scoring import CORRUPTIONS
+
+    results = {"Base": {"MMStar": results_file([1, 1, 1, 1], NO)}}  # clean: 100
+    for k, corruption in enumerate(CORRUPTIONS):
+        results["Base"][f"MMStar_MMD_{corruption}_mid"] = results_file([1, 1, 1, 0], NO)  # 75
+        results["Base"][f"MMStar_MMD_{corruption}_high"] = results_file([1, 1, 0, 0] if k else [0] * 4, NO)
+    scores = score_results(results)
+    high = corruption_table(scores, "Base", "high").splitlines()
+    assert len(high) == 2 + 16 and high[2] == f"| {CORRUPTIONS[0]} | 0.00 | 0.00 |"
+    assert len(corruption_table(scores, "Base", "mid").splitlines()) == 2 + 16
+    drops = corruption_drop(scores)
+    assert len(drops) == 32
+    first = drops[drops["corruption"] == CORRUPTIONS[0]].set_index("level")["drop"]
+    assert first.to_dict() == {"mid": 25.0, "high": 100.0}
+    files = write_report(results, tmp_path)
+    report = files["report.md"].read_text()
+    assert "## Base per corruption (Mid)" in report and "## Base per corruption (High)" in report
+    assert "| Corruption | Mid drop (↓) | High drop (↓) |" in report
+    assert len(pd.read_csv(files["corruption_drop.csv"])) == 32
+    with Image.open(files["corruption_drop.png"]) as image:
+        assert image.format == "PNG" and image.height > 300

@@ -17,6 +17,9 @@ def frame(**columns):
     ("name", "benchmark", "rule", "level"),
     [
         ("MMBench_DEV_EN_V11", "MMBench", "circular", "clean"),
+        ("MMBench_DEV_EN_V11_LOW_LEVEL_HIGH", "MMBench", "circular", "high"),  # the release's names
+        ("MMVet_LOW_LEVEL_HIGH", "MM-Vet", "mean_score", "high"),
+        ("CV-Bench-2D_LOW_LEVEL_LOW", "CV-Bench", "source_mean", "low"),
         ("MMBench_DEV_EN_V11_MMD_high", "MMBench", "circular", "high"),
         ("MMBench_DEV_EN_V11_LOW_LEVEL_MID", "MMBench", "circular", "mid"),
         ("/data/LMUData/MMVet_MMD_low.tsv", "MM-Vet", "mean_score", "low"),
@@ -33,8 +36,25 @@ def frame(**columns):
     ],
 )
 def test_dataset_names(name, benchmark, rule, level):
-    parsed = parse_dataset_name(name)
+    parsed = parse_dataset_name(name, protocol="vlmevalkit")
     assert (parsed.benchmark, parsed.rule, parsed.level) == (benchmark, rule, level)
+
+
+@pytest.mark.parametrize(
+    ("name", "paper", "vlmevalkit"),
+    [
+        ("MMVP", "accuracy", "pairs"),
+        ("CV-Bench-2D_MMD_high", "accuracy", "source_mean"),
+        ("MMBench_DEV_EN_V11", "circular", "circular"),
+        ("MMVet", "mean_score", "mean_score"),
+        ("MMStar", "accuracy", "accuracy"),
+    ],
+)
+def test_protocols_differ_only_where_clears_copy_does(name, paper, vlmevalkit):
+    assert parse_dataset_name(name).rule == paper  # the paper's protocol is the default
+    assert parse_dataset_name(name, protocol="vlmevalkit").rule == vlmevalkit
+    with pytest.raises(DataError, match="protocol must be one of paper, vlmevalkit"):
+        parse_dataset_name(name, protocol="lmms-eval")
 
 
 def test_per_corruption_names_keep_the_corruption():
@@ -64,21 +84,66 @@ def test_mmbench_circular_one_wrong_rotation_fails_the_question():
     assert math.isnan(score.latency_s)
 
 
-def test_mmvp_pairs_need_both_questions_right():
-    results = frame(index=[1, 2, 3, 4, 5, 6], hit=[1, 1, 1, 0, 0, 0])
-    score = score_benchmark(results, "MMVP")
+def test_mmbench_groups_come_from_g_index_where_the_file_has_it():
+    # Rows 10 and 57 are one question (g_index 10) although 57 % 1e6 is not 10; row 57 is wrong.
+    results = frame(index=[10, 57, 11], g_index=[10, 10, 11], hit=[1, 0, 1], category=["a", "b", "c"])
+    score = score_benchmark(results, "MMBench_DEV_EN_V11")
+    assert score.score == pytest.approx(50.0) and score.units == 2
+    assert score.breakdown == {"a": 0.0, "c": 100.0}  # the label of the group's main row (index 10)
+    with pytest.raises(DataError, match="column 'g_index' at index=57 is 'x', not a number"):
+        score_benchmark(results.assign(g_index=[10, "x", 11]), "MMBench_DEV_EN_V11")
+    with pytest.raises(DataError, match="integer `g_index` values, got '10.5' at index=57"):
+        score_benchmark(results.assign(g_index=[10, 10.5, 11]), "MMBench_DEV_EN_V11")
+
+
+MMVP_ROWS = frame(
+    index=[1, 2, 3, 4, 5, 6],
+    question=["wings open?", "wings open?", "facing left?", "facing left?", "red?", "red?"],
+    hit=[1, 1, 1, 0, 0, 0],
+)
+
+
+def test_mmvp_paper_protocol_is_question_accuracy():
+    score = score_benchmark(MMVP_ROWS, "MMVP")
+    assert score.score == pytest.approx(50.0) and score.units == 6 and score.protocol == "paper"
+
+
+def test_mmvp_vlmevalkit_pairs_need_both_questions_right():
+    score = score_benchmark(MMVP_ROWS, "MMVP", protocol="vlmevalkit")
     assert score.score == pytest.approx(100 / 3) and score.units == 3
     assert score.breakdown == {"question_accuracy": 50.0}
+    # Pairs are taken by sorted position, whatever the first index and the row order.
+    shuffled = MMVP_ROWS.assign(index=[100, 101, 102, 103, 104, 105]).iloc[[5, 0, 3, 1, 4, 2]]
+    assert score_benchmark(shuffled, "MMVP", protocol="vlmevalkit").score == pytest.approx(100 / 3)
 
 
-def test_cv_bench_averages_per_source_then_across_sources():
-    # ADE20K 1/1 right, COCO 1/3 right: plain accuracy would be 50, the CV-Bench rule gives 66.67.
-    results = frame(index=[1, 2, 3, 4], hit=[1, 1, 0, 0], source=["ADE20K", "COCO", "COCO", "COCO"])
-    score = score_benchmark(results, "CV-Bench-2D")
+def test_mmvp_pairs_that_share_nothing_are_named():
+    broken = MMVP_ROWS.assign(question=["a", "a", "b", "c", "d", "d"])
+    with pytest.raises(DataError, match="index=3 and index=4 form MMVP pair 2"):
+        score_benchmark(broken, "MMVP", protocol="vlmevalkit")
+    # The same image (its digest, as the runner keeps it) is enough.
+    same_image = broken.assign(image_digest=["x", "x", "y", "y", "z", "z"])
+    assert score_benchmark(same_image, "MMVP", protocol="vlmevalkit").units == 3
+    with pytest.raises(DataError, match="even number of rows, got 5"):
+        score_benchmark(MMVP_ROWS.iloc[:5], "MMVP", protocol="vlmevalkit")
+
+
+CV_ROWS = frame(index=[1, 2, 3, 4], hit=[1, 1, 0, 0], source=["ADE20K", "COCO", "COCO", "COCO"])
+
+
+def test_cv_bench_paper_protocol_is_plain_accuracy():
+    score = score_benchmark(CV_ROWS, "CV-Bench-2D")
+    assert score.score == pytest.approx(50.0) and score.units == 4
+    assert score.breakdown == pytest.approx({"ADE20K": 100.0, "COCO": 100 / 3})
+
+
+def test_cv_bench_vlmevalkit_averages_per_source_then_across_sources():
+    # ADE20K 1/1 right, COCO 1/3 right: plain accuracy would be 50, the per-source mean 66.67.
+    score = score_benchmark(CV_ROWS, "CV-Bench-2D", protocol="vlmevalkit")
     assert score.score == pytest.approx((100 + 100 / 3) / 2)
     assert score.breakdown == pytest.approx({"ADE20K": 100.0, "COCO": 100 / 3})
     with pytest.raises(DataError, match="no `source` column"):
-        score_benchmark(results.drop(columns="source"), "CV-Bench-2D")
+        score_benchmark(CV_ROWS.drop(columns="source"), "CV-Bench-2D", protocol="vlmevalkit")
 
 
 def test_plain_accuracy_with_categories_and_costs():
@@ -102,11 +167,21 @@ def test_plain_accuracy_with_categories_and_costs():
     assert score.breakdown == pytest.approx({"p": 200 / 3, "q": 100.0, "a": 50.0, "b": 100.0})
 
 
-def test_mm_vet_averages_scores_per_capability():
-    results = frame(index=[0, 1, 2], hit=[1.0, 0.5, 0.0], category=["rec,ocr", "ocr", "math"])
+def test_mm_vet_averages_judge_scores_per_capability():
+    results = frame(
+        index=[0, 1, 2], hit=[1.0, 0.5, 0.0], category=["rec,ocr", "ocr", "math"], graded_by=["judge"] * 3
+    )
     score = score_benchmark(results, "MMVet")
-    assert score.score == pytest.approx(50.0)
+    assert score.scored and score.score == pytest.approx(50.0)
     assert score.breakdown == pytest.approx({"rec": 100.0, "ocr": 75.0, "math": 0.0})
+
+
+def test_mm_vet_without_judge_grades_is_not_scored():
+    results = frame(index=[0, 1], hit=[1.0, 0.0], graded_by=["judge", "rules"])
+    score = score_benchmark(results, "MMVet_LOW_LEVEL_HIGH")
+    assert not score.scored and math.isnan(score.score)
+    assert "run with --judge" in score.note and "1 of 2 answers" in score.note
+    assert not score_benchmark(results.drop(columns="graded_by"), "MMVet").scored
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,16 @@
   clear-rl eval --model Base=outputs/base --model CLEAR-RL=outputs/grpo --data test.tsv --restore never
   clear-rl eval --model CLEAR-SFT=outputs/sft --data MMStar.tsv --restore never,always,oracle --gallery 4
 
-Degraded copies are made on the fly with --seed into OUT/degraded/ (the same files
-`clear-rl degrade` writes), or read from --degraded DIR. Writes report.md (the paper's tables),
-scores.{csv,json}, predictions.{csv,json} and trigger_latency.png; with restorations also
+  clear-rl eval --model CLEAR-RL=outputs/grpo --data LMUData/MMStar.tsv LMUData/R-Bench-Dis.tsv --degraded LMUData/
+
+--data takes clean benchmark files and degraded ones, answered as they are (the released
+`<Base>_LOW_LEVEL_<LEVEL>.tsv` and `<Base>_<corruption>.tsv`, R-Bench-Dis); a clean file's levels
+come from --data, else --degraded DIR (clear-rl degrade outputs or the released MMD-Bench files,
+only read), else are made with --seed under OUT/degraded/. Each model is asked with the system
+prompt it was trained with (its clear_rl_recipe.yaml) unless --system-prompt says otherwise;
+--protocol paper (default: CLEAR's VLMEvalKit copy, the paper's tables) or vlmevalkit (upstream).
+Writes report.md (the paper's tables), scores.{csv,json}, predictions.{csv,json},
+trigger_latency.png and, with per-corruption files, corruption_drop.{csv,png}; with restorations also
 restoration_quality.csv (PSNR / latent cosine vs the clean rows), restoration_gain.csv (accuracy
 always - never, per level and corruption), restoration.png and gallery_<run>.png, and with
 several readbacks or an oracle run readback.csv / bridge_fidelity.csv. Several --restore policies
@@ -24,6 +31,7 @@ LEVELS = ("clean", "low", "mid", "high")
 # clear_rl.eval.runner's RESTORE_POLICIES / READBACKS / DEGRADED_VIEWS, for the same reason.
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
 READBACKS = ("bridge", "reencode")
+PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
 
 
 def _several(allowed: tuple[str, ...], what: str):
@@ -51,8 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a saved clear-rl model folder; repeat to compare models (NAME labels its rows)",
     )  # fmt: skip
     parser.add_argument(
-        "--data", nargs="+", required=True, metavar="TSV", help="VLMEvalKit-style benchmark TSVs"
-    )
+        "--data", nargs="+", required=True, metavar="TSV",
+        help="VLMEvalKit-style benchmark TSVs: clean files, and degraded ones (the released "
+        "MMD-Bench names, R-Bench-Dis) scored at their level as they are",
+    )  # fmt: skip
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="paper",
+        help="paper (default): CLEAR's VLMEvalKit copy, as the paper's tables (MMVP and CV-Bench as "
+        "question accuracy); vlmevalkit: upstream's (MMVP pairs, CV-Bench mean over sources)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--system-prompt", default=None, metavar="TEXT",
+        help="ask every model with this system prompt ('' for none) instead of the one each was "
+        "trained with (data.system_prompt in its clear_rl_recipe.yaml)",
+    )  # fmt: skip
     parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
     parser.add_argument("--levels", type=_levels, default=list(LEVELS), help="default: clean,low,mid,high")
     parser.add_argument(
@@ -83,9 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="restoration denoising steps (model default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the degraded copies and sampling")
-    parser.add_argument("--degraded", default=None, metavar="DIR", help="read/write degraded copies here")
-    parser.add_argument("--judge", action="store_true", help="LLM judge for answers the rules cannot settle "
-                        "(CLEAR_RL_JUDGE_URL / _MODEL / _API_KEY)")  # fmt: skip
+    parser.add_argument("--degraded", default=None, metavar="DIR",
+                        help="a folder of degraded copies to read (clear-rl degrade outputs or the released "
+                        "MMD-Bench files); never written: missing levels are made under OUT/degraded/")  # fmt: skip
+    parser.add_argument("--judge", action="store_true", help="LLM judge for answers the rules cannot settle, "
+                        "and MM-Vet's grader (CLEAR_RL_JUDGE_URL / _MODEL / _API_KEY / _TIMEOUT / _RETRIES / "
+                        "_ON_FAILURE)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
 
@@ -99,6 +122,7 @@ def _named(specs: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from clear_rl.eval.runner import EvalConfig, evaluate
+    from clear_rl.models.chat import OWN_PROMPT
     from clear_rl.models.io import load_unified
 
     models = {name: load_unified(path) for name, path in _named(args.model).items()}
@@ -114,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         readback=args.readback,
         degraded_view=args.degraded_view,
         gallery=args.gallery,
+        protocol=args.protocol,
+        system_prompt=OWN_PROMPT if args.system_prompt is None else args.system_prompt,
     )
     files = evaluate(models, args.data, args.out, config, degraded_dir=args.degraded)
     print((files["report.md"]).read_text(encoding="utf-8"))

@@ -181,7 +181,7 @@ class ProbeSettings:
     max_new_tokens: int = 64
     device: str | None = None  # default: cuda when available
     require_clean_correct: bool = True  # False: every row wrong on the degraded image restores (paper)
-    system_prompt: str | None = None  # default: the CLEAR system prompt
+    system_prompt: str | None = None  # default: the probed model's own (its recipe), "": none
 
 
 @dataclass

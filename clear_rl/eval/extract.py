@@ -2,9 +2,11 @@
 
 A model's output follows the CLEAR token protocol
 `<think>..</think>[<image_restore>][<think>..</think>]<answer>..</answer>`; only the answer block
-is judged. Multiple-choice answers are reduced to an option letter (or None when the text claims
-two different letters); short answers are compared after normalisation, numbers with a
-tolerance. Written by hand because no installed library does VQA answer matching; the rules
+is judged. Multiple-choice answers are reduced to an option letter, and the rules never guess: a
+text that names two option letters ("A or B", "A is right, B is wrong"), or only repeats the
+option list, gives no letter (the LLM judge, when enabled, then decides). Short answers are
+compared after normalisation, numbers with a tolerance (and their unit, when both sides state a
+known one). Written by hand because no installed library does VQA answer matching; the rules
 follow VLMEvalKit's `can_infer` and the VQA normalisation conventions.
 """
 
@@ -25,13 +27,40 @@ _THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.S | re.I)
 # Protocol and chat-template tokens that may survive decoding: `<image_restore>`, `<|im_end|>`.
 _CONTROL_TOKEN = re.compile(r"<\|[^<>|]*\|>|</?image_restore>", re.I)
 
-_LONE_LETTER = re.compile(r"^[\s(\[*]*([A-Z])(?:[)\].:*]|\s*$)")
-_EXPLICIT_LETTER = re.compile(
-    r"(?i:answer|option|choice)\s*(?i:is)?\s*[:=]?\s*(?i:option\s*)?[(\[*]*([A-Z])(?![A-Za-z])"
+# Markdown emphasis and code marks carry no meaning for the answer: "**B**", "`C`", "### Answer".
+_MARKUP = re.compile(r"[*`#]+")
+# A letter reference: bracketed in either case "(b)", a capital standing alone "B", or a lower-case
+# letter closed by punctuation "c)" (so the article in "the answer is a dog" is not one).
+_LETTER = r"(?:[(\[]\s*(?P<{0}>[A-Za-z])\s*[)\]]|(?P<{0}c>[A-Z])(?![A-Za-z0-9'])|(?P<{0}l>[a-z])(?=\s*(?:[).:,;!?]|$)))"
+# "the answer is B", "Answer: (c)", "the correct choice is c)", "my final answer would be **D**",
+# "I choose B". A bare "option C" mid-text is a mention, not a claim ("option C is unlikely").
+_PHRASE_CLAIM = re.compile(
+    r"(?i:\b(?:(?:final\s+|correct\s+|right\s+|best\s+)?answer|(?:final|correct|right|best)\s+(?:option|choice)"
+    r"|(?:choose|pick|select|go\s+with))"
+    r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be))?\s*[:=\-]?\s*(?:option\s*|choice\s*)?)"
+    + _LETTER.format("p"),
 )
-_BRACKETED_LETTER = re.compile(r"(?<![A-Za-z])[(\[]([A-Za-z])[)\]]")
-_ONLY_LETTER = re.compile(r"^\W*([A-Za-z])\W*$")
-_TOKEN = re.compile(r"[A-Za-z0-9]+")
+# A claim the body opens with: "B", "(B)", "B. dog", "b) dog", "B:", "A\n(explanation)", "B, because",
+# "A is the answer", "C would be correct".
+_LEADING_CLAIM = re.compile(
+    r"^\s*(?i:(?:option|choice|answer)\s*[:=\-]?\s*)?(?:"
+    r"[(\[]\s*(?P<b>[A-Za-z])\s*[)\]]"
+    r"|(?P<p>[A-Za-z])\s*[).:](?![A-Za-z0-9])"
+    r"|(?P<w>[A-Za-z])\s*$"
+    r"|(?P<n>[A-Z])[ \t]*(?:\n|[,;]|\s-\s)"
+    r"|(?P<v>[A-Z])\s+(?:is|would\s+be|should\s+be|seems|appears|looks)\b"
+    r")"
+)
+_BRACKETED = re.compile(r"(?<![A-Za-z0-9])[(\[]\s*([A-Za-z])\s*[)\]]")
+_CAPITAL = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+_NEXT_WORD = re.compile(r"\s+([a-z]+)")
+# Words that follow an option letter but never the article "A" / the pronoun "I": "A or B",
+# "A is right", "Both A and B"; any other lower-case word after "A" makes it the article ("A dog").
+_AFTER_LETTER_A = frozenset(
+    "or and nor but is are was were would should could must might may will seems seem looks "
+    "appears matches fits then vs versus because since as if too also only instead".split()
+)
+_AFTER_LETTER_I = frozenset({"or", "and", "nor"})
 
 _ARTICLES = {"a", "an", "the"}
 _NUMBER_WORDS = {
@@ -42,6 +71,30 @@ _NUMBER_WORDS = {
     )
 }
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# Units a number may carry, by their spellings: compared when both answers state one ("5 cm" is
+# not "5 m"); any other word after a number is not a unit ("7 cats").
+_UNITS = {
+    spelling: unit
+    for unit, spellings in {
+        "mm": "mm millimeter millimeters millimetre millimetres",
+        "cm": "cm centimeter centimeters centimetre centimetres",
+        "m": "m meter meters metre metres",
+        "km": "km kilometer kilometers kilometre kilometres",
+        "in": "inch inches",
+        "ft": "ft foot feet",
+        "mi": "mile miles",
+        "g": "g gram grams",
+        "kg": "kg kilogram kilograms",
+        "lb": "lb lbs pound pounds",
+        "s": "s sec second seconds",
+        "min": "min minute minutes",
+        "h": "h hr hour hours",
+        "percent": "percent",
+        "degrees": "degree degrees",
+        "years": "year years",
+    }.items()
+    for spelling in spellings.split()
+}
 
 
 def extract_answer_block(text: str) -> str:
@@ -66,6 +119,7 @@ def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFKC", str(text)).lower()
     text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # thousands separators
     text = re.sub(r"(?<=\d)\.(?=\d)", "\x00", text)  # protect decimal points
+    text = re.sub(r"(?<=\d)(?=[a-z])", " ", text)  # "5cm" -> "5 cm"
     text = re.sub(r"(?<![\w.])-(?=\d)", "\x01", text)  # protect minus signs ("x=-1"), not ranges ("3-5")
     text = re.sub(r"[^\w\s\x00\x01]|_", " ", text)
     text = text.replace("\x00", ".").replace("\x01", "-")
@@ -80,12 +134,37 @@ def parse_number(text: str) -> float | None:
     return float(normalized) if _NUMBER.fullmatch(normalized) else None
 
 
+def _value(word: str) -> float | None:
+    if word in _NUMBER_WORDS:
+        return _NUMBER_WORDS[word]
+    return float(word) if _NUMBER.fullmatch(word) else None
+
+
+def _quantities_in(normalized: str) -> list[tuple[float, str | None]]:
+    """Every (number, unit or None) a normalised answer states, in order."""
+    words = normalized.split()
+    found = []
+    for i, word in enumerate(words):
+        value = _value(word)
+        if value is not None:
+            found.append((value, _UNITS.get(words[i + 1]) if i + 1 < len(words) else None))
+    return found
+
+
 def _numbers_in(normalized: str) -> list[float]:
-    return [
-        _NUMBER_WORDS[word] if word in _NUMBER_WORDS else float(word)
-        for word in normalized.split()
-        if word in _NUMBER_WORDS or _NUMBER.fullmatch(word)
-    ]
+    return [value for value, _ in _quantities_in(normalized)]
+
+
+def _quantity(text: str) -> tuple[float, str | None] | None:
+    """The (number, unit) a whole answer states ("5", "5 cm", "seven"), else None ("7 cats")."""
+    normalized = normalize_text(text)
+    number = parse_number(normalized)
+    if number is not None:
+        return number, None
+    words = normalized.split()
+    if len(words) == 2 and words[1] in _UNITS and _value(words[0]) is not None:
+        return _value(words[0]), _UNITS[words[1]]
+    return None
 
 
 def _contains_phrase(words: list[str], phrase: list[str]) -> bool:
@@ -109,41 +188,106 @@ def _option_by_text(body: str, options: Mapping[str, str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _standalone_letters(body: str, valid: str) -> set[str]:
-    """Capital option letters standing alone, skipping "A"/"I" used as words ("A dog", "I think")."""
-    tokens = _TOKEN.findall(body)
-    letters = set()
-    for position, token in enumerate(tokens):
-        if len(token) != 1 or token not in valid:
+def _letter_of(match: re.Match) -> str:
+    """The letter a `_LETTER`-style match caught, upper-cased (whichever alternative matched)."""
+    return next(group for group in match.groups() if group).upper()
+
+
+def _is_word(letter: str, rest: str) -> bool:
+    """Whether a standing-alone "A" or "I" is the article or the pronoun ("A dog", "I think"),
+    judged by the lower-case word after it; any other letter is never a word."""
+    if letter not in "AI":
+        return False
+    following = _NEXT_WORD.match(rest)
+    if following is None:
+        return False
+    return following.group(1) not in (_AFTER_LETTER_A if letter == "A" else _AFTER_LETTER_I)
+
+
+def _echoes(body: str, options: Mapping[str, str]) -> list[tuple[int, int, str]]:
+    """Spans (start, end, letter) where the body states an option with its own text ("B. dog")."""
+    spans = []
+    for letter, text in options.items():
+        words = str(text).split()
+        if not words:
             continue
-        following = tokens[position + 1] if position + 1 < len(tokens) else ""
-        if token in "AI" and following[:1].islower():
-            continue
-        letters.add(token)
-    return letters
+        phrase = r"\s+".join(re.escape(w) for w in words)
+        # The letter with its mark ("B.", "(B)", "B)"), so "a cat" (an article) is no echo of A.
+        pattern = (
+            rf"(?<![A-Za-z0-9])(?:[(\[]\s*{letter}\s*[)\]]|{letter}\s*[).:\-])\s*{phrase}(?![A-Za-z0-9])"
+        )
+        spans += [(m.start(), m.end(), letter) for m in re.finditer(pattern, body, re.I)]
+    return spans
+
+
+def _without_echoed_options(body: str, options: Mapping[str, str] | None) -> str:
+    """The body less a listing of the options ("A. cat B. dog C. bird"): two or more options
+    stated with their own text are a repeat of the question, not a claim, and are cut out."""
+    if not options:
+        return body
+    spans = _echoes(body, options)
+    if len({letter for _, _, letter in spans}) < 2:
+        return body
+    for start, end, _ in sorted(spans, reverse=True):
+        body = body[:start] + " " + body[end:]
+    return body
+
+
+def _letters_named(body: str, valid: str, options: Mapping[str, str] | None) -> set[str]:
+    """Every option letter the body names: bracketed in either case, or a capital standing alone
+    that is not the article "A" / pronoun "I", nor part of an option's own text ("Plan B")."""
+    masked = body
+    for text in (options or {}).values():
+        if _CAPITAL.search(str(text)) and len(str(text).strip()) > 1:
+            masked = masked.replace(str(text).strip(), " ")
+    named = {letter.upper() for letter in _BRACKETED.findall(masked)}
+    for match in _CAPITAL.finditer(masked):
+        if not _is_word(match.group(1), masked[match.end() :]):
+            named.add(match.group(1))
+    return named & set(valid)
+
+
+def _claims(body: str, valid: str) -> set[str]:
+    """Letters the body explicitly claims: the one it opens with, and "answer/option/choice X"."""
+    claims = {
+        _letter_of(m)
+        for m in _PHRASE_CLAIM.finditer(body)
+        if not (m.group("pc") and _is_word(m.group("pc"), body[m.end() :]))  # "Answer: A dog"
+    }
+    leading = _LEADING_CLAIM.match(body)
+    if leading is not None:
+        letter = _letter_of(leading)
+        if not _is_word(letter, body[leading.start(leading.lastgroup) + 1 :]):
+            claims.add(letter)
+    return claims & set(valid)
 
 
 def extract_choice(text: str, options: Mapping[str, str] | None = None) -> str | None:
-    """The option letter a prediction picks, or None when it picks none or claims two.
+    """The option letter a prediction picks, or None when it picks none, names several, or only
+    repeats the options.
 
-    Order: explicit claims (a lone leading letter "B", "(B)", "B. ..", "B) ..", phrases such as
-    "the answer is B", "Answer: B", "option (B)", a bracketed "(b)", a body that is only "b");
-    then the option's text; then a capital letter standing alone. Letters are limited to the
-    options' keys when given.
+    Reading: markdown marks go; a listing of two or more options with their own texts is cut
+    out; then, when the rest names more than one option letter, there is no answer. Otherwise an
+    explicit claim wins (the letter the body opens with, "B", "(b)", "B. dog", "A is the answer",
+    "A" then an explanation; or "the answer is C", "Option (C)", "the correct choice is c)"), even
+    over option texts an explanation mentions; then the one option whose text the body states
+    (in any case), unless a letter of another option is named too; then a lone named letter.
+    Letters are limited to the options' keys when given.
     """
-    body = extract_answer_block(text)
+    body = _MARKUP.sub("", extract_answer_block(text)).strip()
     valid = "".join(sorted(options)) if options else LETTERS
-    claims = set(_EXPLICIT_LETTER.findall(body)) | set(_BRACKETED_LETTER.findall(body))
-    claims |= set(_LONE_LETTER.findall(body)) | set(_ONLY_LETTER.findall(body))
-    claims = {letter.upper() for letter in claims} & set(valid)
+    body = _without_echoed_options(body, options)
+    named = _letters_named(body, valid, options)
+    claims = _claims(body, valid)
+    mentioned = named | claims
+    if len(mentioned) > 1:
+        return None
     if claims:
-        return claims.pop() if len(claims) == 1 else None
-    if options:
-        by_text = _option_by_text(body, options)
-        if by_text is not None:
-            return by_text
-    standalone = _standalone_letters(body, valid)
-    return standalone.pop() if len(standalone) == 1 else None
+        return claims.pop()
+    by_text = _option_by_text(body, options) if options else None
+    if by_text is not None:
+        return by_text if mentioned <= {by_text} else None
+    return mentioned.pop() if mentioned else None
 
 
 def _answer_letter(answer: str, options: Mapping[str, str]) -> str | None:
@@ -161,12 +305,16 @@ def _short_answer_score(prediction: str, reference: str, rel_tol: float, abs_tol
         return 0.0
     if pred == ref:
         return 1.0
-    ref_number = parse_number(reference)
-    if ref_number is not None:
-        numbers = set(_numbers_in(pred))
+    quantity = _quantity(reference)
+    if quantity is not None:
+        stated = _quantities_in(pred)
+        numbers = {value for value, _ in stated}
         if len(numbers) != 1:  # none, or several: no single stated value
             return 0.0
-        return float(math.isclose(numbers.pop(), ref_number, rel_tol=rel_tol, abs_tol=abs_tol))
+        units = {unit for _, unit in stated if unit}
+        if quantity[1] and units and quantity[1] not in units:  # "5 m" for "5 cm"
+            return 0.0
+        return float(math.isclose(numbers.pop(), quantity[0], rel_tol=rel_tol, abs_tol=abs_tol))
     pred_words, ref_words = pred.split(), ref.split()
     if ref in ("yes", "no"):
         said = next((word for word in pred_words if word in ("yes", "no")), None)

@@ -5,18 +5,29 @@ file ever holds the key:
 - CLEAR_RL_JUDGE_URL: the server's base URL (`http://host:8000/v1`) or its full
   `.../chat/completions` URL;
 - CLEAR_RL_JUDGE_MODEL: the model name the server expects;
-- CLEAR_RL_JUDGE_API_KEY: optional bearer token; never logged nor put in an error message.
+- CLEAR_RL_JUDGE_API_KEY: optional bearer token; never logged nor put in an error message;
+- CLEAR_RL_JUDGE_TIMEOUT: seconds to wait for one reply (default 20): a server that accepts the
+  connection and never answers costs this long per attempt;
+- CLEAR_RL_JUDGE_RETRIES: further attempts after a timeout, refusal, HTTP 429/5xx or unusable
+  reply (default 1), so at most (1 + retries) x timeout plus 1 s of waits per answer (41 s);
+- CLEAR_RL_JUDGE_ON_FAILURE: `fail` (default) raises JudgeError; `rules` keeps the rule-based
+  score for answers the judge could not grade, with a warning in the log that counts them, so a
+  judge that goes down does not abort a long training run or evaluation.
 The standard library's urllib does the HTTP, so the judge adds no dependency. Answers are cached
-per (question, reference, prediction): the one memo of verdicts, through which the accuracy and
-decision rewards (and repeats within a batch) share one request per completion.
+per (prompt style, question, reference, prediction): the one memo of verdicts, through which the
+accuracy and decision rewards (and repeats within a batch) share one request per completion.
+Two prompt styles: `default` (a system turn with the grading rules) and `mmvet`, MM-Vet's own
+few-shot grading prompt, with which the benchmark's published scores are made.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,7 +41,14 @@ from clear_rl.errors import ClearRLError
 ENV_URL = "CLEAR_RL_JUDGE_URL"
 ENV_API_KEY = "CLEAR_RL_JUDGE_API_KEY"
 ENV_MODEL = "CLEAR_RL_JUDGE_MODEL"
+ENV_TIMEOUT = "CLEAR_RL_JUDGE_TIMEOUT"
+ENV_RETRIES = "CLEAR_RL_JUDGE_RETRIES"
+ENV_ON_FAILURE = "CLEAR_RL_JUDGE_ON_FAILURE"
+DEFAULT_TIMEOUT_S = 20.0
+DEFAULT_RETRIES = 1
+ON_FAILURE = ("fail", "rules")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You grade answers to questions about images. Compare the prediction with the ground truth "
@@ -39,6 +57,38 @@ SYSTEM_PROMPT = (
     "Paraphrases and equivalent units count as right."
 )
 USER_TEMPLATE = "Question: {question}\nGround truth: {answer}\nPrediction: {prediction}\nCorrectness score:"
+# MM-Vet's grading prompt (its evaluator and VLMEvalKit's MMVet use it), sent as one user turn
+# followed by "question | ground truth | prediction | " for the judge to complete.
+MMVET_PROMPT = """Compare the ground truth and prediction from AI models, to give a correctness score for \
+the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground \
+truth are present in the prediction, and <OR> means it is totally right when any one element in the \
+ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, \
+0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.
+
+Question | Ground truth | Prediction | Correctness
+--- | --- | --- | ---
+What is x in the equation? | -1 <AND> -5 | x = 3 | 0.0
+What is x in the equation? | -1 <AND> -5 | x = -1 | 0.5
+What is x in the equation? | -1 <AND> -5 | x = -5 | 0.5
+What is x in the equation? | -1 <AND> -5 | x = -5 or 5 | 0.5
+What is x in the equation? | -1 <AND> -5 | x = -1 or x = -5 | 1.0
+Can you explain this meme? | This meme is poking fun at the fact that the names of the countries \
+Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green \
+landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has \
+trust issues because the names of these countries do not accurately represent their landscapes. | The \
+meme talks about Iceland and Greenland. It's pointing out that despite their names, Iceland is not very \
+icy and Greenland isn't very green. | 0.4
+Can you explain this meme? | This meme is poking fun at the fact that the names of the countries \
+Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green \
+landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has \
+trust issues because the names of these countries do not accurately represent their landscapes. | The \
+meme is using humor to point out the misleading nature of Iceland's and Greenland's names. Iceland, \
+despite its name, has lush green landscapes while Greenland is mostly covered in ice and snow. The text \
+'This is why I have trust issues' is a playful way to suggest that these contradictions can lead to \
+distrust or confusion. The humor in this meme is derived from the unexpected contrast between the names \
+of the countries and their actual physical characteristics. | 1.0
+"""
+STYLES = ("default", "mmvet")
 
 _SCORE = re.compile(r"(?<![\d.])(?:1(?:\.0+)?|0(?:\.\d+)?|\.\d+)(?![\d.])")
 
@@ -58,13 +108,24 @@ class JudgeConfig:
     url: str
     model: str
     api_key: str | None = field(default=None, repr=False)
-    timeout_s: float = 60.0
-    retries: int = 2
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
     retry_wait_s: float = 1.0
+    on_failure: str = "fail"  # fail | rules
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE:
+            raise JudgeError(
+                f"{ENV_ON_FAILURE} must be one of {', '.join(ON_FAILURE)}, got {self.on_failure!r}"
+            )
+        if not self.timeout_s > 0 or self.retries < 0:
+            raise JudgeError(
+                f"the judge needs timeout_s > 0 and retries >= 0, got {self.timeout_s}, {self.retries}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> JudgeConfig:
-        """Read the CLEAR_RL_JUDGE_* variables; JudgeError names any that is missing."""
+        """Read the CLEAR_RL_JUDGE_* variables; JudgeError names any that is missing or malformed."""
         env = os.environ if environ is None else environ
         url, model = env.get(ENV_URL, "").strip(), env.get(ENV_MODEL, "").strip()
         missing = [name for name, value in ((ENV_URL, url), (ENV_MODEL, model)) if not value]
@@ -73,9 +134,30 @@ class JudgeConfig:
                 f"the LLM judge needs the environment variable(s) {missing} "
                 f"({ENV_URL}=http://host:port/v1, {ENV_MODEL}=<model>, optional {ENV_API_KEY})"
             )
+        settings = {
+            "timeout_s": _env_number(env, ENV_TIMEOUT, float, DEFAULT_TIMEOUT_S, "a number of seconds > 0"),
+            "retries": _env_number(env, ENV_RETRIES, int, DEFAULT_RETRIES, "a whole number >= 0"),
+            "on_failure": env.get(ENV_ON_FAILURE, "").strip().lower() or "fail",
+        }
         return cls(
-            url=chat_completions_url(url), model=model, api_key=env.get(ENV_API_KEY) or None, **overrides
+            url=chat_completions_url(url),
+            model=model,
+            api_key=env.get(ENV_API_KEY) or None,
+            **{**settings, **overrides},
         )
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type, default, what: str):
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise JudgeError(f"{name} must be {what}, got {text!r}") from None
+    if (kind is float and not value > 0) or (kind is int and value < 0):
+        raise JudgeError(f"{name} must be {what}, got {text!r}")
+    return value
 
 
 def judge_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -155,19 +237,24 @@ def _reply_text(reply: dict, where: str) -> str:
         ) from None
 
 
+def judge_messages(style: str, question: str, answer: str, prediction: str) -> list[dict]:
+    """The chat messages that ask for one grade in the given prompt style."""
+    if style == "mmvet":
+        answer = answer.replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
+        return [{"role": "user", "content": MMVET_PROMPT + " | ".join([question, answer, prediction, ""])}]
+    if style != "default":
+        raise JudgeError(f"judge prompt style must be one of {', '.join(STYLES)}, got {style!r}")
+    user = USER_TEMPLATE.format(question=question, answer=answer, prediction=prediction)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
 @functools.lru_cache(maxsize=8192)
-def _cached_score(config: JudgeConfig, question: str, answer: str, prediction: str) -> float:
+def _cached_score(config: JudgeConfig, style: str, question: str, answer: str, prediction: str) -> float:
     payload = {
         "model": config.model,
         "temperature": 0.0,
         "max_tokens": 16,
-        "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {
-                "role": "user",
-                "content": USER_TEMPLATE.format(question=question, answer=answer, prediction=prediction),
-            },
-        ],
+        "messages": judge_messages(style, question, answer, prediction),
     }
     where = safe_url(config.url)
     last_error = ""
@@ -188,9 +275,27 @@ def _cached_score(config: JudgeConfig, question: str, answer: str, prediction: s
     raise JudgeError(f"{last_error} (after {config.retries + 1} attempts)")
 
 
-def judge_score(question: str, answer: str, prediction: str, config: JudgeConfig | None = None) -> float:
+def judge_score(
+    question: str, answer: str, prediction: str, config: JudgeConfig | None = None, style: str = "default"
+) -> float:
     """Grade one prediction against the reference; JudgeError says why when it cannot."""
-    return _cached_score(config or JudgeConfig.from_env(), str(question), str(answer), str(prediction))
+    config = config or JudgeConfig.from_env()
+    return _cached_score(config, style, str(question), str(answer), str(prediction))
+
+
+class _FailureCount:
+    """Answers the judge could not grade and the rules scored instead, over the process's life."""
+
+    def __init__(self) -> None:
+        self._lock, self.total = threading.Lock(), 0
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.total += n
+            return self.total
+
+
+JUDGE_FAILURES = _FailureCount()
 
 
 def judge_scores(
@@ -199,16 +304,47 @@ def judge_scores(
     predictions: Sequence[str],
     config: JudgeConfig | None = None,
     max_workers: int = 8,
-) -> list[float]:
+    style: str = "default",
+) -> list[float | None]:
     """Grade many predictions with concurrent requests, in input order.
 
     Each distinct (question, answer, prediction) is asked once: repeats within the batch (GRPO
     samples several completions per prompt, often alike) wait for that one request rather than
-    race it past the cache, and later batches reuse the cached verdict.
+    race it past the cache, and later batches reuse the cached verdict. With
+    `on_failure="rules"`, an answer the judge cannot grade is None (the caller keeps its rule
+    score), the ones not yet asked after a failure are not sent (a judge that is down costs one
+    timeout per batch, not one per answer), and a warning counts them; otherwise JudgeError.
     """
     config = config or JudgeConfig.from_env()
     asked = [(str(q), str(a), str(p)) for q, a, p in zip(questions, answers, predictions)]
     distinct = list(dict.fromkeys(asked))
+    down = threading.Event()
+    reasons: list[str] = []
+
+    def grade(qap: tuple[str, str, str]) -> float | None:
+        if down.is_set():
+            return None
+        try:
+            return judge_score(*qap, config=config, style=style)
+        except JudgeError as exc:
+            if config.on_failure != "rules":
+                raise
+            down.set()
+            reasons.append(str(exc))
+            return None
+
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        graded = dict(zip(distinct, pool.map(lambda qap: judge_score(*qap, config=config), distinct)))
+        graded = dict(zip(distinct, pool.map(grade, distinct)))
+    failed = sum(graded[key] is None for key in asked)
+    if failed:
+        total = JUDGE_FAILURES.add(failed)
+        logger.warning(
+            "LLM judge failed (%s); %d of %d answers in this batch scored by the rules instead "
+            "(%d so far in this run; %s=rules)",
+            reasons[0] if reasons else "not asked after an earlier failure",
+            failed,
+            len(asked),
+            total,
+            ENV_ON_FAILURE,
+        )
     return [graded[key] for key in asked]

@@ -3,6 +3,8 @@
 - `plot_trigger_latency`: the paper's Figure 6 with the benefit beside the cost: restoration
   trigger rate (bars, only for runs that ever restore) and latency (lines, axis from 0) per level,
   and under it the accuracy per level of every run.
+- `plot_corruption_drop`: per model, a heat map of corruption x level: the accuracy drop from
+  clean (points), from `corruption_report.corruption_drop`.
 - `plot_restoration`: per corruption, the accuracy gain of restoring (always - never, points) and
   the PSNR gain of the restoration over the degraded input (dB), bars grouped by level; one panel
   per model with a gain, then one per run with measured restorations.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clear_rl.eval.scoring import LEVELS
@@ -124,3 +127,33 @@ def plot_restoration(quality: pd.DataFrame, gain: pd.DataFrame, path: str | Path
     """Write `restoration_figure` as a PNG; None (nothing written) when there is nothing to plot."""
     figure = restoration_figure(quality, gain)
     return None if figure is None else _save(figure, path)
+
+
+def corruption_drop_figure(drops: pd.DataFrame):
+    """One heat map per model: rows = corruptions, columns = levels, cells = drop from clean."""
+    models = list(dict.fromkeys(drops["model"]))
+    corruptions = list(dict.fromkeys(drops["corruption"]))
+    shown = [lv for lv in LEVELS if lv in set(drops["level"])]
+    figure = _figure(2.4 + (0.9 + 1.1 * len(shown)) * len(models), 1.0 + 0.32 * len(corruptions))
+    axes = figure.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    limit = max(1.0, float(drops["drop"].abs().max()))
+    for axis, model in zip(axes, models):
+        grid = drops[drops["model"] == model].pivot(index="corruption", columns="level", values="drop")
+        grid = grid.reindex(index=corruptions, columns=shown)
+        image = axis.imshow(grid.values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        for (row, column), value in np.ndenumerate(grid.values):
+            if not np.isnan(value):
+                shade = "white" if abs(value) > 0.6 * limit else "black"
+                axis.text(
+                    column, row, f"{value:.1f}", ha="center", va="center", fontsize="x-small", color=shade
+                )
+        axis.set_xticks(range(len(shown)), [LEVEL_TITLES[lv] for lv in shown])
+        axis.set_title(model, fontsize="medium")
+    axes[0].set_yticks(range(len(corruptions)), corruptions, fontsize="small")
+    figure.colorbar(image, ax=list(axes), label="Accuracy drop from clean (points)")
+    return figure
+
+
+def plot_corruption_drop(drops: pd.DataFrame, path: str | Path) -> Path:
+    """Write `corruption_drop_figure(drops)` as a PNG."""
+    return _save(corruption_drop_figure(drops), path)

@@ -1,11 +1,13 @@
 """Evaluation reports in the paper's layout: benchmark tables, robustness (Clean / Hard / Drop),
-restoration trigger rate and latency per level (the paper's Figure 6).
+per-corruption tables, restoration trigger rate and latency per level (the paper's Figure 6).
 
 Input: `{model: {dataset_name: results_frame}}`, one frame per benchmark file and level, as the
-runner writes them (see `clear_rl.eval.scoring`). AVG is the mean over the benchmarks a row
-shows; Drop = Clean - Hard over the benchmarks a model has at both levels (so already-degraded
-R-Bench-Dis counts in the Hard table but not in the Drop, as in the paper). Rates, latencies and
-token counts per level are means over benchmarks. Every file is written atomically.
+runner writes them (see `clear_rl.eval.scoring`), scored under one protocol (`paper` or
+`vlmevalkit`), which the report names. AVG is the mean over the benchmarks a row shows (marked
+`*` where one of them was not scored: MM-Vet without a judge); Drop = Clean - Hard over the
+benchmarks a model has scored at both levels (so already-degraded R-Bench-Dis counts in the Hard
+table but not in the Drop, as in the paper). Rates, latencies and token counts per level are
+means over benchmarks. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 
 from clear_rl.errors import DataError
 from clear_rl.eval import plots
+from clear_rl.eval.corruption_report import corruption_drop, corruption_sections
 from clear_rl.eval.gallery import write_galleries
 from clear_rl.eval.restoration_report import (
     Runs,
@@ -29,8 +32,14 @@ from clear_rl.eval.restoration_report import (
     restoration_sections,
     run_columns,
 )
-from clear_rl.eval.scoring import CORRUPTIONS, LEVELS, PAPER_ORDER, parse_dataset_name, score_benchmark
-from clear_rl.eval.tables import LEVEL_TITLES, markdown_table
+from clear_rl.eval.scoring import (
+    LEVELS,
+    PROTOCOL_SUMMARIES,
+    check_protocol,
+    parse_dataset_name,
+    score_benchmark,
+)
+from clear_rl.eval.tables import LEVEL_TITLES, PARTIAL_AVG, benchmark_order, markdown_table, score_row
 from clear_rl.eval.tables import cell as _cell
 from clear_rl.io.atomic import atomic_path, write_text
 
@@ -39,12 +48,13 @@ Results = Mapping[str, Mapping[str, pd.DataFrame]]
 DROPPED_ROW_COLUMNS = ("image", "image_path")
 
 
-def score_results(results: Results) -> pd.DataFrame:
-    """One row per (model, benchmark file): score, units, trigger rate, latency, tokens, breakdown."""
+def score_results(results: Results, protocol: str = "paper") -> pd.DataFrame:
+    """One row per (model, benchmark file): score, units, trigger rate, latency, tokens, breakdown,
+    under `protocol` (see `scoring`); `scored` is False (score NaN, `note` why) for what it cannot score."""
     rows = []
     for model, datasets in results.items():
         for dataset, frame in datasets.items():
-            rows.append({"model": model, **asdict(score_benchmark(frame, dataset))})
+            rows.append({"model": model, **asdict(score_benchmark(frame, dataset, protocol=protocol))})
     if not rows:
         raise DataError("no results to report: expected {model: {dataset_name: results_frame}}")
     table = pd.DataFrame(rows)
@@ -60,25 +70,13 @@ def mixed_levels(scores: pd.DataFrame) -> pd.DataFrame:
     return scores[scores["corruption"] == ""]
 
 
-def _benchmark_order(scores: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(scores["benchmark"]))
-    return [b for b in PAPER_ORDER if b in present] + sorted(b for b in present if b not in PAPER_ORDER)
-
-
-def _score_row(scores: pd.DataFrame, benchmarks: list[str]) -> list[str]:
-    by_benchmark = dict(zip(scores["benchmark"], scores["score"]))
-    values = [by_benchmark.get(b) for b in benchmarks]
-    shown = [v for v in values if v is not None]
-    return [_cell(v) for v in values] + [_cell(sum(shown) / len(shown) if shown else None)]
-
-
 def benchmark_table(scores: pd.DataFrame, level: str = "high", models: Sequence[str] | None = None) -> str:
     """The paper's main table: rows = models, columns = benchmarks + AVG, at one level."""
     scores = mixed_levels(scores)
     at_level = scores[scores["level"] == level]
-    benchmarks = _benchmark_order(at_level)
+    benchmarks = benchmark_order(at_level)
     models = list(models) if models is not None else list(dict.fromkeys(at_level["model"]))
-    rows = [[m, *_score_row(at_level[at_level["model"] == m], benchmarks)] for m in models]
+    rows = [[m, *score_row(at_level[at_level["model"] == m], benchmarks)] for m in models]
     return markdown_table(["Method", *benchmarks, "AVG"], rows)
 
 
@@ -86,9 +84,9 @@ def levels_table(scores: pd.DataFrame, model: str) -> str:
     """One model across MMD-Bench levels: rows = Clean/Low/Mid/High, columns = benchmarks + AVG."""
     mixed = mixed_levels(scores)
     mine = mixed[mixed["model"] == model]
-    benchmarks = _benchmark_order(mine)
+    benchmarks = benchmark_order(mine)
     levels = [lv for lv in LEVELS if lv in set(mine["level"])]
-    rows = [[LEVEL_TITLES[lv], *_score_row(mine[mine["level"] == lv], benchmarks)] for lv in levels]
+    rows = [[LEVEL_TITLES[lv], *score_row(mine[mine["level"] == lv], benchmarks)] for lv in levels]
     return markdown_table(["Level", *benchmarks, "AVG"], rows)
 
 
@@ -98,8 +96,8 @@ def robustness(scores: pd.DataFrame, hard_level: str = "high") -> pd.DataFrame:
     scores = mixed_levels(scores)
     for model in dict.fromkeys(scores["model"]):
         mine = scores[scores["model"] == model]
-        clean = mine[mine["level"] == "clean"].set_index("benchmark")["score"]
-        hard = mine[mine["level"] == hard_level].set_index("benchmark")["score"]
+        clean = mine[mine["level"] == "clean"].set_index("benchmark")["score"].dropna()
+        hard = mine[mine["level"] == hard_level].set_index("benchmark")["score"].dropna()
         paired = [b for b in clean.index if b in hard.index]
         if not paired:
             continue
@@ -123,15 +121,6 @@ def robustness_table(scores: pd.DataFrame, hard_level: str = "high") -> str:
     table = robustness(scores, hard_level)
     rows = [[r.model, _cell(r.clean), _cell(r.hard), _cell(r.drop)] for r in table.itertuples()]
     return markdown_table(["Method", "Clean", "Hard", "Drop (↓)"], rows)
-
-
-def corruption_table(scores: pd.DataFrame, model: str) -> str:
-    """CLEAR's per-corruption set for one model: rows = corruptions (High), columns = benchmarks + AVG."""
-    mine = scores[(scores["model"] == model) & (scores["corruption"] != "")]
-    benchmarks = _benchmark_order(mine)
-    shown = [c for c in CORRUPTIONS if c in set(mine["corruption"])]
-    rows = [[c, *_score_row(mine[mine["corruption"] == c], benchmarks)] for c in shown]
-    return markdown_table(["Corruption", *benchmarks, "AVG"], rows)
 
 
 def per_level(scores: pd.DataFrame) -> pd.DataFrame:
@@ -183,14 +172,46 @@ def prediction_rows(results: Results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _one_line(text: str) -> str:
+    """Text for a table cell: pipes escaped, line breaks shown as ⏎."""
+    return str(text).replace("|", "\\|").replace("\r\n", "\n").replace("\n", " ⏎ ")
+
+
+def setup_section(protocol: str, runs: Runs | None) -> str:
+    """What the numbers mean: the scoring protocol and, per run, the system prompt it was asked with."""
+    text = f"## Setup\n\nProtocol: `{protocol}`: {PROTOCOL_SUMMARIES[protocol]}\n"
+    prompted = {label: run for label, run in (runs or {}).items() if "prompt_source" in run}
+    if prompted:
+        rows = [
+            [label, f"`{_one_line(run['system_prompt'])}`" if run["system_prompt"] else "(none)",
+             _one_line(run["prompt_source"])]
+            for label, run in prompted.items()
+        ]  # fmt: skip
+        text += "\n" + markdown_table(["Run", "System prompt", "From"], rows)
+    return text
+
+
+def unscored_notes(scores: pd.DataFrame) -> str:
+    """A line per file its protocol could not score, and what the AVG mark means; "" when none."""
+    skipped = scores[~scores["scored"].astype(bool)]
+    if skipped.empty:
+        return ""
+    lines = [f"- {r.benchmark} ({r.dataset}, {r.model}): not scored. {r.note}" for r in skipped.itertuples()]
+    lines.append(
+        f"- `{PARTIAL_AVG}`: AVG over the scored benchmarks only; Drop leaves out what is not scored."
+    )
+    return "## Not scored\n\n" + "\n".join(dict.fromkeys(lines)) + "\n"
+
+
 def markdown_report(
     scores: pd.DataFrame,
     title: str = "Evaluation",
     rows: pd.DataFrame | None = None,
     runs: Runs | None = None,
+    protocol: str = "paper",
 ) -> str:
     """All tables in one Markdown document (the restoration ones when `rows` are given)."""
-    parts = [f"# {title}\n"]
+    parts = [f"# {title}\n", setup_section(check_protocol(protocol), runs)]
     mixed = mixed_levels(scores)
     levels = [lv for lv in LEVELS if lv in set(mixed["level"])]
     for level in reversed(levels):
@@ -199,8 +220,10 @@ def markdown_report(
         parts.append(f"## Robustness (Drop = Clean - Hard)\n\n{robustness_table(scores)}")
     for model in dict.fromkeys(mixed["model"]):
         parts.append(f"## {model} across levels\n\n{levels_table(scores, model)}")
-    for model in dict.fromkeys(scores.loc[scores["corruption"] != "", "model"]):
-        parts.append(f"## {model} per corruption (High)\n\n{corruption_table(scores, model)}")
+    parts += corruption_sections(scores)
+    notes = unscored_notes(scores)
+    if notes:
+        parts.append(notes)
     parts.append(f"## Restoration trigger rate and cost per level\n\n{trigger_table(scores)}")
     if rows is not None:
         parts += restoration_sections(scores, rows, runs)
@@ -213,33 +236,39 @@ def write_report(
     title: str = "Evaluation",
     runs: Runs | None = None,
     gallery: int = 2,
+    protocol: str = "paper",
 ) -> dict[str, Path]:
-    """Score everything and write report.md, scores.{csv,json}, predictions.{csv,json},
-    trigger_latency.png and, where there is something to show, restoration_quality.csv,
-    restoration_gain.csv, readback.csv, bridge_fidelity.csv, restoration.png and one
-    gallery_<run>.png per run with saved examples (`gallery` rows per corruption).
+    """Score everything under `protocol` and write report.md, scores.{csv,json},
+    predictions.{csv,json}, trigger_latency.png and, where there is something to show,
+    corruption_drop.{csv,png}, restoration_quality.csv, restoration_gain.csv, readback.csv,
+    bridge_fidelity.csv, restoration.png and one gallery_<run>.png per run with saved examples
+    (`gallery` rows per corruption).
 
     `runs` maps run labels (the keys of `results`) to their model, restore policy and readback
-    (see `restoration_report`); without it every label is a plain run of its own model.
+    (see `restoration_report`) and, from the runner, the system prompt used and where it came
+    from (`system_prompt`, `prompt_source`); without it every label is a plain run of its own model.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scores = score_results(results)
+    protocol = check_protocol(protocol)
+    scores = score_results(results, protocol)
     rows = prediction_rows(results)
     files = {
         name: out / name
         for name in ("report.md", "scores.csv", "scores.json", "predictions.csv", "predictions.json")
     }
-    write_text(files["report.md"], markdown_report(scores, title, rows, runs))
+    write_text(files["report.md"], markdown_report(scores, title, rows, runs, protocol))
     with atomic_path(files["scores.csv"]) as tmp:
         run_columns(scores, runs).drop(columns=["breakdown"]).to_csv(tmp, index=False)
     tables = {
+        "corruption_drop": corruption_drop(scores),
         "restoration_quality": restoration_quality(rows),
         "restoration_gain": restoration_gain(rows, runs),
         "readback": readback_comparison(scores, runs),
         "bridge_fidelity": bridge_fidelity(scores, runs),
     }
     summary = {
+        "protocol": protocol,
         "runs": dict(runs or {}),
         "scores": json.loads(scores.to_json(orient="records")),
         "robustness": json.loads(robustness(scores).to_json(orient="records")),
@@ -256,6 +285,10 @@ def write_report(
         rows.to_csv(tmp, index=False)
     write_text(files["predictions.json"], rows.to_json(orient="records", force_ascii=False, indent=1))
     files["trigger_latency.png"] = plot_trigger_latency(scores, out / "trigger_latency.png")
+    if not tables["corruption_drop"].empty:
+        files["corruption_drop.png"] = plots.plot_corruption_drop(
+            tables["corruption_drop"], out / "corruption_drop.png"
+        )
     figure = plots.plot_restoration(
         tables["restoration_quality"], tables["restoration_gain"], out / "restoration.png"
     )

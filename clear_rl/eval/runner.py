@@ -1,15 +1,18 @@
 """The MMD-Bench evaluation loop: each model on each benchmark at each degradation level.
 
-Degraded copies are the ones `clear-rl degrade` writes (`<name>_MMD_<level>.tsv`), made on the
-fly with a fixed seed into `<out>/degraded/` unless given. Rows are answered in batches with
-interleaved generation (greedy text, ODE restoration), scored with the benchmark's own rules
-(`scoring.py`), and reported with `report.write_report`. Predictions are appended to
-`<out>/predictions/<model>/<dataset>.jsonl` as each batch finishes, so `resume` continues an
-interrupted run where it stopped.
+The files come from `files.plan_files`: the clean files and any degraded ones given, the copies
+in a folder given (`clear-rl degrade` outputs or the released MMD-Bench files, read only), and
+copies made with a fixed seed into `<out>/degraded/` for what is missing. Each model is asked with
+the system prompt it was trained with (`models.chat`) unless one is given. Rows are answered in
+batches with interleaved generation (greedy text, ODE restoration), scored with the benchmark's
+rules under the chosen protocol (`scoring.py`; MM-Vet graded by the judge), and reported with
+`report.write_report`. Predictions are appended to `<out>/predictions/<model>/<dataset>.jsonl` as
+each batch finishes, so `resume` continues an interrupted run where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -25,19 +28,19 @@ from tqdm.auto import tqdm
 from clear_rl.answering import answer_batch
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.errors import ClearRLError, DataError
+from clear_rl.eval.files import BenchmarkFiles, plan_files
 from clear_rl.eval.gallery import save_example, slug
 from clear_rl.eval.quality import measure_restorations
 from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
-from clear_rl.eval.scoring import LEVELS, parse_dataset_name
+from clear_rl.eval.scoring import LEVELS, check_protocol, parse_dataset_name
 from clear_rl.generation import InterleavedGenerationConfig
-from clear_rl.io.atomic import write_text
 from clear_rl.io.images import decode_image
 from clear_rl.io.tsv import read_tsv, resolve_image_cells
+from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.models.processing import vae_pixel_values
-from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.restoration import RestorationSampling
-from clear_rl.reward_helpers import answer_scores
+from clear_rl.reward_helpers import answer_grades
 
 logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("index", "image", "question", "answer")
@@ -61,7 +64,10 @@ class EvalConfig:
     max_new_tokens: int = 256
     restoration_steps: int | None = None  # denoising steps of a restoration; None: the model's
     seed: int = 0
-    system_prompt: str | None = SYSTEM_PROMPT
+    # OWN_PROMPT: each model's own (the one it was trained with, see models.chat); a text, or None
+    # for none, asks every model with that instead.
+    system_prompt: str | None = OWN_PROMPT
+    protocol: str = "paper"  # paper | vlmevalkit (see scoring.py)
     judge: bool = False
     resume: bool = False
     readback: str | Sequence[str] = "bridge"  # bridge | reencode
@@ -74,6 +80,7 @@ class EvalConfig:
     num_inference_steps: int | None = None  # deprecated: the old name of `restoration_steps`
 
     def __post_init__(self) -> None:
+        self.protocol = check_protocol(self.protocol)
         if self.num_inference_steps is not None:
             warnings.warn(
                 "EvalConfig(num_inference_steps=...) is deprecated and will be removed in the next "
@@ -126,49 +133,6 @@ def plan_runs(names: Sequence[str], config: EvalConfig) -> list[Run]:
                 label = f"{name} [{', '.join(parts)}]" if parts else name
                 runs.append(Run(name, restore, readback, label))
     return runs
-
-
-def level_files(tsv: Path, levels: Sequence[str], cache_dir: Path, seed: int, reuse: bool) -> dict[str, Path]:
-    """The file of each level: the clean TSV itself, else its MMD-Bench copy, made unless `reuse`
-    finds it in `cache_dir` already."""
-    files = {"clean": tsv} if "clean" in levels else {}
-    degraded = [level for level in levels if level != "clean"]
-    if degraded:
-        wanted = {level: cache_dir / f"{tsv.stem}_MMD_{level}.tsv" for level in degraded}
-        missing = [level for level, path in wanted.items() if not (reuse and path.exists())]
-        if missing:
-            from clear_rl.degrade.benchmark import DegradeOptions, degrade_tsv
-
-            manifest = cache_dir / f"{tsv.stem}_MMD_manifest.json"
-            kept = _manifest_entries(manifest)
-            result = degrade_tsv(tsv, cache_dir, DegradeOptions(levels=missing, seed=seed, progress=False))
-            _keep_manifest_entries(result.manifest, kept)
-        files.update(wanted)
-    return files
-
-
-def _manifest_entries(manifest: Path) -> list[dict]:
-    if not manifest.is_file():
-        return []
-    try:
-        return list(json.loads(manifest.read_text(encoding="utf-8")).get("files", []))
-    except json.JSONDecodeError:
-        return []
-
-
-def _keep_manifest_entries(manifest: Path | None, kept: list[dict]) -> None:
-    """`degrade_tsv` writes a manifest of the files it made; keep the rows' corruptions of the
-    copies an earlier run made and this one reused, so every level's rows stay labelled."""
-    if manifest is None or not kept:
-        return
-    document = json.loads(manifest.read_text(encoding="utf-8"))
-    made = {entry["file"] for entry in document["files"]}
-    reused = [
-        e for e in kept if e.get("file") not in made and (manifest.parent / str(e.get("file"))).exists()
-    ]
-    if reused:
-        document["files"] = reused + document["files"]
-        write_text(manifest, json.dumps(document, indent=1) + "\n")
 
 
 def _prompt_question(row: dict) -> str:
@@ -259,9 +223,13 @@ def answer_file(
     run = run or _default_run(config)
     if run.restore == "oracle" and clean is None:
         raise ClearRLError(f"{tsv}: restore=oracle needs the clean source of the rows")
+    chat = chat_for(config, model)
     frame = read_tsv(tsv, required=REQUIRED_COLUMNS)
     cells = resolve_image_cells(frame)
+    digests = [hashlib.sha1(cell.encode("utf-8")).hexdigest()[:16] for cell in cells]  # MMVP pair checks
     rows = frame.drop(columns=["image"]).to_dict("records")
+    # MM-Vet is graded by the judge answer by answer, with its own prompt (scoring.py).
+    mmvet = parse_dataset_name(tsv.stem).benchmark == "MM-Vet"
     keys = [str(row["index"]) for row in rows]
     corruptions = row_corruptions(tsv, keys)
     corruption_of = dict(zip(keys, corruptions))
@@ -291,14 +259,18 @@ def answer_file(
             images,
             [_prompt_question(rows[i]) for i in chunk],
             generation,
-            system_prompt=config.system_prompt,
+            system_prompt=chat.system_prompt,
             generator=generator,
             oracle_latents=oracle,
+            chat_template_kwargs=chat.chat_template_kwargs,
         )
         out, texts_out, pixels = answered.output, answered.texts, answered.vae_pixel_values
         latency = answered.seconds / len(chunk)
         columns = {key: [rows[i].get(key) for i in chunk] for key in rows[chunk[0]]}
-        hits = answer_scores(texts_out, columns["answer"], columns, judge=config.judge)
+        grades = answer_grades(
+            texts_out, columns["answer"], columns, judge=config.judge,
+            judge_every=mmvet, judge_style="mmvet" if mmvet else "default",
+        )  # fmt: skip
         restored = out.restored.bool().cpu()
         quality, where = None, {}
         if clean_pixels is not None and config.quality and bool(restored.any()):
@@ -319,11 +291,13 @@ def answer_file(
                 record = {
                     "index": keys[i],
                     "prediction": texts_out[j],
-                    "hit": hits[j],
+                    "hit": grades.scores[j],
+                    "graded_by": grades.graded_by[j],
                     "restored": bool(restored[j]),
                     "latency_s": latency,
                     "num_tokens": int(out.text_mask[j].sum()),
                     "corruption": corruptions[i],
+                    "image_digest": digests[i],
                 }
                 if j in where:
                     record.update(quality.record(where[j]))
@@ -343,13 +317,20 @@ def answer_file(
     return pd.concat([results.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
 
 
-def _files_of(run: Run, per_level: dict[str, Path], clean: CleanReference | None) -> list[Path]:
-    """The level files a run answers: all of them, except for `oracle`, which hides the image and
+def chat_for(config: EvalConfig, model) -> ChatSettings:
+    """The system prompt and chat settings `model` is asked with under `config`."""
+    return resolve_chat(config.system_prompt, model, "EvalConfig.system_prompt (--system-prompt)")
+
+
+def _files_of(run: Run, group: BenchmarkFiles, clean: CleanReference | None) -> list[Path]:
+    """The files a run answers: all of them, except for `oracle`, which hides the image and
     fills the slot with the clean latent, so every level would give the same answers: it answers
     the clean file (else the first level's) once, and nothing where there is no clean image."""
     if run.restore != "oracle":
-        return list(per_level.values())
-    return [per_level.get("clean", next(iter(per_level.values())))] if clean is not None else []
+        return group.all_files()
+    if clean is None:
+        return []
+    return [group.levels.get("clean", next(iter(group.all_files())))]
 
 
 def evaluate(
@@ -359,30 +340,45 @@ def evaluate(
     config: EvalConfig,
     degraded_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Evaluate `{name: (model, processor)}` on every benchmark and level under every run of
-    `plan_runs` (`oracle` runs on the clean level only, see `_files_of`); write the report. Everything is written under `out_dir` (and the degraded copies
-    under `degraded_dir` when it is given); the input files are only read."""
+    """Evaluate `{name: (model, processor)}` on every benchmark file and level under every run of
+    `plan_runs` (`oracle` runs on the clean level only, see `_files_of`); write the report.
+
+    `benchmarks` are clean files (their levels are found or made, see `files.plan_files`) and
+    degraded files answered as they are (the released `_LOW_LEVEL_<LEVEL>` and per-corruption
+    files, R-Bench-Dis); `degraded_dir` is a folder of degraded copies to read. Everything is
+    written under `out_dir`; the inputs are only read."""
     out = Path(out_dir)
-    cache = Path(degraded_dir) if degraded_dir else out / "degraded"
-    sources = [Path(b) for b in benchmarks]
+    sources = list(dict.fromkeys(Path(b) for b in benchmarks))
     runs = plan_runs(list(models), config)
-    references: dict[Path, CleanReference | None] = {}
-    num_rows: dict[Path, int] = {}
     for source in sources:
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")
-        # Fail on a bad file before any model runs; every degraded copy keeps all of its rows.
-        reference = CleanReference(source, read_tsv(source, required=REQUIRED_COLUMNS, filled=("answer",)))
-        num_rows[source] = len(reference)
-        # A benchmark shipped degraded (R-Bench-Dis) has no clean version to measure against.
-        references[source] = None if parse_dataset_name(source.stem).native_degraded else reference
-    # Copies in a folder the user names (`clear-rl degrade` outputs, or the released files) are read.
-    reuse = config.resume or degraded_dir is not None
-    files = {source: level_files(source, config.levels, cache, config.seed, reuse) for source in sources}
+    groups = plan_files(
+        sources, list(config.levels), out / "degraded", config.seed,
+        Path(degraded_dir) if degraded_dir else None, reuse_cache=config.resume,
+    )  # fmt: skip
+    if not groups:
+        raise DataError(f"nothing to evaluate at levels {list(config.levels)} in {[str(s) for s in sources]}")
+    references: dict[str, CleanReference | None] = {}
+    num_rows: dict[Path, int] = {}
+    for group in groups:
+        frames = {
+            path: read_tsv(path, required=REQUIRED_COLUMNS, filled=("answer",)) for path in group.all_files()
+        }
+        num_rows.update({path: len(frame) for path, frame in frames.items()})  # bad files fail here
+        # The clean file measures restorations even where its level is not answered; a benchmark
+        # shipped degraded (R-Bench-Dis) has no clean version to measure against.
+        native = parse_dataset_name(group.base).native_degraded
+        reference = None
+        if group.clean is not None and not native:
+            frame = frames.get(group.clean)
+            reference = CleanReference(
+                group.clean,
+                frame if frame is not None else read_tsv(group.clean, REQUIRED_COLUMNS, filled=("answer",)),
+            )
+        references[group.base] = reference
     total = sum(
-        num_rows[s] * len(_files_of(run, per_level, references[s]))
-        for run in runs
-        for s, per_level in files.items()
+        num_rows[path] for run in runs for g in groups for path in _files_of(run, g, references[g.base])
     )
     results: dict[str, dict[str, pd.DataFrame]] = {}
     per_model = Counter(run.model for run in runs)
@@ -393,14 +389,28 @@ def evaluate(
             # A model's only run keeps the folder named after the model (what `resume` looks for).
             folder = run.model if per_model[run.model] == 1 else slug(run.label)
             results[run.label] = {}
-            for source, per_level in files.items():
-                for path in _files_of(run, per_level, references[source]):
-                    dataset = path.stem  # <name> or <name>_MMD_<level>
+            for group in groups:
+                for path in _files_of(run, group, references[group.base]):
+                    dataset = path.stem  # <name>, <name>_MMD_<level>, <name>_LOW_LEVEL_<LEVEL>, ...
                     predictions = out / "predictions" / folder / f"{dataset}.jsonl"
                     progress.set_postfix_str(f"{run.label} {dataset}")
                     results[run.label][dataset] = answer_file(
                         model, processor, path, predictions, config, progress, run=run,
-                        clean=references[source], gallery_dir=out / "restorations" / folder / dataset,
+                        clean=references[group.base], gallery_dir=out / "restorations" / folder / dataset,
                     )  # fmt: skip
-    meta = {run.label: {"model": run.model, "restore": run.restore, "readback": run.readback} for run in runs}
-    return write_report(results, out, title="MMD-Bench evaluation", runs=meta, gallery=config.gallery)
+    meta = {}
+    for run in runs:
+        chat = chat_for(config, models[run.model][0])
+        meta[run.label] = {
+            "model": run.model, "restore": run.restore, "readback": run.readback,
+            "system_prompt": chat.system_prompt, "prompt_source": chat.source,
+            "chat_template_kwargs": chat.chat_template_kwargs,
+        }  # fmt: skip
+    return write_report(
+        results,
+        out,
+        title="MMD-Bench evaluation",
+        runs=meta,
+        gallery=config.gallery,
+        protocol=config.protocol,
+    )

@@ -1,14 +1,20 @@
-"""Benchmark scores, each benchmark by its own protocol (VLMEvalKit's conventions).
+"""Benchmark scores, each benchmark by its protocol: the paper's (CLEAR's copy of VLMEvalKit,
+default) or upstream VLMEvalKit's.
 
 Input: one benchmark file's results as a DataFrame with the TSV's columns (`index`, `answer`,
-options, `category`, `l2-category`, `source`, ...) plus `prediction`, `hit` (0/1 or a score in
-[0, 1]), and optionally `restored`, `latency_s`, `num_tokens`.
-- MMBench: circular evaluation. Rows with `index >= 1e6` are rotations of question
-  `index % 1e6`; a question counts only when every rotation is right.
-- MMVP: pairs. Questions (1, 2), (3, 4), ... share an image pair; a pair counts only when both
-  are right. The question-level accuracy is reported beside it.
-- CV-Bench (2D): accuracy per `source` (ADE20K, COCO, ...), then the mean over sources.
-- MM-Vet: the mean score (a judge's or the rules' partial credit), per capability too.
+options, `category`, `l2-category`, `source`, `g_index`, ...) plus `prediction`, `hit` (0/1 or a
+score in [0, 1]), and optionally `restored`, `latency_s`, `num_tokens`, `graded_by`.
+- MMBench (both protocols): circular evaluation. Rows sharing a `g_index` (the file's column
+  when it has one, else `index % 1e6`) are rotations of one question; a question counts only
+  when every rotation is right.
+- MMVP: `paper` = question accuracy (CLEAR's copy scores it as a plain multiple-choice set, which
+  is how the paper's numbers come out of 300 questions); `vlmevalkit` = pairs: rows sorted by
+  index form pairs (1st, 2nd), (3rd, 4th), ..., each pair's two rows must share their question
+  or image, and a pair counts only when both are right (question accuracy beside it).
+- CV-Bench (2D): `paper` = plain accuracy over its questions (per source beside it);
+  `vlmevalkit` = accuracy per `source` (ADE20K, COCO), then the mean over sources.
+- MM-Vet: the mean of a judge's score in [0, 1] per answer, per capability too. Only a judge
+  scores it: unless every row's `graded_by` is `judge`, MM-Vet is reported as not scored.
 - MMStar, RealWorldQA, R-Bench-Dis and any other name: plain accuracy, per category too.
 Scores are percentages, as in the paper's tables. The benchmark and MMD-Bench level come from the
 dataset name: `MMBench_DEV_EN_V11`, `MMBench_DEV_EN_V11_MMD_high`, `MMStar_LOW_LEVEL_MID`, ...
@@ -32,24 +38,36 @@ from clear_rl.eval.extract import score_answer
 LEVELS = ("clean", "low", "mid", "high")
 CIRCULAR_STRIDE = 1_000_000
 MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
+# paper: CLEAR's copy of VLMEvalKit, which made the paper's tables; vlmevalkit: upstream's rules.
+PROTOCOLS = ("paper", "vlmevalkit")
+PROTOCOL_SUMMARIES = {
+    "paper": "CLEAR's copy of VLMEvalKit, as in the paper's tables: MMBench circular, MMVP and "
+    "CV-Bench as question accuracy, MM-Vet judge-graded, the rest plain accuracy.",
+    "vlmevalkit": "upstream VLMEvalKit's rules: MMBench circular, MMVP by image pairs, CV-Bench "
+    "as the mean over its sources, MM-Vet judge-graded, the rest plain accuracy.",
+}
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A known benchmark: its column title in reports and how it is scored."""
+    """A known benchmark: its column title in reports and how each protocol scores it."""
 
     title: str
-    rule: str  # circular | pairs | source_mean | mean_score | accuracy
+    rule: str  # upstream VLMEvalKit's: circular | pairs | source_mean | mean_score | accuracy
     key: str  # its name lower-cased without punctuation, matched as a prefix
     native_degraded: bool = False  # shipped degraded (R-Bench-Dis): reported with the High level
+    paper_rule: str | None = None  # where CLEAR's copy differs (None: the same as `rule`)
+
+    def rule_of(self, protocol: str) -> str:
+        return (self.paper_rule or self.rule) if protocol == "paper" else self.rule
 
 
 BENCHMARKS = (
     Benchmark("MMBench", "circular", "mmbench"),
     Benchmark("MM-Vet", "mean_score", "mmvet"),
-    Benchmark("MMVP", "pairs", "mmvp"),
+    Benchmark("MMVP", "pairs", "mmvp", paper_rule="accuracy"),
     Benchmark("CV-Bench-3D", "accuracy", "cvbench3d"),
-    Benchmark("CV-Bench", "source_mean", "cvbench"),
+    Benchmark("CV-Bench", "source_mean", "cvbench", paper_rule="accuracy"),
     Benchmark("MMStar", "accuracy", "mmstar"),
     Benchmark("RealWorldQA", "accuracy", "realworldqa"),
     Benchmark("R-Bench-Dis", "accuracy", "rbenchdis", native_degraded=True),
@@ -81,13 +99,22 @@ class DatasetName:
     corruption: str = ""  # set for CLEAR's per-corruption files, "" for the mixed MMD-Bench levels
 
 
-def parse_dataset_name(name: str, level: str | None = None) -> DatasetName:
+def check_protocol(protocol: str) -> str:
+    """The protocol, lower-cased; a DataError lists the choices."""
+    chosen = str(protocol).strip().lower()
+    if chosen not in PROTOCOLS:
+        raise DataError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return chosen
+
+
+def parse_dataset_name(name: str, level: str | None = None, protocol: str = "paper") -> DatasetName:
     """`MMBench_DEV_EN_V11_MMD_high` -> MMBench, circular, high. Unknown names score as plain accuracy.
 
     Level suffixes: `_MMD_<level>`, the release's `_LOW_LEVEL_<LEVEL>`, or `_<level>`; none means
     clean. A corruption suffix (`MMStar_graffiti`, CLEAR's per-corruption set) means High.
-    `level` overrides what the name says.
+    `level` overrides what the name says; `protocol` picks the rule (see the module docstring).
     """
+    protocol = check_protocol(protocol)
     dataset = Path(str(name)).name.removesuffix(".tsv")
     match = _CORRUPTION_SUFFIX.match(dataset) or _LEVEL_SUFFIX.match(dataset)
     groups = match.groupdict() if match else {}
@@ -102,7 +129,8 @@ def parse_dataset_name(name: str, level: str | None = None) -> DatasetName:
         raise DataError(f"{dataset}: level must be one of {LEVELS}, got {chosen!r}")
     if known is None:
         return DatasetName(dataset, base, base, "accuracy", chosen, corruption=corruption)
-    return DatasetName(dataset, base, known.title, known.rule, chosen, known.native_degraded, corruption)
+    rule = known.rule_of(protocol)
+    return DatasetName(dataset, base, known.title, rule, chosen, known.native_degraded, corruption)
 
 
 @dataclass
@@ -121,6 +149,13 @@ class BenchmarkScore:
     num_tokens: float  # mean generated tokens per sample
     corruption: str = ""  # per-corruption files only
     breakdown: dict[str, float] = field(default_factory=dict)  # percent per category / source / ...
+    protocol: str = "paper"
+    scored: bool = True  # False: `score` is NaN and `note` says why (MM-Vet without a judge)
+    note: str = ""
+
+
+class NotScored(DataError):
+    """A benchmark file whose results its protocol cannot score (MM-Vet without judge grades)."""
 
 
 def _numeric(frame: pd.DataFrame, column: str, dataset: str) -> pd.Series:
@@ -134,11 +169,15 @@ def _numeric(frame: pd.DataFrame, column: str, dataset: str) -> pd.Series:
     return values
 
 
-def _integer_index(frame: pd.DataFrame, dataset: str) -> pd.Series:
-    index = _numeric(frame, "index", dataset)
-    if index.isna().any() or (index != index.round()).any():
-        row = frame.loc[index.isna() | (index != index.round())].iloc[0]
-        raise DataError(f"{dataset}: this benchmark needs integer `index` values, got {row['index']!r}")
+def _integer_index(frame: pd.DataFrame, dataset: str, column: str = "index") -> pd.Series:
+    index = _numeric(frame, column, dataset)
+    bad = index.isna() | (index != index.round())
+    if bad.any():
+        row = frame.loc[bad].iloc[0]
+        raise DataError(
+            f"{dataset}: this benchmark needs integer `{column}` values, got {str(row[column])!r} "
+            f"at index={row['index']}"
+        )
     return index.astype("int64")
 
 
@@ -159,11 +198,13 @@ def _group_means(frame: pd.DataFrame, column: str, values: pd.Series) -> dict[st
 
 def _circular(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
     index = _integer_index(frame, dataset)
-    group = index % CIRCULAR_STRIDE
+    # The file's own groups where it has them (VLMEvalKit's `g_index`), else the index convention.
+    has_groups = "g_index" in frame.columns
+    group = _integer_index(frame, dataset, "g_index") if has_groups else index % CIRCULAR_STRIDE
     right = (hits > 0.5).groupby(group.values).all().astype(float)
-    # Category labels come from each question's main row (index < 1e6), else its first rotation.
-    main = frame.assign(_group=group.values, _rotation=(index >= CIRCULAR_STRIDE).values)
-    main = main.sort_values(["_group", "_rotation"]).drop_duplicates("_group").set_index("_group")
+    # Category labels come from each question's main row (its index is the group's), else its first rotation.
+    main = frame.assign(_group=group.values, _rotation=(index != group).values, _index=index.values)
+    main = main.sort_values(["_group", "_rotation", "_index"]).drop_duplicates("_group").set_index("_group")
     questions = main.loc[right.index]
     breakdown = {}
     for column in ("l2-category", "category"):
@@ -171,9 +212,30 @@ def _circular(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float
     return 100.0 * float(right.mean()), len(right), breakdown
 
 
+# Columns that say which image a row shows: the TSV's own, or the digest the runner keeps of it.
+IMAGE_COLUMNS = ("image_digest", "image", "image_path")
+
+
 def _pairs(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
-    pair = (_integer_index(frame, dataset) - 1) // 2
-    right = (hits > 0.5).groupby(pair.values).all()
+    """VLMEvalKit's MMVP: rows sorted by index pair up by position; a pair counts when both are right."""
+    order = _integer_index(frame, dataset).sort_values(kind="stable").index
+    if len(order) % 2:
+        raise DataError(f"{dataset}: MMVP pairs need an even number of rows, got {len(order)}")
+    first, second = order[0::2], order[1::2]
+    shared = pd.Series(False, index=range(len(first)))
+    for column in ("question", *IMAGE_COLUMNS):
+        if column in frame.columns:
+            values = frame[column].astype(str)
+            shared |= values.loc[first].values == values.loc[second].values
+    checked = any(c in frame.columns for c in ("question", *IMAGE_COLUMNS))
+    if checked and not shared.all():
+        k = int((~shared).idxmax())
+        a, b = frame.loc[first[k], "index"], frame.loc[second[k], "index"]
+        raise DataError(
+            f"{dataset}: rows index={a} and index={b} form MMVP pair {k + 1} (rows sorted by index, "
+            "taken two by two) but share neither their question nor their image"
+        )
+    right = (hits.loc[first].values > 0.5) & (hits.loc[second].values > 0.5)
     return 100.0 * float(right.mean()), len(right), {"question_accuracy": 100.0 * float((hits > 0.5).mean())}
 
 
@@ -187,6 +249,15 @@ def _source_mean(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[fl
 
 
 def _mean_score(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
+    graded = (
+        frame["graded_by"].astype(str) if "graded_by" in frame.columns else pd.Series("", index=frame.index)
+    )
+    ungraded = int((graded != "judge").sum())
+    if ungraded:
+        raise NotScored(
+            f"MM-Vet is scored by an LLM judge (run with --judge); {ungraded} of {len(frame)} answers "
+            "have no judge grade"
+        )
     breakdown = {}
     if "category" in frame.columns:
         categories = frame["category"].astype(str)  # e.g. "rec,ocr,spat": a row counts for each
@@ -198,7 +269,9 @@ def _mean_score(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[flo
 
 
 def _accuracy(frame: pd.DataFrame, hits: pd.Series, dataset: str) -> tuple[float, int, dict[str, float]]:
-    breakdown = {**_group_means(frame, "l2-category", hits), **_group_means(frame, "category", hits)}
+    breakdown = {}
+    for column in ("l2-category", "category", "source"):  # `source`: CV-Bench's ADE20K / COCO
+        breakdown.update(_group_means(frame, column, hits))
     return 100.0 * float(hits.mean()), len(frame), breakdown
 
 
@@ -217,9 +290,13 @@ def _mean_or_nan(frame: pd.DataFrame, column: str, dataset: str) -> float:
     return float(_numeric(frame, column, dataset).mean())
 
 
-def score_benchmark(frame: pd.DataFrame, name: str, level: str | None = None) -> BenchmarkScore:
-    """Score one benchmark file's results by its benchmark's rule (see the module docstring)."""
-    parsed = parse_dataset_name(name, level)
+def score_benchmark(
+    frame: pd.DataFrame, name: str, level: str | None = None, protocol: str = "paper"
+) -> BenchmarkScore:
+    """Score one benchmark file's results by its benchmark's rule under `protocol` (see the
+    module docstring). What the protocol cannot score (MM-Vet without judge grades) comes back
+    with `scored=False`, a NaN score and the reason in `note`."""
+    parsed = parse_dataset_name(name, level, protocol)
     missing = [c for c in ("index", "hit") if c not in frame.columns]
     if missing:
         raise DataError(
@@ -235,7 +312,11 @@ def score_benchmark(frame: pd.DataFrame, name: str, level: str | None = None) ->
         raise DataError(
             f"{parsed.dataset}: `hit` at index={frame.loc[first, 'index']} is {hits[first]:g}; it must be in [0, 1]"
         )
-    score, units, breakdown = RULES[parsed.rule](frame, hits, parsed.dataset)
+    scored, note = True, ""
+    try:
+        score, units, breakdown = RULES[parsed.rule](frame, hits, parsed.dataset)
+    except NotScored as why:
+        scored, note, score, units, breakdown = False, str(why), math.nan, len(frame), {}
     trigger = 100.0 * float(as_bool(frame["restored"]).mean()) if "restored" in frame.columns else math.nan
     return BenchmarkScore(
         dataset=parsed.dataset,
@@ -250,6 +331,9 @@ def score_benchmark(frame: pd.DataFrame, name: str, level: str | None = None) ->
         num_tokens=_mean_or_nan(frame, "num_tokens", parsed.dataset),
         corruption=parsed.corruption,
         breakdown=breakdown,
+        protocol=check_protocol(protocol),
+        scored=scored,
+        note=note,
     )
 
 

@@ -2,7 +2,9 @@
 
 A folder is either a full model (`config.json` with model_type `clear_composed`,
 `model.safetensors`) or a peft adapter folder (`adapter_config.json`) whose
-`base_model_name_or_path` is a full model folder. Both load with `load_unified`.
+`base_model_name_or_path` is a full model folder. Both load with `load_unified`, which also reads
+the chat the model was trained with (the system prompt in the `clear_rl_recipe.yaml` its training
+stage saved beside it, see `models.chat`) into `model.clear_rl_chat`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from transformers import AutoProcessor, ProcessorMixin
 
 from clear_rl.errors import ClearRLError
 from clear_rl.io.atomic import atomic_path
+from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
 
@@ -33,7 +36,8 @@ def save_unified(
 def load_unified(
     path: str | os.PathLike, dtype="auto", is_trainable: bool = False
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
-    """Load a unified model and its processor from a local folder (full model or LoRA adapters)."""
+    """Load a unified model and its processor from a local folder (full model or LoRA adapters);
+    `model.clear_rl_chat` holds the system prompt and chat settings it was trained with."""
     folder = Path(path)
     if not folder.is_dir():
         raise ClearRLError(f"model folder not found: {folder}")
@@ -60,6 +64,7 @@ def load_unified(
         model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         _one_dtype_per_part(model)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
 
 
