@@ -177,12 +177,12 @@ def test_readbacks_and_oracle_side_by_side(tiny, tmp_path):
 
 
 def test_reused_copies_keep_their_rows_corruptions_when_more_levels_are_made(tmp_path):
-    from clear_rl.eval.runner import level_files
+    from clear_rl.eval.files import make_levels
 
     tsv = _tsv(tmp_path / "data" / "Shapes.tsv")
     cache = tmp_path / "cache"
-    high = level_files(tsv, ["high"], cache, seed=0, reuse=True)["high"]
+    high = make_levels(tsv, ["high"], cache, seed=0, reuse=True)["high"]
     first = row_corruptions(high, list(read_tsv(high)["index"]))
-    files = level_files(tsv, ["high", "mid"], cache, seed=0, reuse=True)  # makes mid, reuses high
+    files = make_levels(tsv, ["high", "mid"], cache, seed=0, reuse=True)  # makes mid, reuses high
     assert row_corruptions(files["high"], list(read_tsv(high)["index"])) == first
     assert "unknown" not in first + row_corruptions(files["mid"], list(read_tsv(files["mid"])["index"]))
