@@ -220,3 +220,12 @@ def test_degrade_full_mode_names_carry_their_corruption_and_level():
     assert (parsed.base, parsed.corruption, parsed.level) == ("RealWorldQA", "lens_blur", "mid")
     released = parse_dataset_name("MMStar_graffiti")
     assert (released.base, released.corruption, released.level) == ("MMStar", "graffiti", "high")
+
+
+def test_an_unknown_release_level_suffix_is_an_error_not_a_clean_file():
+    from clear_rl.errors import DataError
+    from clear_rl.eval.scoring import parse_dataset_name
+
+    assert parse_dataset_name("MMStar_LOW_LEVEL_MID").level == "mid"
+    with pytest.raises(DataError, match="_LOW_LEVEL_LOW, _MID or _HIGH"):
+        parse_dataset_name("MMStar_LOW_LEVEL_MIXED")

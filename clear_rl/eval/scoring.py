@@ -117,6 +117,8 @@ def parse_dataset_name(name: str, level: str | None = None, protocol: str = "pap
     protocol = check_protocol(protocol)
     dataset = Path(str(name)).name.removesuffix(".tsv")
     match = _CORRUPTION_SUFFIX.match(dataset) or _LEVEL_SUFFIX.match(dataset)
+    if match is None and re.search(r"_LOW_LEVEL_[A-Za-z]+$", dataset):  # e.g. a _LOW_LEVEL_MIXED config name
+        raise DataError(f"{dataset}: the release's level files end in _LOW_LEVEL_LOW, _MID or _HIGH")
     groups = match.groupdict() if match else {}
     base = groups.get("base") or dataset
     corruption = (groups.get("corruption") or "").lower()
