@@ -7,15 +7,16 @@ specification (the released `add_degradation.py`), quirks included.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
 import torch
 
-from clear_rl.degrade import raster
+from clear_rl.degrade import draws, raster
 from clear_rl.degrade.colour import hsv_to_rgb, rgb_to_hsv
 from clear_rl.degrade.ops import apply_lut, correlate, gaussian_kernel, sat, separable_filter, trunc
-from clear_rl.degrade.rng import randint, uniform
 
 # A blur whose exact value is a whole number must not truncate one level down on float noise.
 BLUR_EPS = 1e-3
@@ -38,23 +39,14 @@ def lens_blur(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> tor
 def lens_flare(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
     """trunc(x + 0.9i F): F holds 3+int(30i) light-cyan disks with rays, then a 3x3 blur."""
     batch, _, height, width = x.shape
-    count = 3 + int(30 * i)
-    params = []
-    for gen in gens:
-        cx, cy = randint(gen, 0, width, count), randint(gen, 0, height, count)  # both inclusive
-        radius = randint(gen, 10, 50, count)
-        angle = uniform(gen, 0.0, 2.0 * math.pi, count)
-        length = randint(gen, 30, 150, count).double()
-        end_x = torch.trunc(cx + length * angle.cos()).long()
-        end_y = torch.trunc(cy + length * angle.sin()).long()
-        params.append(torch.stack([cx, cy, radius, end_x, end_y], 1))
-    cx, cy, radius, end_x, end_y = torch.cat(params).to(x.device).unbind(1)
-    row = torch.arange(batch, device=x.device).repeat_interleave(count)
+    flares = [draws.lens_flare(gen, i, height, width) for gen in gens]
+    row = torch.arange(batch).repeat_interleave(torch.tensor([len(f) for f in flares])).to(x.device)
+    cx, cy, radius, end_x, end_y = torch.cat(flares).to(x.device).unbind(1)
     shape = torch.arange(row.numel(), device=x.device)
     disks = raster.union_mask(raster.circle_spans(row, cx, cy, radius, shape), batch, height, width)
     rays = raster.paint(
         disks.unsqueeze(1).float(),
-        [raster.line_pixels(row, cx, cy, end_x, end_y, torch.full_like(row, 2), shape)],
+        [raster.line_pixels(row, cx, cy, end_x, end_y, torch.full_like(row, 2), shape, height, width)],
         torch.ones(row.numel(), 1, device=x.device),
     )
     taps = gaussian_kernel(3, 20 * i)
@@ -63,57 +55,23 @@ def lens_flare(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> to
     return trunc(x + (0.9 * i) * (colour * flare))
 
 
-def rotated_line(size: int, angle: float) -> torch.Tensor:
-    """The d x d identity rotated `angle` degrees by `cv2.warpAffine` about (d/2, d/2):
-    bilinear, zero border, OpenCV's 1/32-pixel fixed-point coordinates. Not normalised."""
-    identity = torch.eye(size, dtype=torch.float64)
-    coords = torch.arange(size, dtype=torch.float64)
-    theta = math.radians(angle)
-    alpha, beta = math.cos(theta), math.sin(theta)
-    centre = size / 2.0
-    forward = torch.tensor(
-        [
-            [alpha, beta, (1 - alpha) * centre - beta * centre],
-            [-beta, alpha, beta * centre + (1 - alpha) * centre],
-        ],
-        dtype=torch.float64,
-    )
-    inverse = torch.linalg.inv(torch.cat([forward, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]))[:2]
-    # warpAffine's fixed point: AB_SCALE = 1024, rounded to 1/32 px (round_delta 16).
-    x_step = torch.round(inverse[0, 0] * coords * 1024).long()
-    y_step = torch.round(inverse[1, 0] * coords * 1024).long()
-    x_base = torch.round((inverse[0, 1] * coords + inverse[0, 2]) * 1024).long() + 16
-    y_base = torch.round((inverse[1, 1] * coords + inverse[1, 2]) * 1024).long() + 16
-    fixed_x = (x_base.unsqueeze(1) + x_step.unsqueeze(0)) >> 5  # [dst y, dst x], 1/32 px
-    fixed_y = (y_base.unsqueeze(1) + y_step.unsqueeze(0)) >> 5
-    ix, iy = fixed_x >> 5, fixed_y >> 5
-    fx = (fixed_x & 31).double().div(32).float().double()
-    fy = (fixed_y & 31).double().div(32).float().double()
-    kernel = torch.zeros(size, size, dtype=torch.float64)
-    for oy, ox, weight in (
-        (0, 0, (1 - fx) * (1 - fy)),
-        (0, 1, fx * (1 - fy)),
-        (1, 0, (1 - fx) * fy),
-        (1, 1, fx * fy),
-    ):
-        sy, sx = iy + oy, ix + ox
-        inside = (sy >= 0) & (sy < size) & (sx >= 0) & (sx < size)
-        kernel += torch.where(inside, identity[sy.clamp(0, size - 1), sx.clamp(0, size - 1)], 0.0) * weight
-    return kernel
+@functools.lru_cache(maxsize=64)
+def motion_kernel(size: int, angle: float) -> np.ndarray:
+    """The release's kernel, built with the release's calls: the d x d identity rotated about
+    (d/2, d/2) by `cv2.warpAffine` (bilinear, zero border), normalised to sum 1. float64.
 
-
-def motion_kernels(size: int, angles_degrees: Sequence[float]) -> torch.Tensor:
-    """The reference's motion kernels, normalised to sum 1: (len(angles), d, d) float64."""
-    kernels = [rotated_line(size, angle) for angle in angles_degrees]
-    return torch.stack([kernel / kernel.sum() for kernel in kernels])
+    The rotation centre is off by half a pixel and the window clips the line, so length and
+    weights vary with the angle; building it with OpenCV keeps those quirks exactly."""
+    rotation = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1)
+    kernel = cv2.warpAffine(np.eye(size), rotation, (size, size))
+    return kernel / kernel.sum()
 
 
 def motion_blur(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
     """x correlated with a rotated, normalised diagonal line kernel, d = max(5, int(30i))."""
     size = max(5, int(30 * i))
-    angles = [float(uniform(gen, 0.0, 360.0)) for gen in gens]
-    kernels = motion_kernels(size, angles).float()
-    return sat(correlate(x, kernels))
+    kernels = np.stack([motion_kernel(size, draws.motion_angle(gen)) for gen in gens])
+    return sat(correlate(x, torch.from_numpy(kernels).float().to(x.device)))
 
 
 def dirty_lens(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
@@ -121,34 +79,25 @@ def dirty_lens(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> to
     sigma 30. Shape sizes are absolute pixels, as in the reference."""
     batch, _, height, width = x.shape
     device = x.device
-    n_ellipses = int(10 * i) if i > 0.1 else 0
-    n_spots, n_blobs = int(300 * i), (int(5 * i) if i > 0.5 else 0)
     ellipses, spots, blobs = [], [], []
     for row, gen in enumerate(gens):
-        if n_ellipses:
-            cx, cy = randint(gen, 0, width, n_ellipses), randint(gen, 0, height, n_ellipses)
-            axis_a, axis_b = randint(gen, 150, 300, n_ellipses), randint(gen, 100, 200, n_ellipses)
-            angle = randint(gen, 0, 180, n_ellipses)
-            ellipses.append(torch.stack([torch.full_like(cx, row), cx, cy, axis_a, axis_b, angle], 1))
-        cx, cy = randint(gen, 0, width, n_spots), randint(gen, 0, height, n_spots)
-        radius, grey = randint(gen, 4, 20, n_spots), randint(gen, 50, 100, n_spots)
-        spots.append(torch.stack([torch.full_like(cx, row), cx, cy, radius, grey], 1))
-        if n_blobs:
-            bx, by = randint(gen, 0, width, n_blobs), randint(gen, 0, height, n_blobs)
-            outer, inner = randint(gen, 20, 50, n_blobs), randint(gen, 10, 30, n_blobs)
-            # Each blob is an outer disc (grey 80) then a concentric inner one (grey 120).
-            rows = torch.full_like(bx, row)
-            pair = [torch.stack([rows, bx, by, outer, torch.full_like(bx, 80)], 1)]
-            pair.append(torch.stack([rows, bx, by, inner, torch.full_like(bx, 120)], 1))
-            blobs.append(torch.stack(pair, 1).reshape(-1, 5))
+        dirt = draws.dirty_lens(gen, i, height, width)
+        ellipses.append(_with_row(row, dirt.ellipses))
+        spots.append(_with_row(row, dirt.spots))
+        # Each blob is an outer disc (grey 80) then a concentric inner one (grey 120).
+        cx, cy, outer, inner = dirt.blobs.unbind(1)
+        pair = [torch.stack([cx, cy, outer, torch.full_like(cx, 80)], 1)]
+        pair.append(torch.stack([cx, cy, inner, torch.full_like(cx, 120)], 1))
+        blobs.append(_with_row(row, torch.stack(pair, 1).reshape(-1, 4)))
+    ellipses, spots, blobs = torch.cat(ellipses), torch.cat(spots), torch.cat(blobs)
 
     dirt = torch.zeros(batch, 1, height, width, device=device)
-    if ellipses:
-        row, cx, cy, axis_a, axis_b, angle = torch.cat(ellipses).to(device).unbind(1)
+    if len(ellipses):
+        row, cx, cy, axis_a, axis_b, angle = ellipses.to(device).unbind(1)
         spans = raster.ellipse_spans(row, cx, cy, axis_a, axis_b, angle, torch.zeros_like(row), height)
         dirt[:, 0] = 50.0 * raster.union_mask(spans, batch, height, width).float()
     # Blobs are drawn after every spot of their row: their shape indices come after all spots.
-    discs = [torch.cat(spots).to(device)] + ([torch.cat(blobs).to(device)] if blobs else [])
+    discs = [spots.to(device)] + ([blobs.to(device)] if len(blobs) else [])
     pixel_sets, first = [], 0
     for disc in discs:
         row, cx, cy, radius, _ = disc.unbind(1)
@@ -161,6 +110,11 @@ def dirty_lens(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> to
     taps = gaussian_kernel(241, 30.0)
     dirt = trunc(separable_filter(dirt, taps, taps), BLUR_EPS)
     return sat((1 - 0.7 * i) * x + (0.8 * i) * dirt)
+
+
+def _with_row(row: int, shapes: torch.Tensor) -> torch.Tensor:
+    """Shapes (n, k) with their batch row prepended as column 0."""
+    return torch.cat([torch.full((len(shapes), 1), row, dtype=torch.long), shapes], 1)
 
 
 def hsv_saturation(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from clear_rl.degrade import raster
+from clear_rl.degrade import draws, raster
 from clear_rl.degrade.capture import BLUR_EPS
 from clear_rl.degrade.ops import apply_lut, gaussian_kernel, sat, separable_filter, trunc
-from clear_rl.degrade.rng import randint_exclusive
 
 
 def dark_factor(i: float) -> float:
@@ -66,7 +65,7 @@ def atmospheric_turbulence(x: torch.Tensor, i: float, gens: Sequence[torch.Gener
 
 def gaussian_noise(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
     """trunc(clip(x + N(0, (75i)^2))), noise iid per pixel and channel, drawn per row."""
-    noise = torch.stack([torch.randn(x.shape[1:], generator=gen) for gen in gens]).to(x.device)
+    noise = torch.stack([draws.gaussian_noise(gen, *x.shape[-2:]) for gen in gens]).to(x.device)
     return trunc(x + (75 * i) * noise)
 
 
@@ -77,15 +76,10 @@ def color_diffusion(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) 
     batch, _, height, width = x.shape
     taps = [t * i for t in gaussian_kernel(3 + 2 * int(20 * i), 50 * i)]  # K = outer(g, g) * i^2
     diffused = separable_filter(x, taps, taps)
-    if i > 0.9:
-        count = int(100 * i)
-        drawn = []
-        for gen in gens:
-            cx, cy = randint_exclusive(gen, 0, width, count), randint_exclusive(gen, 0, height, count)
-            radius, grey = randint_exclusive(gen, 5, 20, count), randint_exclusive(gen, 0, 255, count)
-            drawn.append(torch.stack([cx, cy, radius, grey], 1))
-        cx, cy, radius, grey = torch.cat(drawn).to(x.device).unbind(1)
-        row = torch.arange(batch, device=x.device).repeat_interleave(count)
+    discs = [draws.diffusion_discs(gen, i, height, width) for gen in gens]
+    if sum(len(d) for d in discs):
+        row = torch.arange(batch).repeat_interleave(torch.tensor([len(d) for d in discs])).to(x.device)
+        cx, cy, radius, grey = torch.cat(discs).to(x.device).unbind(1)
         shape = torch.arange(row.numel(), device=x.device)
         pixels = raster.span_pixels(raster.circle_spans(row, cx, cy, radius, shape), height, width)
         diffused = raster.paint(diffused, [pixels], grey.float().unsqueeze(1).expand(-1, 3))

@@ -148,25 +148,3 @@ def correlate(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
             weight = float(kernel[dy, dx])
             out[row].add_(padded[row, :, dy : dy + height, dx : dx + width], alpha=weight)
     return out
-
-
-def box_sum(values: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over the (2r+1)^2 window around each pixel of (..., H, W), zeros outside the image.
-
-    Cumulative sums along each axis (integer dtypes stay exact), so the cost does not depend
-    on the radius: with P = [0]*(r+1) ++ cumsum ++ [last]*r, the window sum at i is
-    P[i + 2r + 1] - P[i].
-    """
-    out = values
-    for dim in (-2, -1):
-        size = out.shape[dim]
-        cumulative = torch.cumsum(out, dim=dim)
-        zeros = torch.zeros_like(cumulative.narrow(dim, 0, 1)).expand(
-            *cumulative.shape[: dim % cumulative.dim()],
-            radius + 1,
-            *cumulative.shape[dim % cumulative.dim() + 1 :],
-        )
-        last = cumulative.narrow(dim, size - 1, 1)
-        padded = torch.cat([zeros, cumulative, last.expand_as(zeros.narrow(dim, 0, radius))], dim=dim)
-        out = padded.narrow(dim, 2 * radius + 1, size) - padded.narrow(dim, 0, size)
-    return out

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
 import torch
 
-from clear_rl.degrade import raster
-from clear_rl.degrade.ops import box_sum, correlate, gaussian_kernel, sat, separable_filter, trunc
-from clear_rl.degrade.rng import randint
-from clear_rl.degrade.text import TEXT_HEIGHT, glyph_mask, text_width
+from clear_rl.degrade import draws, raster
+from clear_rl.degrade.ops import correlate, gaussian_kernel, sat, separable_filter, trunc
 
-GRAFFITI_WORDS = ("X", "FAKE", "COPY", "VOID", "COPYRIGHT")
 TEXT_RGB = (255.0, 0.0, 0.0)  # the reference's BGR (0, 0, 255): pure red
-# Telea's radius: the first inpainting pass averages over this radius, later passes triple it.
-INPAINT_RADIUS = 3
+INPAINT_RADIUS = 3  # Telea's neighbourhood radius, as in the release
 
 
 def sharpness_change(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
@@ -34,90 +32,46 @@ def sharpness_change(x: torch.Tensor, i: float, gens: Sequence[torch.Generator])
     return sat(0.7 * x + 0.3 * sharpened)
 
 
-def _text_stamp(gen: torch.Generator, height: int, width: int) -> tuple[str, int, int] | None:
-    """Draw graffiti's text and its bottom-left corner; None when the image is too short."""
-    number = str(int(randint(gen, 1, 100)))  # drawn first, as in the reference
-    choices = (*GRAFFITI_WORDS, number)
-    text = choices[int(torch.randint(len(choices), (), generator=gen))]
-    if not height - 10 > TEXT_HEIGHT + 10:
-        return None
-    tx = int(randint(gen, 0, max(1, width - text_width(text) - 10)))
-    ty = int(randint(gen, TEXT_HEIGHT + 10, height - 10))
-    return text, tx, ty
-
-
 def graffiti(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
-    """int(10i) opaque random lines (thickness up to int(5i)); at i > 0.55 also a red text
-    stamp ("X", "FAKE", "COPY", "VOID", "COPYRIGHT" or a number) 96 px high, only on images at
-    least 117 px high."""
+    """int(10i) opaque random lines (thickness up to int(5i)); at i > 0.55 also a red Hershey
+    text stamp ("X", "FAKE", "COPY", "VOID", "COPYRIGHT" or a number), only on images tall
+    enough for it."""
     batch, _, height, width = x.shape
-    count = int(10 * i)
+    marks = [draws.graffiti(gen, i, height, width) for gen in gens]
+    lines = torch.cat([m.lines for m in marks]).to(x.device)
+    row = torch.arange(batch).repeat_interleave(torch.tensor([len(m.lines) for m in marks])).to(x.device)
     out = x
-    if count:
-        lines = []
-        for gen in gens:
-            colour_bgr = randint(gen, 0, 255, 3 * count).view(count, 3)
-            x0, y0 = randint(gen, 0, width - 1, count), randint(gen, 0, height - 1, count)
-            x1, y1 = randint(gen, 0, width - 1, count), randint(gen, 0, height - 1, count)
-            thickness = randint(gen, 1, max(1, int(5 * i)), count)
-            lines.append(torch.cat([colour_bgr.flip(1), torch.stack([x0, y0, x1, y1, thickness], 1)], 1))
-        params = torch.cat(lines).to(x.device)
-        row = torch.arange(batch, device=x.device).repeat_interleave(count)
+    if len(lines):
         shape = torch.arange(row.numel(), device=x.device)
-        x0, y0, x1, y1, thickness = params[:, 3:].unbind(1)
-        pixels = raster.line_pixels(row, x0, y0, x1, y1, thickness, shape)
-        out = raster.paint(out, [pixels], params[:, :3].float())
-    if i > 0.55:
+        x0, y0, x1, y1, thickness = lines[:, 3:].unbind(1)
+        pixels = raster.line_pixels(row, x0, y0, x1, y1, thickness, shape, height, width)
+        out = raster.paint(out, [pixels], lines[:, :3].float())
+    stamps = [(r, m.stamp) for r, m in enumerate(marks) if m.stamp is not None]
+    if stamps:
         out = out.clone()
-        red = torch.tensor(TEXT_RGB, device=x.device).view(3, 1, 1)
-        for row, gen in enumerate(gens):
-            stamp = _text_stamp(gen, height, width)
-            if stamp is None:
-                continue
-            text, tx, ty = stamp
-            mask = glyph_mask(text).to(x.device)
-            # putText's origin is the bottom-left corner: the glyphs sit on the baseline ty
-            # (ty >= 106, so the top is inside the image); long text overflows on the right.
-            top = ty - TEXT_HEIGHT + 1
-            visible = mask[:, : width - tx]
-            region = out[row, :, top : ty + 1, tx : tx + visible.shape[1]]
-            region[:] = torch.where(visible, red, region)
+        red = torch.tensor(TEXT_RGB, device=x.device).view(3, 1)
+        for r, stamp in stamps:
+            drawn = raster.text_pixels(
+                stamp.text, stamp.x, stamp.y, stamp.scale, stamp.thickness, height, width
+            )
+            ys, xs = (torch.from_numpy(v).to(x.device) for v in drawn)
+            out[r, :, ys, xs] = red.to(out.dtype)
     return out
 
 
-def watermark_rectangles(gen: torch.Generator, i: float, height: int, width: int) -> torch.Tensor:
-    """int(1+15i) rectangles (x, y, x+dw, y+dh), corners inclusive; needs H, W >= 50."""
-    count = int(1 + 15 * i)
-    x, y = randint(gen, 0, width - 50, count), randint(gen, 0, height - 50, count)
-    dw, dh = randint(gen, 50, 200, count), randint(gen, 20, 80, count)
-    return torch.stack([x, y, x + dw, y + dh], 1)
-
-
 def inpaint(x: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-    """Fill `holes` (B, H, W) bool from the boundary inward by masked averaging.
+    """`cv2.inpaint(..., 3, INPAINT_TELEA)` of each row, on the CPU.
 
-    Stands in for `cv2.inpaint(..., 3, INPAINT_TELEA)`: every pass gives each unfilled pixel
-    that has known pixels within the window the rounded mean of those pixels, then marks it
-    known. The first pass uses Telea's radius 3, so the edges smear inward as Telea's do;
-    later passes triple the window so deep holes fill in a few passes. Unlike Telea, there
-    is no gradient (isophote) term or distance weighting: interiors come out smoother.
+    Telea's method is a fast-marching pass that fills hole pixels one at a time in order of
+    their distance to the boundary, each from the pixels filled before it: sequential by
+    nature, with no batched tensor form. The release's own call keeps the result exact.
     """
-    known = (~holes).unsqueeze(1)
-    # Three colour sums and the count of known pixels go through one box sum per pass (float32
-    # sums of whole numbers: exact up to radius ~120, far beyond these holes' depth).
-    stacked = torch.cat([x, torch.ones_like(known, dtype=x.dtype)], 1) * known
-    radius = INPAINT_RADIUS
-    while not bool(known.all()):
-        sums = box_sum(stacked, radius)
-        counts = sums[:, 3:]
-        fill = ~known & (counts > 0)
-        if not bool(fill.any()):
-            break  # an image that is all hole (small images, large rectangles): nothing to fill from
-        mean = torch.round(sums[:, :3] / counts.clamp(min=1))
-        stacked = torch.where(fill, torch.cat([mean, torch.ones_like(counts)], 1), stacked)
-        known = known | fill
-        radius *= 3
-    return torch.where(known, stacked[:, :3], x)
+    images = x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+    masks = holes.to(torch.uint8).mul(255).cpu().numpy()
+    filled = [
+        cv2.inpaint(image, mask, INPAINT_RADIUS, cv2.INPAINT_TELEA) for image, mask in zip(images, masks)
+    ]
+    return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).to(x.device, x.dtype)
 
 
 def mask_outline(mask: torch.Tensor) -> torch.Tensor:
@@ -138,7 +92,7 @@ def watermark_damage(x: torch.Tensor, i: float, gens: Sequence[torch.Generator])
     batch, _, height, width = x.shape
     if height < 50 or width < 50:
         raise ValueError(f"watermark_damage needs sides >= 50 px, got {height}x{width}")
-    rects = [watermark_rectangles(gen, i, height, width) for gen in gens]
+    rects = [draws.watermark_rectangles(gen, i, height, width) for gen in gens]
     row = torch.arange(batch).repeat_interleave(torch.tensor([len(r) for r in rects])).to(x.device)
     x0, y0, x1, y1 = torch.cat(rects).to(x.device).unbind(1)
     mask = raster.union_mask(raster.rectangle_spans(row, x0, y0, x1, y1, row), batch, height, width)

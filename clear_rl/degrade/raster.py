@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 
 Pixels = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # row, y, x, shape (-1: none)
@@ -141,47 +144,76 @@ def span_pixels(spans: Spans, height: int, width: int) -> Pixels:
     return grow(spans.row), grow(spans.y), x, torch.where(drawn, grow(spans.shape), -1)
 
 
-def line_pixels(row, x0, y0, x1, y1, thickness, shape) -> Pixels:
-    """Pixels of `cv2.line` segments (all (S,) long tensors), shape -1 for padding.
+def drawn_pixels(
+    draw: Callable[[np.ndarray, int, int], object],
+    box: tuple[int, int, int, int],
+    height: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the pixels an OpenCV drawing call sets in an H x W image, drawn on a canvas
+    covering only `box` = (x_lo, y_lo, x_hi, y_hi) (inclusive) within the image.
 
-    Thickness 1 is a one-pixel 8-connected line (the minor coordinate rounded at every step
-    of the major axis, as Bresenham does). A thicker line is the set of pixels within
-    thickness/2 of the segment, i.e. OpenCV's polygon with round end caps.
+    `draw(canvas, dx, dy)` must shift its integer coordinates by (dx, dy). OpenCV's
+    rasterisers are exact under integer shifts, and the canvas's clipped sides are the
+    image's, so the pixels are those the same call sets on the whole image (clipping changes
+    the fixed-point walk along a polygon's edges, so the canvas must clip where the image does).
     """
-    device = row.device
-    if row.numel() == 0:
+    x_lo, y_lo = max(box[0], 0), max(box[1], 0)
+    x_hi, y_hi = min(box[2], width - 1), min(box[3], height - 1)
+    if x_lo > x_hi or y_lo > y_hi:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    canvas = np.zeros((y_hi - y_lo + 1, x_hi - x_lo + 1), np.uint8)
+    draw(canvas, -x_lo, -y_lo)
+    ys, xs = np.nonzero(canvas)
+    return ys + y_lo, xs + x_lo
+
+
+def _pixel_sets(parts: list[tuple[int, int, np.ndarray, np.ndarray]], device: torch.device) -> Pixels:
+    """(row, shape, ys, xs) per shape -> one flat Pixels set."""
+    if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, empty, empty
-    x_major = ((x1 - x0).abs() >= (y1 - y0).abs()).view(-1, 1, 1)
-    m0, m1 = (
-        torch.where(x_major, x0.view(-1, 1, 1), y0.view(-1, 1, 1)),
-        torch.where(x_major, x1.view(-1, 1, 1), y1.view(-1, 1, 1)),
-    )
-    n0, n1 = (
-        torch.where(x_major, y0.view(-1, 1, 1), x0.view(-1, 1, 1)),
-        torch.where(x_major, y1.view(-1, 1, 1), x1.view(-1, 1, 1)),
-    )
-    thick = (thickness > 1).view(-1, 1, 1)
-    radius = thickness.double().view(-1, 1, 1) / 2.0
-    reach = torch.where(thick, radius.ceil().long(), 0)
-    length = (m1 - m0).abs() + 2 * reach + 1
-    band = int(math.ceil(float(radius.max()) * math.sqrt(2.0))) + 1
-    steps = torch.arange(int(length.max()), device=device).view(1, -1, 1)
-    minor_offsets = torch.arange(-band, band + 1, device=device).view(1, 1, -1)
+    rows = np.concatenate([np.full(len(ys), row) for row, _, ys, _ in parts])
+    shapes = np.concatenate([np.full(len(ys), shape) for _, shape, ys, _ in parts])
+    ys = np.concatenate([ys for _, _, ys, _ in parts])
+    xs = np.concatenate([xs for _, _, _, xs in parts])
+    row, y, x, shape = (torch.from_numpy(a.astype(np.int64)).to(device) for a in (rows, ys, xs, shapes))
+    return row, y, x, shape
 
-    m = torch.minimum(m0, m1) - reach + steps  # (S, L, 1)
-    dm, dn = (m1 - m0).double(), (n1 - n0).double()
-    frac = ((m - m0).double() / torch.where(dm != 0, dm, 1.0)).clamp(0.0, 1.0)
-    n = torch.floor(n0 + frac * dn + 0.5).long() + minor_offsets  # (S, L, O)
-    # Distance from each candidate to the segment, in (major, minor) coordinates.
-    pm, pn = (m - m0).double(), (n - n0).double()
-    t = ((pm * dm + pn * dn) / (dm * dm + dn * dn).clamp(min=1e-12)).clamp(0.0, 1.0)
-    near = (pm - t * dm) ** 2 + (pn - t * dn) ** 2 <= radius**2 + 1e-9
-    drawn = torch.where(thick, near, minor_offsets == 0) & (steps < length)
 
-    m = m.expand_as(n)
-    xs, ys = torch.where(x_major, m, n), torch.where(x_major, n, m)
-    return row.view(-1, 1, 1).expand_as(n), ys, xs, torch.where(drawn, shape.view(-1, 1, 1), -1)
+def line_pixels(row, x0, y0, x1, y1, thickness, shape, height: int, width: int) -> Pixels:
+    """Pixels of `cv2.line` segments (all (S,) long tensors) in an H x W image.
+
+    Each segment is drawn by `cv2.line` itself (LINE_8) on a canvas covering its own extent:
+    OpenCV's thick lines are fixed-point polygons with round caps, whose exact pixel sets are
+    not worth re-deriving, and the few strokes per image cost microseconds on the CPU.
+    """
+    parts = []
+    for r, a, b, c, d, t, s in torch.stack([row, x0, y0, x1, y1, thickness, shape], 1).tolist():
+        reach = t + 2
+
+        def draw(canvas, dx, dy, a=a, b=b, c=c, d=d, t=t):
+            cv2.line(canvas, (a + dx, b + dy), (c + dx, d + dy), 1, t)
+
+        box = (min(a, c) - reach, min(b, d) - reach, max(a, c) + reach, max(b, d) + reach)
+        ys, xs = drawn_pixels(draw, box, height, width)
+        parts.append((r, s, ys, xs))
+    return _pixel_sets(parts, row.device)
+
+
+def text_pixels(
+    text: str, x: int, y: int, scale: float, thickness: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of `cv2.putText(text, bottom-left (x, y), FONT_HERSHEY_SIMPLEX, scale, thickness)`
+    (OpenCV's built-in vector font) in an H x W image."""
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    reach = thickness + 2
+
+    def draw(canvas, dx, dy):
+        cv2.putText(canvas, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thickness)
+
+    box = (x - reach, y - text_h - reach, x + text_w + reach, y + baseline + reach)
+    return drawn_pixels(draw, box, height, width)
 
 
 def paint(canvas: torch.Tensor, pixel_sets: list[Pixels], colours: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from clear_rl.degrade import capture, environment, postprocess, transmission
+from clear_rl.degrade import capture, environment, opencv_backend, postprocess, transmission
 from clear_rl.errors import ClearRLError
 
 CorruptionFn = Callable[[torch.Tensor, float, Sequence[torch.Generator]], torch.Tensor]
+OpenCVFn = Callable[[np.ndarray, float, torch.Generator], np.ndarray]
 
 LEVELS: dict[str, float] = {"low": 0.23, "mid": 0.45, "high": 0.9}
 
@@ -25,7 +27,9 @@ LEVELS: dict[str, float] = {"low": 0.23, "mid": 0.45, "high": 0.9}
 class Corruption:
     """One corruption type.
 
-    `function(u8_images, intensity, generators)` works on u8 floats (see ops.py).
+    `function(u8_images, intensity, generators)` is the torch backend, batched on any device, on
+    u8 floats (see ops.py); `opencv(image, intensity, generator)` the CPU backend, on one (H, W, 3)
+    uint8 RGB array. Both draw from draws.py, so one seed gives one corruption in either.
     `random_above`: the output depends on the seed only for intensities above this value
     (None: never). `min_size(intensity) -> (min height, min width)`: smaller images come back
     unchanged, as the released generator falls back to the clean image.
@@ -34,6 +38,7 @@ class Corruption:
     name: str
     category: str
     function: CorruptionFn
+    opencv: OpenCVFn
     weight: int
     random_above: float | None = None
     min_size: Callable[[float], tuple[int, int]] | None = None
@@ -58,22 +63,76 @@ def _watermark_min(i: float) -> tuple[int, int]:
 
 
 _TABLE = (
-    Corruption("lens_blur", "capture", capture.lens_blur, 20),
-    Corruption("lens_flare", "capture", capture.lens_flare, 20, random_above=0.0),
-    Corruption("motion_blur", "capture", capture.motion_blur, 20, random_above=0.0),
-    Corruption("dirty_lens", "capture", capture.dirty_lens, 20, random_above=0.0),
-    Corruption("hsv_saturation", "capture", capture.hsv_saturation, 20),
-    Corruption("jpeg_compression", "transmission", transmission.jpeg_compression, 25),
-    Corruption("block_exchange", "transmission", transmission.block_exchange, 25, 0.0, _block_min),
-    Corruption("mean_shift", "transmission", transmission.mean_shift, 25),
-    Corruption("scan_lines", "transmission", transmission.scan_lines, 25),
-    Corruption("dark_illumination", "environment", environment.dark_illumination, 25),
-    Corruption("atmospheric_turbulence", "environment", environment.atmospheric_turbulence, 25),
-    Corruption("gaussian_noise", "environment", environment.gaussian_noise, 25, random_above=0.0),
-    Corruption("color_diffusion", "environment", environment.color_diffusion, 25, random_above=0.9),
-    Corruption("sharpness_change", "post_processing", postprocess.sharpness_change, 33),
-    Corruption("graffiti", "post_processing", postprocess.graffiti, 33, random_above=0.0),
-    Corruption("watermark_damage", "post_processing", postprocess.watermark_damage, 34, 0.0, _watermark_min),
+    Corruption("lens_blur", "capture", capture.lens_blur, opencv_backend.lens_blur, 20),
+    Corruption("lens_flare", "capture", capture.lens_flare, opencv_backend.lens_flare, 20, random_above=0.0),
+    Corruption(
+        "motion_blur", "capture", capture.motion_blur, opencv_backend.motion_blur, 20, random_above=0.0
+    ),
+    Corruption("dirty_lens", "capture", capture.dirty_lens, opencv_backend.dirty_lens, 20, random_above=0.0),
+    Corruption("hsv_saturation", "capture", capture.hsv_saturation, opencv_backend.hsv_saturation, 20),
+    Corruption(
+        "jpeg_compression", "transmission", transmission.jpeg_compression, opencv_backend.jpeg_compression, 25
+    ),
+    Corruption(
+        "block_exchange",
+        "transmission",
+        transmission.block_exchange,
+        opencv_backend.block_exchange,
+        25,
+        0.0,
+        _block_min,
+    ),
+    Corruption("mean_shift", "transmission", transmission.mean_shift, opencv_backend.mean_shift, 25),
+    Corruption("scan_lines", "transmission", transmission.scan_lines, opencv_backend.scan_lines, 25),
+    Corruption(
+        "dark_illumination",
+        "environment",
+        environment.dark_illumination,
+        opencv_backend.dark_illumination,
+        25,
+    ),
+    Corruption(
+        "atmospheric_turbulence",
+        "environment",
+        environment.atmospheric_turbulence,
+        opencv_backend.atmospheric_turbulence,
+        25,
+    ),
+    Corruption(
+        "gaussian_noise",
+        "environment",
+        environment.gaussian_noise,
+        opencv_backend.gaussian_noise,
+        25,
+        random_above=0.0,
+    ),
+    Corruption(
+        "color_diffusion",
+        "environment",
+        environment.color_diffusion,
+        opencv_backend.color_diffusion,
+        25,
+        random_above=0.9,
+    ),
+    Corruption(
+        "sharpness_change",
+        "post_processing",
+        postprocess.sharpness_change,
+        opencv_backend.sharpness_change,
+        33,
+    ),
+    Corruption(
+        "graffiti", "post_processing", postprocess.graffiti, opencv_backend.graffiti, 33, random_above=0.0
+    ),
+    Corruption(
+        "watermark_damage",
+        "post_processing",
+        postprocess.watermark_damage,
+        opencv_backend.watermark_damage,
+        34,
+        0.0,
+        _watermark_min,
+    ),
 )
 
 CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in _TABLE}

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
+from clear_rl.degrade import draws
 from clear_rl.degrade.jpeg import jpeg_roundtrip
 from clear_rl.degrade.meanshift import pyr_mean_shift
 from clear_rl.degrade.ops import apply_lut
-from clear_rl.degrade.rng import randint
 
 
 def jpeg_quality(i: float) -> int:
@@ -42,9 +42,7 @@ def block_exchange(x: torch.Tensor, i: float, gens: Sequence[torch.Generator]) -
     orders = []
     for gen in gens:
         order = list(range(grid_rows * grid_cols))  # order[position] = block now at position
-        r1, c1 = randint(gen, 0, grid_rows - 1, swaps), randint(gen, 0, grid_cols - 1, swaps)
-        r2, c2 = randint(gen, 0, grid_rows - 1, swaps), randint(gen, 0, grid_cols - 1, swaps)
-        for a, b in zip((r1 * grid_cols + c1).tolist(), (r2 * grid_cols + c2).tolist()):
+        for a, b in draws.block_swaps(gen, swaps, grid_rows, grid_cols):
             order[a], order[b] = order[b], order[a]
         orders.append(order)
     order = torch.tensor(orders, device=x.device)
