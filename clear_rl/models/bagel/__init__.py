@@ -1,0 +1,53 @@
+"""`bagel`: BAGEL-7B-MoT (the paper's backbone) in plain PyTorch, loading official folders.
+
+    config.py    settings: the two JSON files + the official loaders' hard-coded values
+    mot.py       the Mixture-of-Transformers LLM (both experts, shared attention, KV cache)
+    vision.py    SigLIP over NaViT-packed patches + the connector
+    latents.py   latent patchify, time embedder, sin-cos position tables
+    vae.py       diffusers AutoencoderKL + BFL name conversion both ways
+    modeling.py  BagelModel: segments -> packed sequence -> MoT -> text logits / velocities
+    io.py        from_pretrained / save_pretrained in the official layout, 4-bit loading
+    tiny.py      a tiny random BAGEL folder and tokenizer, built in code
+    memory.py    parameter counts and memory estimates at real size, on the meta device
+
+Names are imported on first use (PEP 562), so importing the package stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "BagelConfig": "config",
+    "flux_vae_config": "config",
+    "BagelCache": "mot",
+    "Routing": "mot",
+    "BagelModel": "modeling",
+    "BagelOutput": "modeling",
+    "LatentSegment": "modeling",
+    "PackedSequence": "modeling",
+    "TextSegment": "modeling",
+    "VitSegment": "modeling",
+    "load_bagel": "io",
+    "load_bagel_tokenizer": "io",
+    "save_bagel": "io",
+    "quantize_4bit": "io",
+    "TinyBagelSizes": "tiny",
+    "build_tiny_bagel": "tiny",
+    "build_tiny_tokenizer": "tiny",
+    "memory_report": "memory",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
