@@ -309,3 +309,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     for plain, checkpointed in zip(grads(False), grads(True)):
         torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
     model.zero_grad(set_to_none=True)
+
+
+def test_lora_on_both_experts_counts_what_peft_adds(tiny):
+    """memory.py's LoRA formula against peft on the tiny model, with the `_moe_gen` twins named."""
+    import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from clear_rl.models.bagel.memory import lora_parameter_count, lora_target_modules
+
+    model = copy.deepcopy(tiny[0])
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=lora_target_modules()), model)
+    added = {name: p.numel() for name, p in model.named_parameters() if ".lora_" in name}
+    assert sum(added.values()) == lora_parameter_count(tiny[0], rank=4)
+    # 7 linears x 2 experts x 2 layers, each with lora_A and lora_B; none in the ViT
+    assert len(added) == 7 * 2 * 2 * 2
+    assert any("q_proj_moe_gen.lora_A" in name for name in added)
+    assert any("mlp_moe_gen.down_proj.lora_B" in name for name in added)
+
+
+def test_full_size_memory_figures():
+    """memory.py at BAGEL-7B-MoT's size: LoRA r=16 on both experts' seven linears is
+    16 * 28 * 2 * (7168 + 4096 + 4096 + 7168 + 3 * 22528) parameters; bf16 is 2 B per parameter."""
+    from clear_rl.models.bagel.memory import NF4_DOUBLE_QUANT, memory_report
+
+    report = memory_report(sequence_lengths=(4096,))
+    counts = report["counts"]
+    assert report["lora_params"] == 16 * 28 * 2 * (7168 + 4096 + 4096 + 7168 + 3 * 22528) == 80_740_352
+    assert counts.understanding_expert == counts.generation_expert
+    assert counts.bagel == sum(math.prod(s) for k, s in official_shapes().items() if k not in RECOMPUTED_KEYS)
+    assert report["resident_bf16"] == 2 * counts.total
+    quantized = report["quantized_weights"]
+    assert report["resident_nf4"] == int(NF4_DOUBLE_QUANT * quantized + 2 * (counts.total - quantized))
+    assert report["kv_bytes_per_token"] == 57344
+    step = report["steps"][("nf4", 4096)]
+    assert step.weights == report["resident_nf4"] and step.lora_states == 16 * 80_740_352
