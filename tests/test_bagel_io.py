@@ -106,7 +106,7 @@ def test_loading_reproduces_the_built_model(folder, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_bf16_loading(folder):
+def test_bf16_loading(folder, tmp_path):
     model = load_bagel(folder)  # bf16 by default
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.vae.parameters()} == {torch.bfloat16}
@@ -117,6 +117,13 @@ def test_bf16_loading(folder):
     assert hidden.dtype == torch.bfloat16
     assert (hidden.float() - ref_hidden).abs().max() < 0.1 * ref_hidden.abs().max()
     assert (velocity.float() - ref_velocity).abs().max() < 0.1 * ref_velocity.abs().max()
+    # saved as loaded: a bf16 file (as the official one is), read back bit for bit
+    model.save_pretrained(tmp_path / "bf16")
+    state = load_file(tmp_path / "bf16" / "ema.safetensors")
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    again = load_bagel(tmp_path / "bf16")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert torch.equal(outputs(again, tokenizer)[0], hidden)
 
 
 def test_clear_rl_model_safetensors_and_what_loading_tolerates(folder, tmp_path):

@@ -116,6 +116,17 @@ def test_sincos_table_first_half_encodes_the_column_then_the_row():
     torch.testing.assert_close(row, expected, atol=1e-6, rtol=0)
 
 
+def test_text_segments_are_framed_as_bagel_frames_them(tiny):
+    model, tokenizer = tiny
+    segment = model.text_segment(tokenizer, "What is shown?")
+    assert segment.input_ids.tolist() == ids(tokenizer, "<|im_start|>What is shown?<|im_end|>").tolist()
+    assert segment.input_ids[0] == model.config.im_start_id == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert (
+        model.text_segment(tokenizer, "What", framed=False).input_ids.tolist()
+        == ids(tokenizer, "What").tolist()
+    )
+
+
 # -- layout --------------------------------------------------------------------------------------
 def test_positions_blocks_and_routing(tiny):
     model, tokenizer = tiny

@@ -196,6 +196,14 @@ class BagelModel(nn.Module):
         self.language_model.model.gradient_checkpointing = enable
 
     # -- packing --------------------------------------------------------------------------------
+    def text_segment(self, tokenizer, text: str, framed: bool = True) -> TextSegment:
+        """`text` as a segment, framed `<|im_start|> ... <|im_end|>` as BAGEL frames every text
+        turn (no chat roles) unless `framed=False`."""
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if framed:
+            ids = [self.config.im_start_id, *ids, self.config.im_end_id]
+        return TextSegment(torch.tensor(ids, dtype=torch.long))
+
     def pack(self, samples: Sequence[Sequence[Segment]], cache: BagelCache | None = None) -> PackedSequence:
         """Lay out `samples` (each a list of segments) as one sequence, after `cache` if given."""
         cfg = self.config
