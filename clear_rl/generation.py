@@ -6,17 +6,17 @@ denoises a latent for that row, conditioned on the row's context so far (hidden 
 `<|restored_pad|>` positions carrying bridge embeddings; the row then writes text again until
 `</answer>`, EOS or its token budget.
 
-Rows that restore and rows that do not proceed together. When some rows insert their N
-placeholder positions, the others get N masked "hole" positions in the same forward pass (their
-attention mask is 0 there and position ids skip them), so one KV cache serves the whole batch and
-every row's logits are exactly what they would be alone.
+The loop (token choice under the restore policy, stops, the restoration sampler, collecting the
+completions) is the same for every backbone; the model calls are its decoder's
+(`model.decoder_class`, see models/backbone.py): the composed model's splices bridge embeddings
+into `<|restored_pad|>` positions with masked holes for the other rows (models/decoding.py), BAGEL's
+appends the restored latent as a clean latent block (models/bagel/decoding.py).
 
 What fills the restored slot (`readback`): the bridge's embeddings of the latent, or the
 paper's baseline, the VLM's own vision tokens of the VAE-decoded latent (models/readback.py).
 `restore="oracle"` puts given clean latents in the slot and hides the image tokens throughout,
 measuring how well the model answers from the bridged latent alone; `degraded_view="drop"`
-hides a row's image tokens from every position after its restored slot begins. Hidden tokens
-keep their position ids: one mask counts positions, another says what attention reads.
+hides a row's image tokens from every position after its restored slot begins.
 
 `transformers.GenerationMixin.generate` cannot pause a row mid-sequence to run a second model
 and splice embeddings in, hence this loop; it reuses transformers' logits warpers and cache.
@@ -35,14 +35,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
-from clear_rl.models.positions import RolloutPositions
-from clear_rl.models.readback import (
-    DegradedView,
-    Readback,
-    reencode_embeddings,
-    view_mask,
-)
+from clear_rl.models.backbone import UnifiedBackbone
+from clear_rl.models.readback import DegradedView, Readback
 from clear_rl.restoration import RestorationSampling, restore_latents
 
 RestorePolicy = Literal["model", "always", "never", "oracle"]
@@ -97,7 +91,7 @@ class InterleavedOutput:
 
 
 class _Rollout:
-    """State of one batched interleaved rollout; `run` drives it step by step."""
+    """The token loop of one batched interleaved rollout; the backbone's decoder makes the model calls."""
 
     def __init__(
         self,
@@ -113,29 +107,24 @@ class _Rollout:
         oracle_latents=None,
     ):
         self.model, self.cfg, self.gen = model, cfg, gen
-        self.image_processor, self.oracle_latents = image_processor, oracle_latents
-        self.vlm_inputs, self.vae_pixel_values = vlm_inputs, vae_pixel_values
-        self.degraded_latents = degraded_latents
+        self.oracle_latents = oracle_latents
         self.ids = model.token_ids
-        self.image_token_id = model.config.image_token_id
-        text_config = model.config.get_text_config()
-        self.pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
-        eos = text_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.stop_ids = torch.tensor(
-            [*eos, self.ids.answer_end, *cfg.stop_token_ids], device=input_ids.device
+        self.decoder = model.decoder_class(
+            model,
+            input_ids,
+            vlm_inputs,
+            vae_pixel_values,
+            degraded_latents,
+            cfg,
+            image_processor=image_processor,
         )
+        self.pad_id = self.decoder.pad_id
+        self.stop_ids = torch.tensor(
+            [*self.decoder.stop_token_ids, self.ids.answer_end, *cfg.stop_token_ids], device=input_ids.device
+        )
+        self.banned = torch.tensor(self.decoder.banned_token_ids, dtype=torch.long, device=input_ids.device)
         self.batch = input_ids.shape[0]
-        self.seq_ids: torch.Tensor | None = None  # the whole sequence so far, holes included
-        self.seq_mask: torch.Tensor | None = None  # 1 on real positions, 0 on left padding and holes
-        # Per row, the sequence index from which its image tokens are hidden (length: never).
-        never = torch.iinfo(torch.long).max
-        start = 0 if cfg.restore == "oracle" else never
-        self.hide_from = torch.full((input_ids.shape[0],), start, dtype=torch.long, device=input_ids.device)
-        self.restored_embeds: torch.Tensor | None = None  # (B, N, D) under readback="reencode"
-        self.cache = None
-        self.positions = RolloutPositions(model, vlm_inputs)  # 1D, or M-RoPE's 3D with image layouts
-        self.hidden: torch.Tensor | None = None  # (B, L, D) conditioning-layer states of the sequence
+        self.seq_ids = input_ids  # what the logits warpers see (they ignore it)
         self.restored_latents = torch.zeros(self.batch, *model.latent_shape, device=input_ids.device)
         self.warpers = LogitsProcessorList()
         if cfg.do_sample:
@@ -146,73 +135,9 @@ class _Rollout:
             if cfg.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(cfg.top_p))
 
-    # -- model calls ---------------------------------------------------------------------------
-    def visible(self, query_index: int) -> torch.Tensor:
-        """(B, L) 1 where a query at `query_index` may attend: real positions minus hidden image tokens."""
-        hidden = (self.seq_ids == self.image_token_id) & (self.hide_from <= query_index)[:, None]
-        return self.seq_mask * (~hidden).long()
-
-    def forward(self, new_ids: torch.Tensor, new_mask: torch.Tensor, slot: bool = False) -> torch.Tensor:
-        """Append `new_ids` to the sequence and return the logits of its last position.
-
-        `slot`: `new_ids` are the restored-slot block, filled from the current readback.
-        """
-        first = self.seq_ids is None
-        start = 0 if first else self.seq_ids.shape[1]
-        self.seq_ids = new_ids if first else torch.cat([self.seq_ids, new_ids], dim=1)
-        self.seq_mask = new_mask if first else torch.cat([self.seq_mask, new_mask], dim=1)
-        new = new_ids.shape[1] if self.cfg.use_cache else self.seq_ids.shape[1]
-        positions = self.positions(self.seq_ids, self.seq_mask, new)  # hidden image tokens still count
-        need_hidden = self.cfg.restore not in ("never", "oracle")
-        layer = self.model.config.condition_layer
-        reencode = self.cfg.readback == "reencode"
-        if self.cfg.use_cache:
-            out = self.model(
-                input_ids=new_ids,
-                attention_mask=self.visible(start),
-                position_ids=positions,
-                restored_latents=self.restored_latents if slot and not reencode else None,
-                restored_embeds=self.restored_embeds if slot and reencode else None,
-                cache=self.cache,
-                use_cache=True,
-                output_hidden_states=need_hidden,
-                logits_to_keep=1,
-                **(self.vlm_inputs if first else {}),
-            )
-            self.cache = out.cache
-            if need_hidden:
-                states = out.hidden_states[layer]
-                self.hidden = states if first else torch.cat([self.hidden, states], dim=1)
-        else:
-            mask = self.seq_mask
-            if bool((self.hide_from < self.seq_ids.shape[1]).any()):  # hiding differs per query
-                mask = view_mask(self.model, self.seq_ids, mask, self.hide_from)
-            out = self.model(
-                input_ids=self.seq_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                restored_latents=None if reencode else self.restored_latents,
-                restored_embeds=self.restored_embeds if reencode else None,
-                use_cache=False,
-                output_hidden_states=need_hidden,
-                logits_to_keep=1,
-                **self.vlm_inputs,
-            )
-            if need_hidden:
-                self.hidden = out.hidden_states[layer]
-        return out.logits[:, -1].float()
-
     def restore(self, rows: torch.Tensor):
         """Denoise a latent for `rows`, conditioned on their context up to `<image_restore>`."""
-        if self.degraded_latents is None:
-            if self.vae_pixel_values is None:
-                raise ValueError("restoration needs vae_pixel_values or degraded_latents")
-            self.degraded_latents = self.model.encode_latents(self.vae_pixel_values).float()
-        context = RestorationContext(
-            self.hidden[rows],
-            self.visible(self.seq_ids.shape[1] - 1)[rows].bool(),
-            self.degraded_latents[rows],
-        )
+        context = self.decoder.restoration_context(rows)
         return restore_latents(self.model, context, self.cfg.restoration, generator=self.gen)
 
     # -- token choice ----------------------------------------------------------------------------
@@ -220,8 +145,8 @@ class _Rollout:
         """Pick each row's next token under the restore policy; returns (tokens, log-probs)."""
         ids, cfg = self.ids, self.cfg
         logits = logits.clone()
-        logits[:, ids.restored_pad] = float("-inf")  # placeholders are never model-written
-        logits[:, self.image_token_id] = float("-inf")  # a sampled image token would have no features
+        # Placeholders are never model-written; a sampled image token would have no features.
+        logits[:, self.banned] = float("-inf")
         if cfg.restore == "never":
             logits[:, ids.image_restore] = float("-inf")
         else:
@@ -247,7 +172,7 @@ class _Rollout:
     # -- the loop ---------------------------------------------------------------------------
     def run(self, input_ids, attention_mask) -> InterleavedOutput:
         cfg, ids, device, batch = self.cfg, self.ids, input_ids.device, self.batch
-        logits = self.forward(input_ids, attention_mask.long())
+        logits = self.decoder.prefill(input_ids, attention_mask)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         restored = torch.zeros_like(finished)
         previous = input_ids[:, -1].clone()
@@ -260,7 +185,7 @@ class _Rollout:
             columns.append((tokens, active, torch.zeros_like(active), torch.where(active, logprobs, 0.0)))
             restoring = active & (tokens == ids.image_restore)
             finished = finished | (active & torch.isin(tokens, self.stop_ids))
-            logits = self.forward(tokens[:, None], active.long()[:, None])
+            logits = self.decoder.step(tokens, active)
             previous = torch.where(active, tokens, previous)
             if restoring.any():
                 if cfg.restore == "oracle":
@@ -275,30 +200,15 @@ class _Rollout:
                         log_probs = sample.log_probs.new_zeros(batch, sample.log_probs.shape[1])
                         timesteps = sample.timesteps
                     trajectory[restoring], log_probs[restoring] = sample.trajectory, sample.log_probs
-                n_pad = self.fill_slot(restoring)
-                if cfg.degraded_view == "drop":  # the slot replaces the degraded view from here on
-                    self.hide_from[restoring] = self.seq_ids.shape[1]
-                block = torch.where(restoring[:, None], ids.restored_pad, self.pad_id).expand(batch, n_pad)
-                block_logits = self.forward(
-                    block.contiguous(), restoring.long()[:, None].expand(batch, n_pad), slot=True
-                )
+                n_pad, block_logits = self.decoder.append_restored(restoring, self.restored_latents)
                 logits = torch.where(restoring[:, None], block_logits, logits)
+                placeholder = torch.where(restoring, ids.restored_pad, self.pad_id)
                 for _ in range(n_pad):
-                    columns.append((block[:, 0], restoring, restoring, torch.zeros(batch, device=device)))
+                    columns.append((placeholder, restoring, restoring, torch.zeros(batch, device=device)))
                 restored = restored | restoring
             if bool(finished.all()):
                 break
         return self._collect(columns, restored, trajectory, log_probs, timesteps)
-
-    def fill_slot(self, rows: torch.Tensor) -> int:
-        """Prepare what fills `rows`' restored slots; returns the slot's length in positions."""
-        if self.cfg.readback != "reencode":
-            return self.model.num_restored_tokens
-        embeds = reencode_embeddings(self.model, self.restored_latents[rows], self.image_processor)
-        if self.restored_embeds is None:
-            self.restored_embeds = embeds.new_zeros(self.batch, *embeds.shape[1:])
-        self.restored_embeds[rows] = embeds
-        return embeds.shape[1]
 
     def _collect(self, columns, restored, trajectory, log_probs, timesteps) -> InterleavedOutput:
         """Compact the per-step columns into right-padded per-row completions."""
@@ -316,17 +226,17 @@ class _Rollout:
             token_logprobs=torch.where(mask, take(logprobs), 0.0),
             restored=restored,
             restored_latents=self.restored_latents,
-            degraded_latents=self.degraded_latents,
+            degraded_latents=self.decoder.degraded_latents,
             trajectory=trajectory,
             trajectory_log_probs=log_probs,
             timesteps=timesteps,
-            restored_embeds=self.restored_embeds,
+            restored_embeds=self.decoder.restored_embeds,
         )
 
 
 @torch.no_grad()
 def generate_interleaved(
-    model: ComposedUnifiedModel,
+    model: UnifiedBackbone,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     config: InterleavedGenerationConfig | None = None,

@@ -4,20 +4,94 @@
 interleaved generation (rollouts and evaluation), by stage 2 (whose restored slot holds latents
 the head itself denoised) and by stage 3. The ODE sampler is for evaluation; the SDE sampler
 keeps per-step log-probs for Flow-GRPO.
+
+Classifier-free guidance (`RestorationGuidance`, BAGEL's): where the backbone's context offers the
+two unconditional contexts (BAGEL: the prefix without the last text, and without the images), the
+ODE sampler combines three velocities per step inside the guidance interval. CLEAR's evaluation
+settings are the defaults; the SDE sampler (GRPO rollouts) never guides, and a backbone whose
+context offers no such contexts (the composed model) samples unguided.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from clear_rl.flow import ode_step, sampling_schedule, sde_step
-from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
+from clear_rl.models.backbone import RestorationContextLike, UnifiedBackbone
 
 Sampler = Literal["ode", "sde"]
 SAMPLERS = ("ode", "sde")
+Renorm = Literal["global", "channel", "text_channel"]
+RENORMS = ("global", "channel", "text_channel")
+
+
+@dataclass(frozen=True)
+class RestorationGuidance:
+    """BAGEL's restoration CFG: v_text = v_tu + s_text (v - v_tu); v = v_iu + s_img (v_text - v_iu).
+
+    `v_tu` / `v_iu` are the velocities without the last text / without the images. Renorm caps
+    the guided velocity's norm at the conditional one's: per latent token over its 2x2xC values
+    (`channel`; `text_channel` renorms v_text before the image step) or over the whole latent
+    (`global`), clamped below at `renorm_min`. Guidance applies for t in (interval[0], interval[1]];
+    a scale of 1.0 switches its branch off, and as in BAGEL image guidance applies only with text
+    guidance on (cfg_text > 1). Defaults: CLEAR's evaluation settings.
+    """
+
+    cfg_text: float = 3.0
+    cfg_img: float = 1.5
+    renorm: Renorm = "text_channel"
+    renorm_min: float = 0.0
+    interval: tuple[float, float] = (0.4, 1.0)
+    token_patch: int = 2  # latent patch of one token (BAGEL's latent_patch_size), for per-token norms
+
+    def __post_init__(self) -> None:
+        if self.renorm not in RENORMS:
+            raise ValueError(
+                f"restoration guidance renorm must be one of {list(RENORMS)}, got {self.renorm!r}"
+            )
+        if self.cfg_text < 1.0 or self.cfg_img < 1.0:
+            raise ValueError(
+                f"restoration guidance scales must be >= 1.0 (1.0: off), got cfg_text={self.cfg_text}, "
+                f"cfg_img={self.cfg_img}"
+            )
+        low, high = self.interval
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(
+                f"restoration guidance interval must satisfy 0 <= low < high <= 1, got {self.interval}"
+            )
+
+    def active(self, t: float) -> bool:
+        """Whether guidance applies at noise level t (as BAGEL: only with text guidance on)."""
+        return self.cfg_text > 1.0 and self.interval[0] < t <= self.interval[1]
+
+    def _token_norm(self, v: torch.Tensor) -> torch.Tensor:
+        """(R, C, h, w) -> each latent token's norm (over its p x p x C values), broadcast to v."""
+        r, c, h, w = v.shape
+        p = self.token_patch
+        patches = v.reshape(r, c, h // p, p, w // p, p)
+        norms = patches.pow(2).sum(dim=(1, 3, 5), keepdim=True).sqrt()
+        return norms.expand_as(patches).reshape(r, c, h, w)
+
+    def combine(
+        self, v: torch.Tensor, v_text_uncond: torch.Tensor, v_image_uncond: torch.Tensor
+    ) -> torch.Tensor:
+        """The guided velocity (R, C, h, w) from the conditional one and the two unconditional ones."""
+        text = v_text_uncond + self.cfg_text * (v - v_text_uncond)
+        if self.renorm == "text_channel":
+            scale = self._token_norm(v) / (self._token_norm(text) + 1e-8)
+            text = text * scale.clamp(min=self.renorm_min, max=1.0)
+        guided = v_image_uncond + self.cfg_img * (text - v_image_uncond) if self.cfg_img > 1.0 else text
+        if self.renorm == "text_channel":
+            return guided
+        if self.renorm == "global":
+            base = v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            norm = guided.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        else:
+            base, norm = self._token_norm(v), self._token_norm(guided)
+        return guided * (base / (norm + 1e-8)).clamp(min=self.renorm_min, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -32,6 +106,9 @@ class RestorationSampling:
     shift: float | None = None  # timestep shift of the sampling schedule (CLEAR: 3.0)
     sampler: Sampler = "ode"  # "sde": Flow-GRPO's SDE, with per-step log-probs
     noise_level: float = 0.7  # Flow-GRPO's `a` of the SDE sampler
+    # Restoration CFG where the backbone offers the unconditional contexts (BAGEL), ODE only;
+    # None: off.
+    guidance: RestorationGuidance | None = field(default_factory=RestorationGuidance)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -41,7 +118,7 @@ class RestorationSampling:
         if self.noise_level < 0:
             raise ValueError(f"restoration noise level must be >= 0, got {self.noise_level}")
 
-    def resolved(self, model: ComposedUnifiedModel) -> RestorationSampling:
+    def resolved(self, model: UnifiedBackbone) -> RestorationSampling:
         """These settings with the model's defaults filled in."""
         return replace(
             self,
@@ -49,7 +126,7 @@ class RestorationSampling:
             shift=model.config.flow_shift if self.shift is None else self.shift,
         )
 
-    def schedule(self, model: ComposedUnifiedModel) -> torch.Tensor:
+    def schedule(self, model: UnifiedBackbone) -> torch.Tensor:
         """(steps + 1,) noise levels from 1 to 0."""
         resolved = self.resolved(model)
         return sampling_schedule(resolved.steps, resolved.shift)
@@ -66,26 +143,27 @@ class RestorationSample:
 
 
 def restore_latents(
-    model: ComposedUnifiedModel,
-    context: RestorationContext,
+    model: UnifiedBackbone,
+    context: RestorationContextLike,
     sampling: RestorationSampling | None = None,
     generator: torch.Generator | None = None,
 ) -> RestorationSample:
     """Integrate the restoration head's flow from noise to a clean latent for every context row."""
     sampling = (sampling or RestorationSampling()).resolved(model)
-    timesteps = sampling_schedule(sampling.steps, sampling.shift).to(context.hidden_states.device)
-    rows = context.hidden_states.shape[0]
+    timesteps = sampling_schedule(sampling.steps, sampling.shift).to(context.device)
+    rows = context.num_rows
     shape = (rows, *model.latent_shape)
     x = torch.randn(shape, generator=generator, device=generator.device if generator else None)
-    x = x.to(device=context.hidden_states.device, dtype=torch.float32)
+    x = x.to(device=context.device, dtype=torch.float32)
     mean = model.flow_source_mean(context.degraded_latents)
     if mean is not None:  # `flow_source: degraded`: the flow starts around the degraded latent
         mean = mean.to(x.device)
         x = x + mean
     states, log_probs = [x], []
+    guidance = sampling.guidance if sampling.sampler == "ode" else None  # never in SDE rollouts
     for i in range(sampling.steps):
         t, t_next = timesteps[i], timesteps[i + 1]
-        v = model.velocity(x, t.expand(rows), context).float()
+        v = guided_velocity(model, x, t.expand(rows), context, guidance)
         if sampling.sampler == "sde":
             step = sde_step(
                 x,
@@ -108,3 +186,23 @@ def restore_latents(
         timesteps=timesteps,
         log_probs=torch.stack(log_probs, dim=1),
     )
+
+
+def guided_velocity(
+    model: UnifiedBackbone,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: RestorationContextLike,
+    guidance: RestorationGuidance | None,
+) -> torch.Tensor:
+    """The velocity at noise level `t` (R,), guided where `guidance` is on at this `t` and the
+    context offers its unconditional contexts (`guidance_contexts`: without the last text, without
+    the images); else the plain conditional velocity."""
+    v = model.velocity(x, t, context).float()
+    unconditional = getattr(context, "guidance_contexts", None)
+    if guidance is None or unconditional is None or not guidance.active(float(t[0])):
+        return v
+    without_text, without_images = unconditional
+    v_text = model.velocity(x, t, without_text).float() if guidance.cfg_text > 1.0 else v
+    v_image = model.velocity(x, t, without_images).float() if guidance.cfg_img > 1.0 else v
+    return guidance.combine(v, v_text, v_image)

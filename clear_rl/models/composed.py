@@ -89,6 +89,14 @@ class RestorationContext:
     attention_mask: torch.Tensor  # (B, L) True where a position is in the context
     degraded_latents: torch.Tensor  # (B, C, h, w) the degraded image's latent
 
+    @property
+    def num_rows(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden_states.device
+
     def select(self, rows: torch.Tensor) -> RestorationContext:
         return RestorationContext(
             self.hidden_states[rows], self.attention_mask[rows], self.degraded_latents[rows]
@@ -107,6 +115,13 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @property
+    def decoder_class(self) -> type:
+        """Interleaved generation's model calls for this backbone (models/backbone.py)."""
+        from clear_rl.models.decoding import ComposedDecoder
+
+        return ComposedDecoder
 
     def __init__(
         self,
