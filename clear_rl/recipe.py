@@ -35,7 +35,7 @@ import yaml
 from clear_rl import __version__
 from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.settings import PARTS, LoraSettings
+from clear_rl.models.settings import BACKBONES, PARTS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
@@ -54,7 +54,9 @@ logger = logging.getLogger(__name__)
 class ModelConfig:
     """Where the unified model comes from: exactly one of `path`, `vlm_path` + `vae_path`, `tiny`."""
 
-    path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters)
+    path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters), or BAGEL's
+    # Which implementation `path` loads as: auto (by the folder's layout), composed, or bagel.
+    backbone: Literal[BACKBONES] = "auto"
     vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
     vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
     vae_subfolder: str | None = None
@@ -79,6 +81,8 @@ class ModelConfig:
             raise ValueError("set exactly one of model.path, model.vlm_path + model.vae_path, or model.tiny")
         if (self.vlm_path is None) != (self.vae_path is None):
             raise ValueError("model.vlm_path and model.vae_path go together")
+        if self.backbone == "bagel" and self.path is None:
+            raise ValueError("model.backbone: bagel loads an official-layout BAGEL folder: set model.path")
 
 
 @dataclass

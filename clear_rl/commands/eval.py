@@ -19,6 +19,8 @@ always - never, per level and corruption), restoration.png and gallery_<run>.png
 several readbacks or an oracle run readback.csv / bridge_fidelity.csv. Several --restore policies
 or --readback paths are evaluated side by side, rows labelled `<model> [<policy>, <readback>]`.
 Nothing is written beside the inputs. --resume skips rows already answered by an interrupted run.
+A --model folder in BAGEL's official layout (BAGEL-7B-MoT, CLEAR's checkpoints) loads as the bagel
+backbone; its restorations are guided (--cfg-*, CLEAR's eval settings by default; --no-cfg: off).
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ LEVELS = ("clean", "low", "mid", "high")
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
 READBACKS = ("bridge", "reencode")
 PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
+BACKBONES = ("auto", "composed", "bagel")  # clear_rl.models.settings.BACKBONES
+RENORMS = ("global", "channel", "text_channel")  # clear_rl.restoration.RENORMS
+
+
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cfg-interval takes LOW,HIGH (e.g. 0.4,1.0), got {text!r}"
+        ) from None
+    if not 0.0 <= low < high <= 1.0:
+        raise argparse.ArgumentTypeError(f"--cfg-interval needs 0 <= LOW < HIGH <= 1, got {text!r}")
+    return low, high
 
 
 def _several(allowed: tuple[str, ...], what: str):
@@ -110,6 +126,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and MM-Vet's grader (CLEAR_RL_JUDGE_URL / _MODEL / _API_KEY / _TIMEOUT / _RETRIES / "
                         "_ON_FAILURE)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument(
+        "--backbone", choices=BACKBONES, default="auto",
+        help="how --model folders load: auto (default: BAGEL's official layout is detected), composed, bagel",
+    )  # fmt: skip
+    cfg = parser.add_argument_group(
+        "restoration CFG", "BAGEL's classifier-free guidance of restorations (backbones that offer it); "
+        "defaults: CLEAR's eval settings"
+    )  # fmt: skip
+    cfg.add_argument("--cfg-text", type=float, default=3.0, help="text guidance scale (1: off; default 3.0)")
+    cfg.add_argument("--cfg-img", type=float, default=1.5, help="image guidance scale (1: off; default 1.5)")
+    cfg.add_argument("--cfg-renorm", choices=RENORMS, default="text_channel", help="default text_channel")
+    cfg.add_argument("--cfg-interval", type=_interval, default=(0.4, 1.0), metavar="LOW,HIGH",
+                     help="guided for t in (LOW, HIGH] (default 0.4,1.0)")  # fmt: skip
+    cfg.add_argument("--no-cfg", action="store_true", help="restore without guidance")
 
 
 def _named(specs: list[str]) -> dict[str, str]:
@@ -124,8 +154,14 @@ def run(args: argparse.Namespace) -> int:
     from clear_rl.eval.runner import EvalConfig, evaluate
     from clear_rl.models.chat import OWN_PROMPT
     from clear_rl.models.io import load_unified
+    from clear_rl.restoration import RestorationGuidance
 
-    models = {name: load_unified(path) for name, path in _named(args.model).items()}
+    models = {name: load_unified(path, backbone=args.backbone) for name, path in _named(args.model).items()}
+    guidance = None
+    if not args.no_cfg:
+        guidance = RestorationGuidance(
+            cfg_text=args.cfg_text, cfg_img=args.cfg_img, renorm=args.cfg_renorm, interval=args.cfg_interval
+        )
     config = EvalConfig(
         levels=args.levels,
         restore=args.restore,
@@ -140,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         gallery=args.gallery,
         protocol=args.protocol,
         system_prompt=OWN_PROMPT if args.system_prompt is None else args.system_prompt,
+        restoration_guidance=guidance,
     )
     files = evaluate(models, args.data, args.out, config, degraded_dir=args.degraded)
     print((files["report.md"]).read_text(encoding="utf-8"))

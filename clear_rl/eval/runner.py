@@ -18,7 +18,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +39,7 @@ from clear_rl.io.images import decode_image
 from clear_rl.io.tsv import read_tsv, resolve_image_cells
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.models.processing import vae_pixel_values
-from clear_rl.restoration import RestorationSampling
+from clear_rl.restoration import RestorationGuidance, RestorationSampling
 from clear_rl.reward_helpers import answer_grades
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class EvalConfig:
     # the row's TSV cells and both images (3, S, S) in [-1, 1]; the values land in the predictions.
     restoration_metrics: Sequence[Callable[[dict, torch.Tensor, torch.Tensor], dict]] = ()
     num_inference_steps: int | None = None  # deprecated: the old name of `restoration_steps`
+    # Restoration CFG (CLEAR's eval settings by default), used where the backbone offers the
+    # unconditional contexts (BAGEL); None: off.
+    restoration_guidance: RestorationGuidance | None = field(default_factory=RestorationGuidance)
 
     def __post_init__(self) -> None:
         self.protocol = check_protocol(self.protocol)
@@ -166,7 +169,9 @@ def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationCon
         restore=run.restore,
         readback=run.readback or "bridge",
         degraded_view=config.degraded_view,
-        restoration=RestorationSampling(steps=config.restoration_steps, sampler="ode"),
+        restoration=RestorationSampling(
+            steps=config.restoration_steps, sampler="ode", guidance=config.restoration_guidance
+        ),
     )
 
 

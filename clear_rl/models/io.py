@@ -1,8 +1,10 @@
 """One folder holds a whole unified model: weights and config of every part, plus the processor.
 
 A folder is either a full model (`config.json` with model_type `clear_composed`,
-`model.safetensors`) or a peft adapter folder (`adapter_config.json`) whose
-`base_model_name_or_path` is a full model folder. Both load with `load_unified`, which also reads
+`model.safetensors`), a peft adapter folder (`adapter_config.json`) whose
+`base_model_name_or_path` is a full model folder, or an official-layout BAGEL / CLEAR folder
+(`llm_config.json`, `vit_config.json`, `ema.safetensors` or `model.safetensors`, `ae.safetensors`),
+which loads as the `bagel` backbone (`backbone="auto"` tells them apart). Both load with `load_unified`, which also reads
 the chat the model was trained with (the system prompt in the `clear_rl_recipe.yaml` its training
 stage saved beside it, see `models.chat`) into `model.clear_rl_chat`.
 """
@@ -22,6 +24,7 @@ from clear_rl.io.atomic import atomic_path
 from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
+from clear_rl.models.settings import check_backbone
 
 
 def save_unified(
@@ -34,13 +37,25 @@ def save_unified(
 
 
 def load_unified(
-    path: str | os.PathLike, dtype="auto", is_trainable: bool = False
+    path: str | os.PathLike, dtype="auto", is_trainable: bool = False, backbone: str = "auto"
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
-    """Load a unified model and its processor from a local folder (full model or LoRA adapters);
-    `model.clear_rl_chat` holds the system prompt and chat settings it was trained with."""
+    """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
+    BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
+    trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read."""
     folder = Path(path)
     if not folder.is_dir():
         raise ClearRLError(f"model folder not found: {folder}")
+    from clear_rl.models.bagel.unified import is_bagel_folder, load_bagel_unified
+
+    bagel = is_bagel_folder(folder)
+    if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
+        model, processor = load_bagel_unified(folder, dtype=dtype)
+        setattr(model, ATTRIBUTE, saved_chat_settings(folder))
+        return model, processor
+    if bagel and not (folder / "config.json").exists():
+        raise ClearRLError(
+            f"{folder} holds an official-layout BAGEL model: load it with backbone 'bagel' or 'auto'"
+        )
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]

@@ -1,4 +1,4 @@
-"""What a recipe says about a model's parts and LoRA, importable without torch or peft.
+"""What a recipe says about a model's backbone, parts and LoRA, importable without torch or peft.
 
 The recipe is checked before any heavy import (`clear_rl.recipe`), so the part names and the
 LoRA settings live here, apart from the code that applies them (`models/adapters.py`).
@@ -14,6 +14,16 @@ from clear_rl.errors import ClearRLError
 # `llm` (the language model and its head), `vit` (vision tower), `projector` (vision -> LLM
 # connector), `head` (restoration DiT), `bridge` (latent bridge), `vae`.
 PARTS = ("llm", "vit", "projector", "head", "bridge", "vae")
+# `model.backbone` / `--backbone`: which implementation a saved folder loads as. `auto` tells them
+# apart by the folder (BAGEL's official layout, else a clear-rl composed model).
+BACKBONES = ("auto", "composed", "bagel")
+
+
+def check_backbone(backbone: str) -> str:
+    """The backbone name, checked; a ClearRLError names a wrong one."""
+    if backbone not in BACKBONES:
+        raise ClearRLError(f"unknown backbone {backbone!r}; valid backbones: {list(BACKBONES)}")
+    return backbone
 
 
 def check_parts(parts: Iterable[str]) -> list[str]:

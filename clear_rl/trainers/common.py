@@ -34,7 +34,17 @@ DEFAULT_TRAINABLE_PARTS = AutoPrecisionArguments.default_trainable_parts
 def load_model(config: ModelConfig, where: str = "model"):
     """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
     if config.path is not None:
-        return load_unified(config.path, dtype=config.dtype, is_trainable=True)
+        model, processor = load_unified(
+            config.path, dtype=config.dtype, is_trainable=True, backbone=config.backbone
+        )
+        from clear_rl.models.bagel.unified import BagelUnifiedModel
+
+        if isinstance(model, BagelUnifiedModel):  # not yet a trainer's backbone (see the error)
+            raise ClearRLError(
+                f"{where}.path {config.path} loads as the bagel backbone, which clear-rl's trainers do not "
+                "drive yet (it answers through clear-rl eval); train a composed model"
+            )
+        return model, processor
     if config.tiny is not None:
         return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
     return compose_from_pretrained(

@@ -8,6 +8,9 @@
     modeling.py  BagelModel: segments -> packed sequence -> MoT -> text logits / velocities
     io.py        from_pretrained / save_pretrained in the official layout, 4-bit loading
     tiny.py      a tiny random BAGEL folder and tokenizer, built in code
+    unified.py   BagelUnifiedModel: BAGEL behind the backbone protocol (models/backbone.py), loading
+    decoding.py  its interleaved-generation decoder (packed KV cache, latent-block bridge)
+    processing.py  BAGEL's prompt framing and ViT image view behind the processor interface
     memory.py    parameter counts and memory estimates at real size, on the meta device
 
 Names are imported on first use (PEP 562), so importing the package stays light.
@@ -37,6 +40,13 @@ _WHERE = {
     "build_tiny_bagel": "tiny",
     "build_tiny_tokenizer": "tiny",
     "memory_report": "memory",
+    "BagelDecoder": "decoding",
+    "BagelRestorationContext": "decoding",
+    "BagelProcessor": "processing",
+    "VitResize": "processing",
+    "BagelUnifiedModel": "unified",
+    "is_bagel_folder": "unified",
+    "load_bagel_unified": "unified",
 }
 __all__ = sorted(_WHERE)
 

@@ -49,6 +49,7 @@ PLAIN_ADDED_TOKENS = (
     "<|repo_name|>",
     "<|file_sep|>",
 )
+SPARE_ROWS = 16  # unused embedding rows past the tokenizer (Qwen2.5 has 399)
 CORPUS = (
     "You are a helpful assistant. Describe the image. What is shown in the picture?",
     "The image is degraded: noise, blur, low light, compression. Restore the image first.",
@@ -125,7 +126,9 @@ def write_tokenizer_files(tokenizer: Qwen2Tokenizer, folder: str | os.PathLike) 
 def tiny_bagel_config(tokenizer: Qwen2Tokenizer, sizes: TinyBagelSizes | None = None) -> BagelConfig:
     """A `BagelConfig` of the official kind at tiny sizes, with the tokenizer's marker ids."""
     s = sizes or TinyBagelSizes()
-    vocab = -(-len(tokenizer) // 64) * 64  # padded like Qwen's 152064 rows (unused rows at the end)
+    # Padded like Qwen's 152064 rows for 151665 tokens: unused rows at the end, enough for the
+    # CLEAR protocol tags (models/tokens.py) to be added without a resize, as on the real model.
+    vocab = -(-(len(tokenizer) + SPARE_ROWS) // 64) * 64
     llm = dict(OFFICIAL_LLM_JSON)
     llm.update(
         hidden_size=s.hidden_size,

@@ -1,0 +1,178 @@
+"""`BagelUnifiedModel`: BAGEL behind the backbone protocol (models/backbone.py), and its loader.
+
+The restoration branch is the LLM itself: `velocity` runs a noised latent block through the
+generation expert attending to the prefix's per-layer keys and values (a `BagelCache`), and the
+bridge is a clean latent block through the same expert (`BagelModel.bridge`). The CLEAR protocol
+tags are added to the tokenizer as single tokens in the embedding's unused rows (151665.. on
+Qwen2.5's 152064; no resize), and text decoding cuts the logits of the other unused rows, as
+BAGEL does at id 151665, but not the tags'.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clear_rl.errors import ClearRLError
+from clear_rl.models.bagel.decoding import BagelDecoder, BagelRestorationContext
+from clear_rl.models.bagel.latents import unpatchify_latent
+from clear_rl.models.bagel.modeling import BagelModel, LatentSegment
+from clear_rl.models.bagel.processing import IMAGE_PLACEHOLDER, BagelProcessor, VitResize
+from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS, ClearTokenIds, add_clear_tokens
+
+DEFAULT_VAE_IMAGE_SIZE = 512  # BAGEL's VAE transform keeps sides in [512, 1024]
+
+
+@dataclass
+class BagelUnifiedConfig:
+    """What callers read off a backbone's `config`, for BAGEL (CLEAR's evaluation defaults)."""
+
+    vae_image_size: int = DEFAULT_VAE_IMAGE_SIZE
+    num_inference_steps: int = 50  # CLEAR's eval (its GRPO rollouts: 20, set by the recipe)
+    flow_shift: float = 3.0
+    image_token_id: int = -1  # the prompt's image placeholder (`<|image_pad|>`)
+    pad_token_id: int = 0
+    text_vocab_size: int = 151665  # logits at and past this id are cut, the protocol tags excepted
+
+
+class BagelUnifiedModel(nn.Module):
+    """BAGEL (`BagelModel`) with the CLEAR tags in its tokenizer, as the protocol's backbone."""
+
+    decoder_class = BagelDecoder
+
+    def __init__(self, bagel: BagelModel, tokenizer, vae_image_size: int | None = None):
+        super().__init__()
+        self.bagel = bagel
+        cfg = bagel.config
+        before = len(tokenizer)
+        added = add_clear_tokens(tokenizer)
+        ids = ClearTokenIds.from_tokenizer(tokenizer)
+        tags = [
+            ids.think_start,
+            ids.think_end,
+            ids.answer_start,
+            ids.answer_end,
+            ids.image_restore,
+            ids.restored_pad,
+        ]
+        rows = cfg.llm_json["vocab_size"]
+        if max(tags) >= rows:
+            raise ClearRLError(
+                f"the CLEAR tags {list(CLEAR_SPECIAL_TOKENS)} need ids {sorted(tags)} but the BAGEL model has "
+                f"{rows} embedding rows: the tokenizer ({before} tokens) leaves too few unused rows"
+            )
+        self._token_ids = ids
+        largest = cfg.max_latent_size * cfg.latent_downsample
+        size = vae_image_size or min(DEFAULT_VAE_IMAGE_SIZE, largest)
+        if size % cfg.latent_downsample or size > largest:
+            raise ClearRLError(
+                f"vae_image_size {size} must be a multiple of {cfg.latent_downsample} and at most {largest} "
+                f"(BAGEL's latent grid holds {cfg.max_latent_size} tokens a side)"
+            )
+        pad = tokenizer.pad_token_id
+        self.config = BagelUnifiedConfig(
+            vae_image_size=size,
+            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+            pad_token_id=pad if pad is not None else 0,
+            text_vocab_size=before if added else min(tags),
+        )
+        self.tokenizer = tokenizer
+
+    # -- the protocol -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.bagel.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.bagel.dtype
+
+    @property
+    def token_ids(self) -> ClearTokenIds:
+        return self._token_ids
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        cfg = self.bagel.config
+        side = self.config.vae_image_size // cfg.vae_downsample
+        return (cfg.latent_channels, side, side)
+
+    @property
+    def num_restored_tokens(self) -> int:
+        """Latent tokens of one restored latent (its block's markers and turn framing aside)."""
+        p = self.bagel.config.latent_patch_size
+        return (self.latent_shape[1] // p) * (self.latent_shape[2] // p)
+
+    def cut_token_ids(self) -> list[int]:
+        """Unused rows past the tokenizer's text vocabulary, the protocol tags excepted."""
+        tags = set(vars(self._token_ids).values())
+        rows = self.bagel.config.llm_json["vocab_size"]
+        return [i for i in range(self.config.text_vocab_size, rows) if i not in tags]
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        return self.bagel.encode_latents(images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.bagel.decode_latents(latents)
+
+    def bridge(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.bagel.bridge(latents)
+
+    def flow_source_mean(self, degraded_latents: torch.Tensor) -> None:
+        """BAGEL's flow starts from pure noise."""
+        return None
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, context: BagelRestorationContext) -> torch.Tensor:
+        """Velocities (R, C, h, w) of noised latents at times t (R,), each a noised latent block
+        after its row's cached prefix (through the generation expert); the cache is unchanged."""
+        model = self.bagel
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
+        samples: list[list] = [[] for _ in range(context.cache.num_samples)]
+        for j, row in enumerate(context.rows.tolist()):
+            samples[row] = [LatentSegment(x_t[j], t[j], noised=True)]
+        output = model.forward(samples, cache=context.cache, update_cache=False)
+        return torch.stack(model.latent_velocities(output)).to(x_t.dtype)
+
+    def latents_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, 4C) latent tokens -> (C, h, w) of the protocol's latent shape."""
+        c, h, w = self.latent_shape
+        return unpatchify_latent(tokens, c, h, w, self.bagel.config.latent_patch_size)
+
+
+def is_bagel_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds the official BAGEL layout (its two JSON configs, weights, the VAE)."""
+    folder = Path(path)
+    weights = (folder / "ema.safetensors").is_file() or (folder / "model.safetensors").is_file()
+    return (
+        (folder / "llm_config.json").is_file()
+        and (folder / "vit_config.json").is_file()
+        and (folder / "ae.safetensors").is_file()
+        and weights
+    )
+
+
+def load_bagel_unified(
+    path: str | os.PathLike,
+    dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
+    vae_image_size: int | None = None,
+    **load_kwargs,
+) -> tuple[BagelUnifiedModel, BagelProcessor]:
+    """An official-layout BAGEL / CLEAR folder as (the protocol's model, its processor), from local
+    files only. `dtype="auto"` keeps the file's; `device` defaults to CUDA when there is one."""
+    from clear_rl.models.bagel.io import load_bagel, load_bagel_tokenizer
+
+    if isinstance(dtype, str):
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bagel = load_bagel(path, dtype=dtype, device=device, **load_kwargs)
+    tokenizer = load_bagel_tokenizer(path)
+    model = BagelUnifiedModel(bagel, tokenizer, vae_image_size=vae_image_size).eval()
+    vit = bagel.config.vit_json
+    largest = vit["patch_size"] * bagel.config.vit_max_num_patch_per_side
+    resize = VitResize(max_size=largest, min_size=min(224, largest // 2), stride=vit["patch_size"])
+    return model, BagelProcessor(tokenizer, resize)
