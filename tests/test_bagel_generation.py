@@ -190,3 +190,16 @@ def test_folders_are_detected_and_backbones_checked(folder, tiny, tmp_path):
     save_unified(*tiny, tmp_path / "composed")
     with pytest.raises(ClearRLError, match="llm_config.json"):
         load_unified(tmp_path / "composed", backbone="bagel")
+
+
+def test_recipes_choose_the_backbone_with_a_checked_key():
+    from clear_rl.recipe import ModelConfig, build_dataclass
+
+    assert (
+        build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "backbone": "bagel"}, "model").backbone
+        == "bagel"
+    )
+    with pytest.raises(Exception, match="backbone"):
+        build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "backbone": "bagle"}, "model")
+    with pytest.raises(Exception, match="model.path"):
+        build_dataclass(ModelConfig, {"tiny": {}, "backbone": "bagel"}, "model")
