@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from clear_rl import __version__
-from clear_rl.degrade.engine import corrupt_images
 from clear_rl.degrade.registry import (
     CORRUPTIONS,
     LEVELS,
@@ -41,16 +39,14 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
-from clear_rl.degrade.work import EngineSettings
+from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, EngineSettings, degrade_chunk
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
-from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
 from clear_rl.parallel import check_workers, ordered_map, worker_count
 from clear_rl.seeds import derive_seed
 
 MODES = ("mixed", "full")
-JPEG_QUALITY = 95  # the release re-encodes every image (fallbacks too) at OpenCV's default 95
 DECODE_CHUNK = 64  # rows decoded, corrupted and encoded together: one task of a worker
 
 
@@ -139,46 +135,6 @@ def row_plan(spec: OutputSpec, keys: Sequence[str], seed: int) -> tuple[list[str
     return names, seeds
 
 
-def _encode_tsv_cell(image: Image.Image) -> str:
-    return encode_base64_image(image, JPEG_QUALITY)
-
-
-def _encode_dataset_cell(image: Image.Image) -> dict:
-    return {"bytes": encode_jpeg(image, JPEG_QUALITY), "path": None}
-
-
-_ENCODERS: dict[str, Callable[[Image.Image], Any]] = {
-    "base64": _encode_tsv_cell,
-    "bytes": _encode_dataset_cell,
-}
-
-
-@dataclass(frozen=True)
-class _ChunkTask:
-    """One chunk of one output, as a worker gets it: the rows' image cells as stored, where
-    each comes from (for errors) and their draws; the cells come back encoded, ready to write."""
-
-    cells: list
-    wheres: list[str]
-    base_dir: Path | None
-    names: list[str]
-    seeds: list[int]
-    intensity: float
-    encoding: str  # a key of _ENCODERS
-    engine: EngineSettings
-
-
-def _degrade_chunk(task: _ChunkTask) -> tuple[list[Any], list[bool]]:
-    """Decode, corrupt and encode one chunk: the whole of a row's work, JPEG included, runs in
-    a worker. Returns the encoded cells and whether each corruption applied (False: the image
-    is below its minimum size and kept clean, as the release does)."""
-    clean = [decode_image(cell, where, task.base_dir) for cell, where in zip(task.cells, task.wheres)]
-    out = corrupt_images(clean, task.names, task.intensity, task.seeds, **task.engine.kwargs())
-    encode = _ENCODERS[task.encoding]
-    applied = [CORRUPTIONS[n].fits(task.intensity, im.height, im.width) for n, im in zip(task.names, clean)]
-    return [encode(image) for image in out], applied
-
-
 @dataclass(frozen=True)
 class _Column:
     """An image column to degrade: a TSV's, or one split's of a datasets folder."""
@@ -188,7 +144,7 @@ class _Column:
     present: list[int]  # positions of the rows holding an image
     where: Callable[[int], str]  # a row as errors name it
     base_dir: Path | None  # where relative image paths are looked up
-    encoding: str  # a key of _ENCODERS
+    encoding: str  # how its cells are stored: a key of clear_rl.degrade.work.ENCODERS
 
 
 @dataclass(frozen=True)
@@ -215,12 +171,12 @@ def _degrade_outputs(
     and while the caller writes one; results come back in order, whatever the worker count."""
     engine = EngineSettings(batch_size=options.batch_size)
 
-    def jobs() -> Iterator[tuple[list[int], _ChunkTask]]:
+    def jobs() -> Iterator[tuple[list[int], DegradeChunk]]:
         for spec in specs:
             for column in columns:
                 names, seeds = row_plan(spec, column.keys, options.seed)
                 for chunk in _chunks(column.present):
-                    task = _ChunkTask(
+                    task = DegradeChunk(
                         cells=[column.cells[p] for p in chunk],
                         wheres=[column.where(p) for p in chunk],
                         base_dir=column.base_dir,
@@ -234,7 +190,7 @@ def _degrade_outputs(
 
     tasks = len(specs) * sum(len(_chunks(column.present)) for column in columns)
     workers = worker_count(options.workers, tasks, len(specs) * sum(len(c.present) for c in columns))
-    with contextlib.closing(ordered_map(_degrade_chunk, jobs(), workers)) as results:
+    with contextlib.closing(ordered_map(degrade_chunk, jobs(), workers)) as results:
         for spec in specs:
             degraded = []
             for column in columns:
