@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -35,10 +35,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-# With workers=0 (automatic), at least this many images per worker: starting one (spawn, import
-# torch) takes 2-3 s, what one core spends degrading about a hundred 512x512 images, so a small
-# job runs faster in one process.
-AUTO_IMAGES_PER_WORKER = 256
+# With workers=0 (automatic), the first task runs here, timed, and workers start only when the
+# tasks left would take longer than this on one core: starting a worker (spawn, import torch)
+# takes 2-3 s, so a small job (few or small images) is faster in one process.
+AUTO_SECONDS = 10.0
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: enough to keep it busy, few for memory
 
 
@@ -53,14 +53,6 @@ def check_workers(workers: int, name: str = "workers") -> None:
     """A worker count is 0 (automatic: one per core) or a positive number of processes."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ClearRLError(f"{name} must be 0 (one per core) or a number of processes >= 1, got {workers!r}")
-
-
-def worker_count(requested: int, tasks: int, images: int) -> int:
-    """How many processes run `tasks` tasks holding `images` images in all: `requested`, or with 0
-    one per core but at least AUTO_IMAGES_PER_WORKER images each; never more than the tasks."""
-    check_workers(requested)
-    wanted = requested or min(available_cores(), images // AUTO_IMAGES_PER_WORKER)
-    return max(1, min(wanted, tasks))
 
 
 def _cv2() -> Any:
@@ -128,22 +120,58 @@ def _start_worker(parent: int, logs: Any, level: int) -> None:
 
 
 def ordered_map(
-    function: Callable[[T], R], jobs: Iterable[tuple[C, T]], workers: int
+    function: Callable[[T], R], jobs: Iterable[tuple[C, T]], workers: int, tasks: int
 ) -> Iterator[tuple[C, R]]:
     """Yield `(context, function(task))` for each `(context, task)` of `jobs`, in order.
 
     `function` must be a module-level function and tasks picklable; contexts stay in this
-    process. With `workers` 1 the tasks run here, one at a time, on one thread; otherwise in
-    that many spawned processes, at most IN_FLIGHT_PER_WORKER tasks each ahead of the consumer.
+    process. `tasks` is how many jobs there are. With `workers` 1 the tasks run here, one at a
+    time, on one thread; with N, in min(N, tasks) spawned processes; with 0, the first runs here
+    and the rest in one process per core if they would take more than AUTO_SECONDS on one.
     An error in a task, or in producing the jobs, is raised here when the one-process run would
     meet it: after the results before it. Close the iterator (or exhaust it) to stop the workers.
     """
-    if workers <= 1:
-        for context, task in jobs:
-            with one_thread():
-                result = function(task)
-            yield context, result
-        return
+    check_workers(workers)
+    source = iter(jobs)
+    if workers == 0:
+        workers = yield from _first_then_choose(function, source, tasks)
+        tasks -= 1
+    if min(workers, tasks) <= 1:
+        yield from _in_process(function, source)
+    else:
+        yield from _in_pool(function, source, min(workers, tasks))
+
+
+def _run_here(function: Callable[[T], R], task: T) -> R:
+    with one_thread():
+        return function(task)
+
+
+def _in_process(function: Callable[[T], R], source: Iterator[tuple[C, T]]) -> Iterator[tuple[C, R]]:
+    for context, task in source:
+        yield context, _run_here(function, task)
+
+
+def _first_then_choose(
+    function: Callable[[T], R], source: Iterator[tuple[C, T]], tasks: int
+) -> Generator[tuple[C, R], None, int]:
+    """Run the first task here, timed; return how many workers the others are worth."""
+    cores = available_cores()
+    if cores == 1 or tasks <= 1:
+        return 1
+    for context, task in source:
+        start = time.perf_counter()
+        result = _run_here(function, task)
+        estimate = (time.perf_counter() - start) * (tasks - 1)
+        yield context, result
+        return cores if estimate > AUTO_SECONDS else 1
+    return 1
+
+
+def _in_pool(
+    function: Callable[[T], R], source: Iterator[tuple[C, T]], workers: int
+) -> Iterator[tuple[C, R]]:
+    """The tasks of `source` in `workers` spawned processes, results in order."""
     spawn = multiprocessing.get_context("spawn")
     logs = spawn.Queue()
     pool = ProcessPoolExecutor(
@@ -155,7 +183,7 @@ def ordered_map(
     listener = logging.handlers.QueueListener(logs, _ToOwnLogger())
     listener.start()
     pending: deque[tuple[C, Future]] = deque()
-    source, failure, finished = iter(jobs), None, False
+    failure, finished = None, False
     try:
         while True:
             while failure is None and len(pending) < workers * IN_FLIGHT_PER_WORKER:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
 import pytest
 from degrade_images import natural_images
 
+from clear_rl import parallel
 from clear_rl.cli import main
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig
@@ -19,7 +21,7 @@ from clear_rl.degrade.benchmark import DegradeOptions, degrade_dataset, degrade_
 from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa
 from clear_rl.errors import ClearRLError
 from clear_rl.io.images import encode_base64_image, tensor_to_pil
-from clear_rl.parallel import AUTO_IMAGES_PER_WORKER, available_cores, ordered_map, worker_count
+from clear_rl.parallel import ordered_map
 
 SIZES = [(40, 40), (32, 48)]  # two sizes: batches group same-size images
 COUNT = 30
@@ -49,13 +51,28 @@ def tsv(tmp_path) -> Path:
     return path
 
 
-def test_worker_count_follows_the_request_the_cores_and_the_work():
-    assert worker_count(3, tasks=10, images=1) == 3  # asked for: used, even for a small job
-    assert worker_count(3, tasks=2, images=1000) == 2  # never more workers than tasks
-    assert worker_count(0, tasks=100, images=AUTO_IMAGES_PER_WORKER - 1) == 1  # small: one process
-    assert worker_count(0, tasks=100, images=10**9) == min(available_cores(), 100)
+def test_workers_follow_the_request_the_tasks_and_the_work(monkeypatch):
+    made = []
+
+    class Pool(ThreadPoolExecutor):  # records the pools ordered_map makes, starts no process
+        def __init__(self, workers, mp_context, initializer, initargs):
+            made.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 4)
+
+    def run(count: int, workers: int) -> list:
+        return list(ordered_map(int, [(k, str(k)) for k in range(count)], workers, count))
+
+    assert run(5, 0) == [(k, k) for k in range(5)] and made == []  # automatic: too little work
+    assert run(1, 3) == [(0, 0)] and made == []  # one task runs here
+    assert run(6, 3) == [(k, k) for k in range(6)] and made == [3]  # asked for: used
+    assert run(2, 3) == [(0, 0), (1, 1)] and made == [3, 2]  # never more workers than tasks
+    monkeypatch.setattr(parallel, "AUTO_SECONDS", -1.0)  # any work is worth the workers now
+    assert run(7, 0) == [(k, k) for k in range(7)] and made == [3, 2, 4]  # first here, then one per core
     with pytest.raises(ClearRLError, match="workers must be 0"):
-        worker_count(-1, tasks=1, images=1)
+        run(1, -1)
 
 
 def test_results_come_in_order_and_a_failing_job_after_the_ones_before_it():
@@ -66,7 +83,7 @@ def test_results_come_in_order_and_a_failing_job_after_the_ones_before_it():
     for workers in (1, 2):
         seen = []
         with pytest.raises(ClearRLError, match="job 6 could not be made"):
-            for context, result in ordered_map(int, jobs(), workers):
+            for context, result in ordered_map(int, jobs(), workers, tasks=7):
                 seen.append((context, result))
         assert seen == [(k, k) for k in range(6)], workers
 

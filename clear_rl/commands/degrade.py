@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="worker processes, one thread each (default 0: one per core, fewer for a small input); "
-        "the output is the same for any number",
+        help="worker processes, one thread each (default 0: one per core, or none when the work is "
+        "a few seconds); the output is the same for any number",
     )
     parser.add_argument(
         "--resume",

@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="processes corrupting the images, one thread each (default 0: one per core, fewer for a "
-        "small source); the dataset is the same for any number",
+        help="processes corrupting the images, one thread each (default 0: one per core, or none "
+        "when the work is a few seconds); the dataset is the same for any number",
     )
 
 

@@ -40,7 +40,7 @@ from clear_rl.degrade.work import CorruptTask, EngineSettings, run_corrupt_task
 from clear_rl.errors import DataError
 from clear_rl.io.atomic import atomic_path
 from clear_rl.io.images import png_bytes
-from clear_rl.parallel import ordered_map, worker_count
+from clear_rl.parallel import ordered_map
 from clear_rl.seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ def _degraded_chunks(
                 yield chunk, CorruptTask(images, chunk.corruptions, chunk.intensities, chunk.seeds, engine)
 
     tasks = sum(-(-len(positions) // config.chunk_size) for _, positions in plan.values())
-    rows = sum(len(positions) for _, positions in plan.values())
-    return ordered_map(run_corrupt_task, jobs(), worker_count(config.workers, tasks, rows))
+    return ordered_map(run_corrupt_task, jobs(), config.workers, tasks)
 
 
 def _chunk_records(

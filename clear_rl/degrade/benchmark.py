@@ -43,7 +43,7 @@ from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, EngineSettings, de
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
-from clear_rl.parallel import check_workers, ordered_map, worker_count
+from clear_rl.parallel import check_workers, ordered_map
 from clear_rl.seeds import derive_seed
 
 MODES = ("mixed", "full")
@@ -189,8 +189,7 @@ def _degrade_outputs(
                     yield chunk, task
 
     tasks = len(specs) * sum(len(_chunks(column.present)) for column in columns)
-    workers = worker_count(options.workers, tasks, len(specs) * sum(len(c.present) for c in columns))
-    with contextlib.closing(ordered_map(degrade_chunk, jobs(), workers)) as results:
+    with contextlib.closing(ordered_map(degrade_chunk, jobs(), options.workers, tasks)) as results:
         for spec in specs:
             degraded = []
             for column in columns:
