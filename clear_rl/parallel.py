@@ -183,7 +183,7 @@ def _in_pool(
     listener = logging.handlers.QueueListener(logs, _ToOwnLogger())
     listener.start()
     pending: deque[tuple[C, Future]] = deque()
-    failure, finished = None, False
+    failure = None
     try:
         while True:
             while failure is None and len(pending) < workers * IN_FLIGHT_PER_WORKER:
@@ -207,9 +207,8 @@ def _in_pool(
             yield context, result
         if failure is not None:
             raise failure
-        finished = True
     finally:
-        # Done: the workers exit now. Stopped early (an error, Ctrl-C, the consumer closed the
-        # iterator): queued tasks are dropped and the running ones end in the background.
-        pool.shutdown(wait=finished, cancel_futures=True)
+        # Every result taken: the workers exit now. Stopped early (an error, Ctrl-C, the consumer
+        # closed the iterator): queued tasks are dropped, the running ones end in the background.
+        pool.shutdown(wait=not pending, cancel_futures=True)
         listener.stop()
