@@ -15,11 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import natural_images
-from benchmarks.results import machine_line, update_section
-from clear_rl.degrade.benchmark import DegradeOptions, degrade_tsv
-from clear_rl.io.images import encode_base64_image, tensor_to_pil
-from clear_rl.parallel import available_cores
+# The rest is imported where used: run as `python -m benchmarks.degrade_end_to_end`, this module
+# is every spawned worker's __main__ too, and workers should start as fast as the CLI's do.
 
 SIZE, LEVELS = 512, ("low", "mid", "high")
 DEFAULT_ROWS = 1000
@@ -27,6 +24,9 @@ DEFAULT_ROWS = 1000
 
 def _write_source(path: Path, rows: int) -> None:
     """A TSV of `rows` distinct images, written row by row (the images never sit in memory)."""
+    from benchmarks._common import natural_images
+    from clear_rl.io.images import encode_base64_image, tensor_to_pil
+
     with path.open("w", encoding="utf-8") as out:
         out.write("index\timage\tquestion\tanswer\tA\tB\n")
         for k, image in enumerate(natural_images(rows, SIZE, seed=1)):
@@ -35,6 +35,8 @@ def _write_source(path: Path, rows: int) -> None:
 
 def _run(source: Path, out: Path, workers: int) -> float:
     """Seconds for one whole `degrade_tsv` run with `workers` processes (start-up included)."""
+    from clear_rl.degrade.benchmark import DegradeOptions, degrade_tsv
+
     options = DegradeOptions(mode="mixed", levels=LEVELS, seed=0, progress=False, workers=workers)
     start = time.perf_counter()
     degrade_tsv(source, out, options)
@@ -42,6 +44,9 @@ def _run(source: Path, out: Path, workers: int) -> float:
 
 
 def main(rows: int | None = None) -> None:
+    from benchmarks.results import machine_line, update_section
+    from clear_rl.parallel import available_cores
+
     rows = rows or int(os.environ.get("BENCH_DEGRADE_ROWS", DEFAULT_ROWS))
     cores = available_cores()
     images = rows * len(LEVELS)
