@@ -83,10 +83,10 @@ def one_thread() -> Iterator[None]:
             cv2.setNumThreads(before[1])
 
 
-class _ToOwnLogger(logging.Handler):
-    """Hands a worker's record to the logger of its name here, which applies its level and handlers."""
-
-    def emit(self, record: logging.LogRecord) -> None:
+def _forward_logs(logs: Any) -> None:
+    """Hand each record the workers send to the logger of its name here (its level, its
+    handlers), until the None that ends the pool."""
+    while (record := logs.get()) is not None:
         logger = logging.getLogger(record.name)
         if logger.isEnabledFor(record.levelno):
             logger.handle(record)
@@ -180,8 +180,8 @@ def _in_pool(
         initializer=_start_worker,
         initargs=(os.getpid(), logs, logging.getLogger().getEffectiveLevel()),
     )
-    listener = logging.handlers.QueueListener(logs, _ToOwnLogger())
-    listener.start()
+    forwarder = threading.Thread(target=_forward_logs, args=(logs,), name="worker-logs", daemon=True)
+    forwarder.start()
     pending: deque[tuple[C, Future]] = deque()
     failure = None
     try:
@@ -208,7 +208,11 @@ def _in_pool(
         if failure is not None:
             raise failure
     finally:
-        # Every result taken: the workers exit now. Stopped early (an error, Ctrl-C, the consumer
-        # closed the iterator): queued tasks are dropped, the running ones end in the background.
+        # Every result taken: the workers exit now, their last records forwarded. Stopped early
+        # (an error, Ctrl-C, the consumer closed the iterator): queued tasks are dropped and the
+        # running ones end in the background, the forwarder draining their records meanwhile.
         pool.shutdown(wait=not pending, cancel_futures=True)
-        listener.stop()
+        if not pending:
+            logs.put(None)
+            forwarder.join(timeout=10)  # a worker killed mid-record could leave the queue locked
+            logs.cancel_join_thread()
