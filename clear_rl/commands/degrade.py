@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="worker processes, one thread each (default 0: one per core, or none when the work is "
-        "a few seconds); the output is the same for any number",
+        help="worker processes, one thread each (default 0: one per core when the work would take "
+        "over ~10 s on one, else none); the output is the same for any number",
     )
     parser.add_argument(
         "--resume",

@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="processes corrupting the images, one thread each (default 0: one per core, or none "
-        "when the work is a few seconds); the dataset is the same for any number",
+        help="processes corrupting the images, one thread each (default 0: one per core when the "
+        "work would take over ~10 s on one, else none); the dataset is the same for any number",
     )
 
 

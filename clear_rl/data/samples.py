@@ -201,7 +201,7 @@ class PrepareConfig:
     test_fraction: float = 0.0  # a one-split source: hold out this fraction as `test`
     reasoning_column: str | None = "reasoning"
     chunk_size: int = 64  # rows decoded, degraded and probed at once
-    workers: int = 0  # processes corrupting chunks (0: one per core); not in the output's manifest
+    workers: int = 0  # processes corrupting chunks (0: one per core if worth it); not in the manifest
 
     def __post_init__(self) -> None:
         for name, values in (("levels", self.levels), ("restore_levels", self.restore_levels)):

@@ -64,7 +64,8 @@ class OutputSpec:
 class DegradeOptions:
     """How to build the copies: mode, levels, base seed, batch size, the corruptions of a
     full run (default all 16), the dataset name in output names (default the input's), the
-    worker processes (0: one per core; the output is the same bytes for any number)."""
+    worker processes (0: one per core when the work is worth starting them; the output is the
+    same bytes for any number)."""
 
     mode: str = "mixed"
     levels: Sequence[str | float] = ("low", "mid", "high")
