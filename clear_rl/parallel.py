@@ -49,10 +49,13 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def check_workers(workers: int, name: str = "workers") -> None:
-    """A worker count is 0 (automatic: one per core) or a positive number of processes."""
+def check_workers(workers: int) -> None:
+    """A worker count is 0 (automatic: see `ordered_map`) or a positive number of processes."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ClearRLError(f"{name} must be 0 (one per core) or a number of processes >= 1, got {workers!r}")
+        raise ClearRLError(
+            f"workers must be 0 (automatic: one per core when worth it) or a number of processes >= 1, "
+            f"got {workers!r}"
+        )
 
 
 def _cv2() -> Any:

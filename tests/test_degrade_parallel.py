@@ -156,12 +156,14 @@ def test_prepare_with_two_workers_equals_one_process(tmp_path):
 
 
 def test_negative_workers_are_an_error(tsv, tmp_path, capsys):
-    with pytest.raises(ClearRLError, match=r"workers must be 0 \(one per core\) or a number"):
+    with pytest.raises(
+        ClearRLError, match=r"workers must be 0 \(automatic.*\) or a number of processes >= 1, got -1"
+    ):
         DegradeOptions(workers=-1)
     with pytest.raises(ClearRLError, match="workers must be 0"):
         PrepareConfig(workers=-2)
     assert main(["degrade", str(tsv), "--out", str(tmp_path / "o"), "--workers", "-1"]) == 2
-    assert "workers must be 0 (one per core)" in capsys.readouterr().err
+    assert "workers must be 0 (automatic" in capsys.readouterr().err
     assert main(["prepare", str(tsv), "--out", str(tmp_path / "p"), "--workers", "-1"]) == 2
-    assert "workers must be 0 (one per core)" in capsys.readouterr().err
+    assert "workers must be 0 (automatic" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
