@@ -13,29 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks._common import natural_images
 from benchmarks.results import machine_line, update_section
 from clear_rl.degrade import CORRUPTIONS, LEVELS, corrupt
 from clear_rl.degrade.ops import gaussian_kernel
 
 SIZE, BATCH, REPEATS = 512, 16, 3
-
-
-def _images() -> torch.Tensor:
-    """Natural-looking 512x512 images: gradients, shapes, texture (seeded)."""
-    gen = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
-    out = []
-    for _ in range(BATCH):
-        a = torch.rand(6, generator=gen)
-        image = torch.stack([a[0] * xx + a[1] * yy, a[2] * (1 - xx) + a[3] * yy, a[4] * xx * yy + 0.5 * a[5]])
-        texture = torch.nn.functional.avg_pool2d(torch.rand(1, 3, SIZE, SIZE, generator=gen), 5, 1, 2)[0]
-        image = 0.15 + 0.55 * image + 0.3 * texture
-        for _ in range(6):
-            cx, cy, r = torch.rand(3, generator=gen)
-            inside = ((xx - cx) ** 2 + (yy - cy) ** 2) < (0.08 + 0.15 * r) ** 2
-            image = torch.where(inside, torch.rand(3, 1, 1, generator=gen), image)
-        out.append((image.clamp(0, 1) * 255).round() / 255)
-    return torch.stack(out)
 
 
 def _best_rate(run: Callable[[], object], images: int) -> float:
@@ -114,7 +97,7 @@ BASELINES = {
 
 
 def main() -> None:
-    images = _images()
+    images = torch.stack(list(natural_images(BATCH, SIZE)))
     seeds = list(range(BATCH))
     arrays = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in images]
     threads = torch.get_num_threads()

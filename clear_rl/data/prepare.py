@@ -3,17 +3,20 @@
 Rows are read, degraded, labelled and written in chunks, each chunk to a temporary folder
 beside the output, so a large source never sits in memory; the result is assembled and renamed
 onto the output folder only when every split is complete (a failure leaves the previous output).
+The corruptions run in `config.workers` processes (`clear_rl.parallel`), a few chunks ahead of
+the labelling and writing here; the dataset is the same for any number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,9 +36,11 @@ from clear_rl.data.samples import (
     rule_labels,
 )
 from clear_rl.data.sources import SourceRow, SourceSplit, open_source
+from clear_rl.degrade.work import CorruptTask, EngineSettings, run_corrupt_task
 from clear_rl.errors import DataError
 from clear_rl.io.atomic import atomic_path
 from clear_rl.io.images import png_bytes
+from clear_rl.parallel import ordered_map
 from clear_rl.seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -76,27 +81,62 @@ def _plan(splits: dict[str, SourceSplit], config: PrepareConfig) -> dict[str, tu
     return plan
 
 
-def _chunk_records(
-    split: SourceSplit, positions: list[int], config: PrepareConfig, labeller: Labeller | None
-) -> dict[str, list]:
-    """Degrade and label one chunk of rows; returns the prepared columns."""
-    from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of a split as read here: its rows (decoded and checked) and their draws."""
+
+    split: SourceSplit
+    positions: list[int]
+    rows: list[SourceRow]
+    seeds: list[int]
+    severities: list[str]
+    corruptions: list[str | None]  # None for a clean row, which stays as it is
+    intensities: list[float | None]
+
+
+def _read_chunk(split: SourceSplit, positions: list[int], config: PrepareConfig) -> _Chunk:
+    """Read one chunk of rows and draw each row's level and corruption from its seed."""
+    from clear_rl.degrade import LEVELS, choose_corruptions
 
     rows = list(split.rows(positions))
     seeds = [row_seed(config.seed, split.name, p) for p in positions]
     severities = choose_levels(seeds, config.levels, config.level_weights)
     picked = [None if s == CLEAN else name for name, s in zip(choose_corruptions(seeds), severities)]
-    levels = [LEVELS.get(s) for s in severities]  # None for a clean row, which stays as it is
-    degraded = corrupt_images([r.image for r in rows], picked, levels, seeds, batch_size=config.chunk_size)
-    corruptions = [name or "none" for name in picked]
-    intensities = [level or 0.0 for level in levels]
+    return _Chunk(split, positions, rows, seeds, severities, picked, [LEVELS.get(s) for s in severities])
+
+
+def _degraded_chunks(
+    plan: dict[str, tuple[SourceSplit, list[int]]], config: PrepareConfig
+) -> Iterator[tuple[_Chunk, list[Any]]]:
+    """Every chunk of every planned split, in order, with its degraded images. Rows are read
+    here; only the corruptions run in the workers, chunks ahead of the caller."""
+    engine = EngineSettings(batch_size=config.chunk_size)
+
+    def jobs() -> Iterator[tuple[_Chunk, CorruptTask]]:
+        for split, positions in plan.values():
+            for start in range(0, len(positions), config.chunk_size):
+                chunk = _read_chunk(split, positions[start : start + config.chunk_size], config)
+                images = [row.image for row in chunk.rows]
+                yield chunk, CorruptTask(images, chunk.corruptions, chunk.intensities, chunk.seeds, engine)
+
+    tasks = sum(-(-len(positions) // config.chunk_size) for _, positions in plan.values())
+    return ordered_map(run_corrupt_task, jobs(), config.workers, tasks)
+
+
+def _chunk_records(
+    chunk: _Chunk, degraded: Sequence[Any], config: PrepareConfig, labeller: Labeller | None
+) -> dict[str, list]:
+    """Label one degraded chunk; returns the prepared columns."""
+    split, rows = chunk.split, chunk.rows
+    corruptions = [name or "none" for name in chunk.corruptions]
+    intensities = [level or 0.0 for level in chunk.intensities]
     if config.label == "probe":
         labels = labeller.labels(rows, degraded)
     else:
-        labels = rule_labels(severities, config.restore_levels)
+        labels = rule_labels(chunk.severities, config.restore_levels)
     columns: dict[str, list[Any]] = {c: [] for c in PREPARED_COLUMNS}
     for row, position, seed, severity, corruption, intensity, image, label in zip(
-        rows, positions, seeds, severities, corruptions, intensities, degraded, labels
+        rows, chunk.positions, chunk.seeds, chunk.severities, corruptions, intensities, degraded, labels
     ):
         check_reasoning(
             row.reasoning, f"{split.location}: split '{split.name}' row {position} (index={row.index})"
@@ -161,22 +201,24 @@ def _write(plan, config: PrepareConfig, labeller: Labeller | None, features, out
     import datasets
     from tqdm.auto import tqdm
 
-    summary: dict[str, Any] = {"source": str(source), "config": asdict(config), "splits": {}}
+    settings = {key: value for key, value in asdict(config).items() if key != "workers"}  # not the output's
+    summary: dict[str, Any] = {"source": str(source), "config": settings, "splits": {}}
     with (
         atomic_path(out, is_dir=True) as tmp,
         tempfile.TemporaryDirectory(prefix=".prepare-", dir=out.parent) as work,
+        contextlib.closing(_degraded_chunks(plan, config)) as chunks,
     ):
         result = {}
-        for name, (split, positions) in plan.items():
+        for name, (_, positions) in plan.items():
             parts = []
             with tqdm(total=len(positions), desc=f"prepare {name}", unit="row") as bar:
                 for start in range(0, len(positions), config.chunk_size):
-                    chunk = positions[start : start + config.chunk_size]
-                    columns = _chunk_records(split, chunk, config, labeller)
+                    chunk, degraded = next(chunks)  # this split's chunk at `start`: made in this order
+                    columns = _chunk_records(chunk, degraded, config, labeller)
                     part_dir = Path(work, name, f"{start:09d}")
                     datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(part_dir))
                     parts.append(datasets.load_from_disk(str(part_dir)))
-                    bar.update(len(chunk))
+                    bar.update(len(chunk.positions))
             dataset = (
                 datasets.concatenate_datasets(parts)
                 if parts

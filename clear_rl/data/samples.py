@@ -28,6 +28,7 @@ from clear_rl.models.tokens import (
     THINK_END,
     THINK_START,
 )
+from clear_rl.parallel import check_workers
 from clear_rl.seeds import derive_seed
 
 LABELS = ("restore", "direct")
@@ -200,6 +201,7 @@ class PrepareConfig:
     test_fraction: float = 0.0  # a one-split source: hold out this fraction as `test`
     reasoning_column: str | None = "reasoning"
     chunk_size: int = 64  # rows decoded, degraded and probed at once
+    workers: int = 0  # processes corrupting chunks (0: one per core if worth it); not in the manifest
 
     def __post_init__(self) -> None:
         for name, values in (("levels", self.levels), ("restore_levels", self.restore_levels)):
@@ -218,3 +220,4 @@ class PrepareConfig:
             raise DataError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.chunk_size < 1:
             raise DataError("chunk_size must be >= 1")
+        check_workers(self.workers)

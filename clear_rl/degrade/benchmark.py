@@ -12,10 +12,15 @@ fails the run without leaving any half-written or clobbered output. The manifest
 after each output with the files done so far, and `"complete": true` once all are written; a
 killed run's temporaries are cleared by the next run, and `resume` keeps the files a killed run
 finished and writes the rest, giving the same bytes as one uninterrupted run.
+
+Decoding, corrupting and encoding run in worker processes (`DegradeOptions.workers`, default one
+per core), chunk by chunk and in order; the files are the same bytes for any number of workers,
+and the manifest does not record it, so a run may be resumed with another count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from clear_rl import __version__
-from clear_rl.degrade.engine import corrupt_images
 from clear_rl.degrade.registry import (
     CORRUPTIONS,
     LEVELS,
@@ -36,15 +39,15 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
+from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, EngineSettings, degrade_chunk
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
-from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
+from clear_rl.parallel import check_workers, ordered_map
 from clear_rl.seeds import derive_seed
 
 MODES = ("mixed", "full")
-JPEG_QUALITY = 95  # the release re-encodes every image (fallbacks too) at OpenCV's default 95
-DECODE_CHUNK = 64  # rows decoded, corrupted and encoded at a time
+DECODE_CHUNK = 64  # rows decoded, corrupted and encoded together: one task of a worker
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class OutputSpec:
 @dataclass(frozen=True)
 class DegradeOptions:
     """How to build the copies: mode, levels, base seed, batch size, the corruptions of a
-    full run (default all 16), the dataset name in output names (default the input's)."""
+    full run (default all 16), the dataset name in output names (default the input's), the
+    worker processes (0: one per core when the work is worth starting them; the output is the
+    same bytes for any number)."""
 
     mode: str = "mixed"
     levels: Sequence[str | float] = ("low", "mid", "high")
@@ -70,6 +75,10 @@ class DegradeOptions:
     name: str | None = None
     progress: bool = True
     resume: bool = False  # keep the outputs a killed run with the same options finished
+    workers: int = 0  # not in the manifest: a run may be resumed with another count
+
+    def __post_init__(self) -> None:
+        check_workers(self.workers)
 
 
 @dataclass
@@ -127,40 +136,72 @@ def row_plan(spec: OutputSpec, keys: Sequence[str], seed: int) -> tuple[list[str
     return names, seeds
 
 
-def _degrade_column(
-    decode: Callable[[int], Image.Image],
-    encode: Callable[[Image.Image], Any],
-    rows: Sequence[int],
-    names: Sequence[str],
-    seeds: Sequence[int],
-    spec: OutputSpec,
-    batch_size: int,
-    progress: tqdm,
-) -> tuple[dict[int, Any], dict[int, bool]]:
-    """Corrupt and `encode` the images of `rows` (positions), chunk by chunk, so that only one
-    chunk of decoded images is held at a time. Returns the encoded cells and whether the
-    corruption applied (False: below its minimum size, kept clean as the release does)."""
-    cells: dict[int, Any] = {}
-    applied: dict[int, bool] = {}
-    for start in range(0, len(rows), DECODE_CHUNK):
-        chunk = list(rows[start : start + DECODE_CHUNK])
-        clean = [decode(r) for r in chunk]
-        out = corrupt_images(
-            clean, [names[r] for r in chunk], spec.intensity, [seeds[r] for r in chunk], batch_size
-        )
-        for r, image, result in zip(chunk, clean, out):
-            cells[r] = encode(result)
-            applied[r] = CORRUPTIONS[names[r]].fits(spec.intensity, image.height, image.width)
-        progress.update(len(chunk))
-    return cells, applied
+@dataclass(frozen=True)
+class _Column:
+    """An image column to degrade: a TSV's, or one split's of a datasets folder."""
+
+    cells: list  # every row's cell, as stored
+    keys: list[str]  # the rows' keys, which their seeds derive from
+    present: list[int]  # positions of the rows holding an image
+    where: Callable[[int], str]  # a row as errors name it
+    base_dir: Path | None  # where relative image paths are looked up
+    encoding: str  # how its cells are stored: a key of clear_rl.degrade.work.ENCODERS
 
 
-def _encode_tsv_cell(image: Image.Image) -> str:
-    return encode_base64_image(image, JPEG_QUALITY)
+@dataclass(frozen=True)
+class _Degraded:
+    """One column of one output: each row's corruption and seed, and the present rows' encoded
+    cells and whether the corruption applied, by position."""
+
+    names: list[str]
+    seeds: list[int]
+    cells: dict[int, Any]
+    applied: dict[int, bool]
 
 
-def _encode_dataset_cell(image: Image.Image) -> dict:
-    return {"bytes": encode_jpeg(image, JPEG_QUALITY), "path": None}
+def _chunks(positions: Sequence[int]) -> list[list[int]]:
+    """Rows decoded, corrupted and encoded together: one task, one chunk of images in memory."""
+    return [list(positions[start : start + DECODE_CHUNK]) for start in range(0, len(positions), DECODE_CHUNK)]
+
+
+def _degrade_outputs(
+    columns: Sequence[_Column], specs: Sequence[OutputSpec], options: DegradeOptions, bar: tqdm
+) -> Iterator[tuple[OutputSpec, list[_Degraded]]]:
+    """Each output's degraded columns, output after output. Every chunk of every output is a
+    task of one pool (`options.workers` processes), so the workers stay busy across outputs
+    and while the caller writes one; results come back in order, whatever the worker count."""
+    engine = EngineSettings(batch_size=options.batch_size)
+
+    def jobs() -> Iterator[tuple[list[int], DegradeChunk]]:
+        for spec in specs:
+            for column in columns:
+                names, seeds = row_plan(spec, column.keys, options.seed)
+                for chunk in _chunks(column.present):
+                    task = DegradeChunk(
+                        cells=[column.cells[p] for p in chunk],
+                        wheres=[column.where(p) for p in chunk],
+                        base_dir=column.base_dir,
+                        names=[names[p] for p in chunk],
+                        seeds=[seeds[p] for p in chunk],
+                        intensity=spec.intensity,
+                        encoding=column.encoding,
+                        engine=engine,
+                    )
+                    yield chunk, task
+
+    tasks = len(specs) * sum(len(_chunks(column.present)) for column in columns)
+    with contextlib.closing(ordered_map(degrade_chunk, jobs(), options.workers, tasks)) as results:
+        for spec in specs:
+            degraded = []
+            for column in columns:
+                done = _Degraded(*row_plan(spec, column.keys, options.seed), cells={}, applied={})
+                for _ in _chunks(column.present):  # the jobs of this column, in the order made
+                    chunk, (cells, applied) = next(results)
+                    done.cells.update(zip(chunk, cells))
+                    done.applied.update(zip(chunk, applied))
+                    bar.update(len(chunk))
+                degraded.append(done)
+            yield spec, degraded
 
 
 class _Manifest:
@@ -231,6 +272,14 @@ def _row_entry(key: str, position: int, name: str, intensity: float, seed: int, 
     }
 
 
+def _row_entries(column: _Column, done: _Degraded, intensity: float) -> list[dict]:
+    """The manifest rows of a column's images in one output."""
+    return [
+        _row_entry(column.keys[p], p, done.names[p], intensity, done.seeds[p], done.applied[p])
+        for p in column.present
+    ]
+
+
 def _tsv_roles(frame: pd.DataFrame) -> tuple[list[int], dict[int, str], list[int]]:
     """Rows holding an image, rows referring to another row's image (VLMEvalKit's MMBench
     style: a short cell equal to another row's index), and rows with an empty cell."""
@@ -265,22 +314,15 @@ def iter_degraded_frames(
     specs = [spec for spec in _plan(base, options) if spec.name not in skip]
     image_rows, references, empty = _tsv_roles(frame)
     keys, cells = list(frame["index"]), list(frame["image"])
-
-    def decode(position: int) -> Image.Image:
-        return decode_image(cells[position], f"{source}: row index={keys[position]}", source.parent)
-
+    column = _Column(
+        cells, keys, image_rows, lambda p: f"{source}: row index={keys[p]}", source.parent, "base64"
+    )
     total = len(specs) * len(image_rows)
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
-        for spec in specs:
-            names, seeds = row_plan(spec, keys, options.seed)
-            encoded, applied = _degrade_column(
-                decode, _encode_tsv_cell, image_rows, names, seeds, spec, options.batch_size, bar
-            )
+        for spec, (done,) in _degrade_outputs([column], specs, options, bar):
             out = frame.copy()
-            out["image"] = [encoded.get(p, c) for p, c in enumerate(cells)]
-            rows = [
-                _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in image_rows
-            ]
+            out["image"] = [done.cells.get(p, c) for p, c in enumerate(cells)]
+            rows = _row_entries(column, done, spec.intensity)
             rows += [{"index": keys[p], "position": p, "same_image_as": ref} for p, ref in references.items()]
             rows += [
                 {"index": keys[p], "position": p, "corruption": None, "note": "empty image cell"}
@@ -352,6 +394,14 @@ def _open_dataset(source: Path, image_column: str):
     return splits, isinstance(loaded, datasets.DatasetDict)
 
 
+def _dataset_column(source: Path, split: str | None, cells: list) -> _Column:
+    """The image column of one split: row keys `<split>/<position>`, or the position alone."""
+    keys = [f"{split}/{p}" if split else str(p) for p in range(len(cells))]
+    where = f"{source}" + (f" split {split!r}" if split else "")
+    present = [p for p, value in enumerate(cells) if value is not None]
+    return _Column(cells, keys, present, lambda p: f"{where} row {p}", None, "bytes")
+
+
 def degrade_dataset(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -371,34 +421,22 @@ def degrade_dataset(
         Path(out_dir) / f"{base}_MMD_manifest.json", source, options, image_column, list(targets.values())
     )
     specs = [spec for spec in _plan(base, options) if not manifest.done(targets[spec.name])]
-    columns = {split: list(dataset[image_column]) for split, dataset in splits.items()}
-    total = len(specs) * sum(sum(v is not None for v in column) for column in columns.values())
+    columns = [
+        _dataset_column(source, split, list(dataset[image_column])) for split, dataset in splits.items()
+    ]
+    total = len(specs) * sum(len(column.present) for column in columns)
     with tqdm(total=total, desc=f"degrade {base}", unit="img", disable=not options.progress) as bar:
-        for spec in specs:
+        for spec, degraded in _degrade_outputs(columns, specs, options, bar):
             outputs, rows = {}, []
-            for split, dataset in splits.items():
-                column = columns[split]
-                keys = [f"{split}/{p}" if split else str(p) for p in range(len(column))]
-                where = f"{source}" + (f" split {split!r}" if split else "")
-
-                def decode(p: int, column=column, where=where) -> Image.Image:
-                    return decode_image(column[p], f"{where} row {p}")
-
-                present = [p for p, value in enumerate(column) if value is not None]
-                names, seeds = row_plan(spec, keys, options.seed)
-                encoded, applied = _degrade_column(
-                    decode, _encode_dataset_cell, present, names, seeds, spec, options.batch_size, bar
-                )
-                cells = [encoded.get(p) for p in range(len(column))]
+            for (split, dataset), column, done in zip(splits.items(), columns, degraded):
+                cells = [done.cells.get(p) for p in range(len(column.cells))]
                 order = dataset.column_names
                 outputs[split] = (
                     dataset.remove_columns([image_column])
                     .add_column(image_column, cells, feature=datasets.Image())
                     .select_columns(order)
                 )
-                rows += [
-                    _row_entry(keys[p], p, names[p], spec.intensity, seeds[p], applied[p]) for p in present
-                ]
+                rows += _row_entries(column, done, spec.intensity)
             target = targets[spec.name]
             with atomic_path(target, is_dir=True) as tmp:
                 (datasets.DatasetDict(outputs) if is_dict else outputs[None]).save_to_disk(str(tmp))
