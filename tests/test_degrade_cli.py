@@ -180,3 +180,17 @@ def test_in_memory_copies_for_on_the_fly_evaluation(tsv):
         )
     again = list(iter_degraded_frames(frame, tsv, options))
     assert all(a[1].equals(b[1]) for a, b in zip(produced, again))
+
+
+def test_backend_choice_is_named_in_the_manifest_and_a_resume_does_not_mix_backends(tsv, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["degrade", str(tsv), "--out", str(out), "--levels", "high", "--workers", "1"]
+    assert main([*args, "--backend", "torch"]) == 0
+    manifest = json.loads((out / "Tiny_MMD_manifest.json").read_text())
+    assert manifest["backend"] == "torch" and manifest["complete"]
+    assert main([*args, "--resume"]) == 2  # auto is OpenCV on this CPU: a different identity
+    assert "backend='torch'" in capsys.readouterr().err
+    assert main([*args]) == 0
+    assert json.loads((out / "Tiny_MMD_manifest.json").read_text())["backend"] == "opencv"
+    with pytest.raises(Exception, match="unknown corruption backend 'gpu'"):
+        DegradeOptions(backend="gpu")

@@ -18,12 +18,14 @@ from pathlib import Path
 import clear_rl
 
 PACKAGE = Path(clear_rl.__file__).parent
-GROUND = {"errors", "seeds", "io", "__version__"}  # __version__: `from clear_rl import __version__`
+# __version__: `from clear_rl import __version__`; parallel: the ordered process pool
+GROUND = {"errors", "seeds", "io", "parallel", "__version__"}
 # Layer (first name under clear_rl) -> the layers its modules may import.
 ALLOWED = {
     "errors": {"errors"},
     "seeds": {"seeds"},
     "io": {"errors", "io"},
+    "parallel": {"errors", "parallel"},
     "degrade": GROUND | {"degrade"},
     "models": GROUND | {"models"},
     "flow": GROUND | {"flow"},

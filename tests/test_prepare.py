@@ -220,3 +220,13 @@ def test_clean_level_rows_keep_their_image(source, tmp_path):
     for row in rows.select(range(3)):
         assert np.array_equal(np.asarray(row["image"]), np.asarray(row["clean_image"]))
         assert "no degradation" in row["target"]
+
+
+def test_an_unknown_corruption_backend_is_refused_before_any_work(tmp_path):
+    from clear_rl.data.prepare import prepare_dataset
+    from clear_rl.data.samples import PrepareConfig
+    from clear_rl.errors import ClearRLError
+
+    with pytest.raises(ClearRLError, match="unknown corruption backend 'cuda'"):
+        prepare_dataset(tmp_path / "missing", tmp_path / "out", PrepareConfig(backend="cuda"))
+    assert not (tmp_path / "out").exists()

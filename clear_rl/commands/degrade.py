@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "over ~10 s on one, else none); the output is the same for any number",
     )
     parser.add_argument(
+        "--backend",
+        choices=("auto", "opencv", "torch"),
+        default="auto",
+        help="corruption backend: auto (default: torch on a CUDA GPU, else OpenCV), opencv (the "
+        "released generator's calls, one image at a time on the CPU) or torch (batched)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue a killed run with the same options: keep the files its manifest lists",
@@ -79,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         from clear_rl.io.images import decode_image
 
         with atomic_path(args.grid) as tmp:
-            corruption_grid(decode_image(source), seed=args.seed, levels=args.levels).save(tmp, format="PNG")
+            corruption_grid(
+                decode_image(source), seed=args.seed, levels=args.levels, backend=args.backend
+            ).save(tmp, format="PNG")
         print(f"wrote {args.grid}")
         return 0
 
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         resume=args.resume,
         workers=args.workers,
+        backend=args.backend,
     )
     if source.is_dir():
         result = degrade_dataset(source, out_dir, options, image_column=args.image_column)

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes corrupting the images, one thread each (default 0: one per core when the "
         "work would take over ~10 s on one, else none); the dataset is the same for any number",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "opencv", "torch"),
+        default="auto",
+        help="corruption backend: auto (default: torch on a CUDA GPU, else OpenCV), opencv (the "
+        "released generator's calls, one image at a time on the CPU) or torch (batched)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         reasoning_column=args.reasoning_column or None,
         chunk_size=args.chunk_size,
         workers=args.workers,
+        backend=args.backend,
     )
     summary = prepare_dataset(args.source, args.out, config, labeller)
     for name, split in summary["splits"].items():

@@ -36,7 +36,8 @@ from clear_rl.data.samples import (
     rule_labels,
 )
 from clear_rl.data.sources import SourceRow, SourceSplit, open_source
-from clear_rl.degrade.work import CorruptTask, EngineSettings, run_corrupt_task
+from clear_rl.degrade.engine import resolve_backend
+from clear_rl.degrade.work import CorruptTask, engine_settings, run_corrupt_task
 from clear_rl.errors import DataError
 from clear_rl.io.atomic import atomic_path
 from clear_rl.io.images import png_bytes
@@ -110,7 +111,7 @@ def _degraded_chunks(
 ) -> Iterator[tuple[_Chunk, list[Any]]]:
     """Every chunk of every planned split, in order, with its degraded images. Rows are read
     here; only the corruptions run in the workers, chunks ahead of the caller."""
-    engine = EngineSettings(batch_size=config.chunk_size)
+    engine, workers = engine_settings(config.backend, config.chunk_size, config.workers)
 
     def jobs() -> Iterator[tuple[_Chunk, CorruptTask]]:
         for split, positions in plan.values():
@@ -120,7 +121,7 @@ def _degraded_chunks(
                 yield chunk, CorruptTask(images, chunk.corruptions, chunk.intensities, chunk.seeds, engine)
 
     tasks = sum(-(-len(positions) // config.chunk_size) for _, positions in plan.values())
-    return ordered_map(run_corrupt_task, jobs(), config.workers, tasks)
+    return ordered_map(run_corrupt_task, jobs(), workers, tasks)
 
 
 def _chunk_records(
@@ -181,6 +182,7 @@ def prepare_dataset(
         )
     if config.label != "probe" and labeller is not None:
         raise DataError(f"a labeller is only used with label='probe'; this config labels by {config.label!r}")
+    resolve_backend(config.backend)  # an unknown backend fails here, before any work
     plan = _plan(
         open_source(source, list(config.splits) if config.splits else None, config.reasoning_column), config
     )
@@ -202,6 +204,7 @@ def _write(plan, config: PrepareConfig, labeller: Labeller | None, features, out
     from tqdm.auto import tqdm
 
     settings = {key: value for key, value in asdict(config).items() if key != "workers"}  # not the output's
+    settings["backend"] = engine_settings(config.backend, config.chunk_size, 1)[0].backend  # the one that ran
     summary: dict[str, Any] = {"source": str(source), "config": settings, "splits": {}}
     with (
         atomic_path(out, is_dir=True) as tmp,

@@ -202,6 +202,9 @@ class PrepareConfig:
     reasoning_column: str | None = "reasoning"
     chunk_size: int = 64  # rows decoded, degraded and probed at once
     workers: int = 0  # processes corrupting chunks (0: one per core if worth it); not in the manifest
+    # Corruption backend: auto (torch on a GPU, else OpenCV) | opencv | torch; checked when the
+    # run starts, before anything is written (importing the engine here would load torch).
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name, values in (("levels", self.levels), ("restore_levels", self.restore_levels)):

@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from clear_rl import __version__
+from clear_rl.degrade.engine import resolve_backend
 from clear_rl.degrade.registry import (
     CORRUPTIONS,
     LEVELS,
@@ -39,7 +40,7 @@ from clear_rl.degrade.registry import (
     get_corruption,
     resolve_intensity,
 )
-from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, EngineSettings, degrade_chunk
+from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, degrade_chunk, engine_settings
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
 from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
@@ -76,9 +77,11 @@ class DegradeOptions:
     progress: bool = True
     resume: bool = False  # keep the outputs a killed run with the same options finished
     workers: int = 0  # not in the manifest: a run may be resumed with another count
+    backend: str = "auto"  # auto | opencv | torch; the manifest names the one that ran
 
     def __post_init__(self) -> None:
         check_workers(self.workers)
+        resolve_backend(self.backend)
 
 
 @dataclass
@@ -170,7 +173,7 @@ def _degrade_outputs(
     """Each output's degraded columns, output after output. Every chunk of every output is a
     task of one pool (`options.workers` processes), so the workers stay busy across outputs
     and while the caller writes one; results come back in order, whatever the worker count."""
-    engine = EngineSettings(batch_size=options.batch_size)
+    engine, workers = engine_settings(options.backend, options.batch_size, options.workers)
 
     def jobs() -> Iterator[tuple[list[int], DegradeChunk]]:
         for spec in specs:
@@ -190,7 +193,7 @@ def _degrade_outputs(
                     yield chunk, task
 
     tasks = len(specs) * sum(len(_chunks(column.present)) for column in columns)
-    with contextlib.closing(ordered_map(degrade_chunk, jobs(), options.workers, tasks)) as results:
+    with contextlib.closing(ordered_map(degrade_chunk, jobs(), workers, tasks)) as results:
         for spec in specs:
             degraded = []
             for column in columns:
@@ -222,6 +225,8 @@ class _Manifest:
             "seed": options.seed,
             "image_column": image_column,
             "jpeg_quality": JPEG_QUALITY,
+            # The two backends agree to >= 40 dB, not bit for bit: a resume must not mix them.
+            "backend": engine_settings(options.backend, options.batch_size, 1)[0].backend,
             "planned": [target.name for target in planned],
         }
         self.files: dict[str, dict] = {}

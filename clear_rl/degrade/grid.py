@@ -21,7 +21,11 @@ CATEGORY_TITLES = {
 
 
 def corruption_grid(
-    image: Image.Image, seed: int = 0, levels: Sequence[str] = ("low", "mid", "high"), cell: int = 192
+    image: Image.Image,
+    seed: int = 0,
+    levels: Sequence[str] = ("low", "mid", "high"),
+    cell: int = 192,
+    backend: str = "auto",
 ) -> Image.Image:
     """A labelled grid: one row per corruption (grouped by category), one column per level.
 
@@ -51,7 +55,7 @@ def corruption_grid(
         draw.text((6, y + 24), name, fill="black", font=font)
         for col, level in enumerate(levels):
             with torch.no_grad():
-                out = corrupt(clean, name, level, derive_seed(seed, name, level))
+                out = corrupt(clean, name, level, derive_seed(seed, name, level), backend)
             tile = tensor_to_pil(out[0]).resize(thumb_size, Image.Resampling.BILINEAR)
             sheet.paste(tile, (label_w + col * (thumb_size[0] + pad), y))
     return sheet

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from clear_rl.degrade.engine import corrupt_images
+from clear_rl.degrade.engine import corrupt_images, default_device, resolve_backend
 from clear_rl.degrade.registry import CORRUPTIONS
 from clear_rl.io.images import decode_image, encode_base64_image, encode_jpeg
 
@@ -27,9 +27,23 @@ class EngineSettings:
     carries one, so an engine option reaches the workers by becoming a field here."""
 
     batch_size: int = 16
+    backend: str = "opencv"  # resolved: 'opencv' or 'torch' (see engine_settings)
 
     def kwargs(self) -> dict:
         return asdict(self)
+
+
+def engine_settings(backend: str, batch_size: int, workers: int) -> tuple[EngineSettings, int]:
+    """The settings every task of a run carries, and the run's worker count.
+
+    `backend` is resolved here, once, so 'auto' means this machine's choice for every task and a
+    manifest can name it. The torch backend on a GPU runs in this process alone: the GPU does
+    the work, and worker processes would each start CUDA on the same device.
+    """
+    resolved = resolve_backend(backend, default_device(backend))
+    if resolved == "torch" and default_device(resolved).type == "cuda":
+        workers = 1
+    return EngineSettings(batch_size=batch_size, backend=resolved), workers
 
 
 @dataclass(frozen=True)
