@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,23 +23,6 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def natural_images(count: int, size: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """Natural-looking (3, size, size) images in [0, 1], one at a time (a thousand 512x512 ones
-    would not fit in memory at once): gradients, shapes, texture, seeded."""
-    gen = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    for _ in range(count):
-        a = torch.rand(6, generator=gen)
-        image = torch.stack([a[0] * xx + a[1] * yy, a[2] * (1 - xx) + a[3] * yy, a[4] * xx * yy + 0.5 * a[5]])
-        texture = torch.nn.functional.avg_pool2d(torch.rand(1, 3, size, size, generator=gen), 5, 1, 2)[0]
-        image = 0.15 + 0.55 * image + 0.3 * texture
-        for _ in range(6):
-            cx, cy, r = torch.rand(3, generator=gen)
-            inside = ((xx - cx) ** 2 + (yy - cy) ** 2) < (0.08 + 0.15 * r) ** 2
-            image = torch.where(inside, torch.rand(3, 1, 1, generator=gen), image)
-        yield (image.clamp(0, 1) * 255).round() / 255
 
 
 class PhaseTimer:

@@ -24,12 +24,12 @@ DEFAULT_ROWS = 1000
 
 def _write_source(path: Path, rows: int) -> None:
     """A TSV of `rows` distinct images, written row by row (the images never sit in memory)."""
-    from benchmarks._common import natural_images
     from clear_rl.io.images import encode_base64_image, tensor_to_pil
+    from tests.degrade_images import iter_natural_images
 
     with path.open("w", encoding="utf-8") as out:
         out.write("index\timage\tquestion\tanswer\tA\tB\n")
-        for k, image in enumerate(natural_images(rows, SIZE, seed=1)):
+        for k, image in enumerate(iter_natural_images(rows, SIZE, SIZE, seed=1)):
             out.write(f"{k}\t{encode_base64_image(tensor_to_pil(image), 95)}\tWhat is shown?\tA\tx\ty\n")
 
 
