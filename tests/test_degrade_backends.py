@@ -97,3 +97,10 @@ def test_clean_rows_and_small_images_stay_clean_in_the_opencv_backend(caplog):
     assert "needs images of at least 50x50 px" in caplog.text
     assert np.array_equal(np.asarray(out[1]), np.asarray(big))  # no corruption named: clean
     assert np.asarray(out[2]).max() == int(90 * (1 - 0.9**2))
+
+
+def test_the_cli_offers_exactly_the_engine_backends():
+    from clear_rl.commands import BACKENDS as CLI_BACKENDS
+    from clear_rl.degrade.engine import BACKENDS
+
+    assert CLI_BACKENDS == BACKENDS

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clear_rl.commands import add_backend_argument
+
 HELP = "build MMD-Bench (degraded) copies of a TSV or datasets folder, or a corruption grid"
 
 
@@ -58,13 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes, one thread each (default 0: one per core when the work would take "
         "over ~10 s on one, else none); the output is the same for any number",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "opencv", "torch"),
-        default="auto",
-        help="corruption backend: auto (default: torch on a CUDA GPU, else OpenCV), opencv (the "
-        "released generator's calls, one image at a time on the CPU) or torch (batched)",
-    )
+    add_backend_argument(parser)
     parser.add_argument(
         "--resume",
         action="store_true",

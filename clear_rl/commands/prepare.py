@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 
+from clear_rl.commands import add_backend_argument
+
 HELP = "build the corruption-aware training dataset from a VQA source"
 
 
@@ -66,13 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes corrupting the images, one thread each (default 0: one per core when the "
         "work would take over ~10 s on one, else none); the dataset is the same for any number",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("auto", "opencv", "torch"),
-        default="auto",
-        help="corruption backend: auto (default: torch on a CUDA GPU, else OpenCV), opencv (the "
-        "released generator's calls, one image at a time on the CPU) or torch (batched)",
-    )
+    add_backend_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
