@@ -37,7 +37,7 @@ def test_cli_evaluates_an_official_bagel_folder(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(
         ["eval", "--model", str(folder), "--data", str(tsv), "--levels", "clean,high", "--restore", "model,always",
-         "--max-new-tokens", "4", "--steps", "2", "--batch-size", "4", "--gallery", "1", "--out", str(out)]
+         "--readback", "bridge,reencode", "--max-new-tokens", "4", "--steps", "2", "--batch-size", "4", "--gallery", "1", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     assert "CLEAR-RL" in capsys.readouterr().out
@@ -46,7 +46,8 @@ def test_cli_evaluates_an_official_bagel_folder(tmp_path, capsys):
         scores.columns
     )
     always = scores[scores["model"].str.contains("always")]
-    assert sorted(always["level"]) == ["clean", "high"] and (always["trigger_rate"] == 100.0).all()
+    assert sorted(always["level"]) == ["clean", "clean", "high", "high"] and (always["trigger_rate"] == 100.0).all()
     assert "Trigger" in (out / "report.md").read_text() or "trigger" in (out / "report.md").read_text()
+    assert always["model"].str.contains("reencode").sum() == 2  # the paper's baseline, beside the bridge
     rows = pd.read_csv(out / "predictions.csv")
-    assert len(rows) == 2 * 2 * 4 and rows["hit"].isin([0, 1]).all()
+    assert len(rows) == 2 * 2 * 2 * 4 and rows["hit"].isin([0, 1]).all()

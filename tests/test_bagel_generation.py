@@ -118,6 +118,38 @@ def test_image_restore_restores_bridges_a_latent_block_and_continues(bagel):
     assert out.restored_latents.abs().sum() > 0
 
 
+def test_reencode_reads_the_decoded_restoration_back_as_a_vit_block(bagel):
+    model, processor = bagel
+    _bias(model, model.token_ids.image_restore)
+    bridged = _answer(model, processor, restore="model", max_new_tokens=4).output
+    cached = _answer(model, processor, restore="model", max_new_tokens=4, readback="reencode").output
+    full = _answer(model, processor, restore="model", max_new_tokens=4, readback="reencode", use_cache=False)
+    # The decoded restoration is resized like an input image and read as ViT patches.
+    side = model.config.vae_image_size
+    width, height = processor.vit_resize.size(side, side)
+    patch = model.bagel.config.vit_json["patch_size"]
+    vit_tokens = (width // patch) * (height // patch)
+    for row in range(2):
+        ids = cached.completion_ids[row][cached.completion_mask[row].bool()].tolist()
+        assert ids[1 : 1 + vit_tokens] == [model.token_ids.restored_pad] * vit_tokens
+    assert int(cached.restored_mask.sum()) == 2 * vit_tokens
+    torch.testing.assert_close(cached.restored_latents, bridged.restored_latents)  # same restoration
+    assert torch.equal(cached.completion_ids, full.output.completion_ids)
+    torch.testing.assert_close(cached.token_logprobs, full.output.token_logprobs, atol=1e-4, rtol=0)
+    # What follows the slot reads the ViT block, not the latent block.
+    after_bridge = bridged.token_logprobs[bridged.text_mask][1:]
+    after_reencode = cached.token_logprobs[cached.text_mask][1:]
+    assert not torch.allclose(after_bridge, after_reencode)
+
+
+def test_reencode_on_bagel_needs_its_processor(bagel):
+    model, _ = bagel
+    ids = torch.tensor([[model.config.image_token_id]])
+    vit = {"vit_pixel_values": torch.zeros(1, 3, 8, 8), "vit_sizes": torch.tensor([[8, 8]])}
+    with pytest.raises(ValueError, match="BagelProcessor"):
+        model.decoder_class(model, ids, vit, None, None, InterleavedGenerationConfig(readback="reencode"))
+
+
 def test_later_text_depends_on_the_restored_latent(bagel):
     model, processor = bagel
     first = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))

@@ -6,8 +6,10 @@ nothing to the others. A prompt's `<|image_pad|>` placeholder becomes the degrad
 latent block and ViT block. `<image_restore>` closes its text turn (`<|im_end|>`: CLEAR restores
 after the turn that holds the tag); the restoration then attends to the row's cached prefix, and
 the restored latent enters as a clean latent block through the generation expert (BAGEL's
-bridge), followed by `<|im_start|>` opening the next turn. In the completion the slot shows as
-one `<|restored_pad|>` per latent token; that framing is implied.
+bridge), followed by `<|im_start|>` opening the next turn. Under `readback="reencode"` the
+restoration is decoded to pixels and enters as a ViT block instead, as an input image would. In
+the completion the slot shows as one `<|restored_pad|>` per latent (or ViT) token; that framing is
+implied.
 
 Restoration CFG contexts are built when a restoration needs them, from each row's segments:
 without the images (the text only), and without the last text, which CLEAR's release makes the
@@ -22,6 +24,7 @@ import torch
 
 from clear_rl.models.bagel.modeling import LatentSegment, Segment, TextSegment, VitSegment
 from clear_rl.models.bagel.mot import BagelCache
+from clear_rl.models.readback import latents_to_images
 
 
 @dataclass
@@ -66,10 +69,10 @@ class BagelDecoder:
         cfg,
         image_processor=None,
     ):
-        if cfg.readback != "bridge":
+        if cfg.readback == "reencode" and not hasattr(image_processor, "vit_resize"):
             raise ValueError(
-                f"readback={cfg.readback!r} is not available on BAGEL: its restored latent enters as a "
-                "latent block (the bridge)"
+                "readback='reencode' on BAGEL re-encodes each decoded restoration with the ViT view "
+                "of its BagelProcessor: pass the processor as image_processor"
             )
         if not cfg.use_cache and (cfg.restore == "oracle" or cfg.degraded_view == "drop"):
             raise ValueError(
@@ -81,6 +84,7 @@ class BagelDecoder:
                 "vit_pixel_values and vit_sizes"
             )
         self.model, self.cfg = model, cfg
+        self.vit_resize = getattr(image_processor, "vit_resize", None)
         core = model.bagel.config
         self.vit_pixels, self.vit_sizes = vlm_inputs["vit_pixel_values"], vlm_inputs["vit_sizes"]
         self.vae_pixel_values, self.degraded_latents = vae_pixel_values, degraded_latents
@@ -203,13 +207,29 @@ class BagelDecoder:
         return BagelRestorationContext(cache, index, degraded, unconditional)
 
     def append_restored(self, rows: torch.Tensor, restored_latents: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """The restored latents as clean latent blocks (the bridge), then `<|im_start|>`."""
+        """The restored latents as clean latent blocks (the bridge), or under `reencode` as ViT
+        blocks of their decoded pixels (the paper's baseline), then `<|im_start|>`."""
         chosen = rows.nonzero().squeeze(1).tolist()
         if self.cfg.degraded_view == "drop":
             self._hide(chosen)
+        blocks, slot = self._restored_blocks(chosen, restored_latents)
         new: list[list[Segment]] = [[] for _ in range(self.batch)]
-        for row in chosen:
-            new[row] = [LatentSegment(restored_latents[row]), TextSegment(torch.tensor([self.im_start]))]
+        for row, block in zip(chosen, blocks):
+            new[row] = [block, TextSegment(torch.tensor([self.im_start]))]
             for segment in new[row]:
                 _extend(self.main[row], segment)
-        return self.model.num_restored_tokens, self._run(new)
+        return slot, self._run(new)
+
+    def _restored_blocks(self, chosen: list[int], restored_latents: torch.Tensor) -> tuple[list[Segment], int]:
+        """One block per chosen row, and its length in `<|restored_pad|>` positions."""
+        if self.cfg.readback == "bridge":
+            return [LatentSegment(restored_latents[row]) for row in chosen], self.model.num_restored_tokens
+        # Decoded to 8-bit pixels and resized like any input image, so the ViT sees what it would
+        # see had the restoration been saved and loaded as a file.
+        images = latents_to_images(self.model, restored_latents[chosen])
+        views = [self.vit_resize(image).to(self.vit_pixels) for image in images]
+        patch = self.model.bagel.config.vit_json["patch_size"]
+        sizes = {(view.shape[1] // patch) * (view.shape[2] // patch) for view in views}
+        if len(sizes) != 1:  # cannot happen for one square VAE size; guards the slot's one length
+            raise ValueError(f"restored images gave different ViT token counts {sorted(sizes)}")
+        return [VitSegment(view) for view in views], sizes.pop()
