@@ -46,7 +46,10 @@ def test_cli_evaluates_an_official_bagel_folder(tmp_path, capsys):
         scores.columns
     )
     always = scores[scores["model"].str.contains("always")]
-    assert sorted(always["level"]) == ["clean", "clean", "high", "high"] and (always["trigger_rate"] == 100.0).all()
+    assert (
+        sorted(always["level"]) == ["clean", "clean", "high", "high"]
+        and (always["trigger_rate"] == 100.0).all()
+    )
     assert "Trigger" in (out / "report.md").read_text() or "trigger" in (out / "report.md").read_text()
     assert always["model"].str.contains("reencode").sum() == 2  # the paper's baseline, beside the bridge
     rows = pd.read_csv(out / "predictions.csv")

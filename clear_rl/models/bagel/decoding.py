@@ -220,7 +220,9 @@ class BagelDecoder:
                 _extend(self.main[row], segment)
         return slot, self._run(new)
 
-    def _restored_blocks(self, chosen: list[int], restored_latents: torch.Tensor) -> tuple[list[Segment], int]:
+    def _restored_blocks(
+        self, chosen: list[int], restored_latents: torch.Tensor
+    ) -> tuple[list[Segment], int]:
         """One block per chosen row, and its length in `<|restored_pad|>` positions."""
         if self.cfg.readback == "bridge":
             return [LatentSegment(restored_latents[row]) for row in chosen], self.model.num_restored_tokens
