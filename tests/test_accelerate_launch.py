@@ -51,8 +51,8 @@ def _launch(tmp_path, recipe: str, *overrides: str) -> str:
         text=True,
         timeout=600,
     )
-    errors = [line for line in result.stderr.splitlines() if "Error" in line and "Warning" not in line]
-    assert result.returncode == 0, "\n".join(errors[:6]) or result.stderr[-4000:]
+    # The launcher's own ChildFailedError says only which rank died: the rank's last lines say why.
+    assert result.returncode == 0, result.stderr[-6000:]
     return result.stdout + result.stderr
 
 

@@ -26,5 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from clear_rl.recipe import load_recipe, stage_module
 
     recipe = load_recipe(args.recipe, args.overrides, check_inputs=True)
-    stage_module(recipe.stage).train(recipe)
+    trainer = stage_module(recipe.stage).train(recipe)
+    # Tear the process group down while the interpreter is alive: a gloo group left to interpreter
+    # finalisation can abort the process (SIGABRT) when its worker threads free tensors after the
+    # GIL is gone (pytorch/pytorch#179291), failing a run that finished and saved everything.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
