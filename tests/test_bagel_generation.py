@@ -62,7 +62,7 @@ def test_the_adapter_satisfies_the_backbone_protocol(bagel):
     assert isinstance(model, UnifiedBackbone)
     ids = torch.tensor([[model.config.image_token_id]])
     decoder = model.decoder_class(
-        model, ids, {"vit_pixel_values": torch.zeros(1, 3, 8, 8), "vit_sizes": torch.tensor([[8, 8]])},
+        model, ids, {"pixel_values": torch.zeros(1, 3, 8, 8), "image_sizes": torch.tensor([[8, 8]])},
         None, None, InterleavedGenerationConfig(),
     )  # fmt: skip
     assert isinstance(decoder, Decoder)
@@ -79,7 +79,7 @@ def test_prompts_are_framed_as_bagel_frames_them(bagel):
         text == "<|im_start|>Check the image.<|im_end|><|image_pad|><|im_start|>What?<|im_end|><|im_start|>"
     )
     batch = processor(images=make_images(1, 50), text=[text])
-    h, w = batch["vit_sizes"][0].tolist()
+    h, w = batch["image_sizes"][0].tolist()
     assert h % 4 == 0 and w % 4 == 0 and max(h, w) <= 32  # the tiny ViT: patch 4, 8 patches a side
     assert (batch.input_ids == model.config.image_token_id).sum() == 1
 

@@ -78,15 +78,15 @@ class BagelDecoder:
             raise ValueError(
                 "BAGEL hides the degraded image through its cache: use_cache=False cannot hide it"
             )
-        if vlm_inputs.get("vit_pixel_values") is None or vlm_inputs.get("vit_sizes") is None:
+        if vlm_inputs.get("pixel_values") is None or vlm_inputs.get("image_sizes") is None:
             raise ValueError(
                 "BAGEL prompts need the ViT view of their images: pass the BagelProcessor's "
-                "vit_pixel_values and vit_sizes"
+                "pixel_values and image_sizes"
             )
         self.model, self.cfg = model, cfg
         self.vit_resize = getattr(image_processor, "vit_resize", None)
         core = model.bagel.config
-        self.vit_pixels, self.vit_sizes = vlm_inputs["vit_pixel_values"], vlm_inputs["vit_sizes"]
+        self.vit_pixels, self.vit_sizes = vlm_inputs["pixel_values"], vlm_inputs["image_sizes"]
         self.vae_pixel_values, self.degraded_latents = vae_pixel_values, degraded_latents
         self.ids = model.token_ids
         self.im_start, self.im_end = core.im_start_id, core.im_end_id

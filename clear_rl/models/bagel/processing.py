@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import BatchFeature, ProcessorMixin
 
 from clear_rl.io.images import pil_to_tensor
+from clear_rl.models.processing import vae_pixel_values
 
 IMAGE_PLACEHOLDER = "<|image_pad|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -65,13 +66,25 @@ class VitResize:
         return pil_to_tensor(resized).mul(2.0).sub(1.0)
 
 
-class BagelProcessor:
-    """Renders chat prompts as BAGEL frames them and prepares the ViT view of the images."""
+class BagelProcessor(ProcessorMixin):
+    """Renders chat prompts as BAGEL frames them and prepares the ViT and VAE views of the images.
 
-    def __init__(self, tokenizer, vit_resize: VitResize | None = None):
+    A `ProcessorMixin` (without its loading machinery: the folder's tokenizer is all it saves), so
+    that TRL treats BAGEL as the vision-language model it is and carries `pixel_values` and
+    `image_sizes` (the ViT view) into its scoring passes, as it does for LLaVA-NeXT.
+    """
+
+    attributes: list[str] = []  # nothing loaded through ProcessorMixin.from_pretrained
+
+    def __init__(self, tokenizer, vit_resize: VitResize | None = None, vae_image_size: int | None = None):
         self.tokenizer = tokenizer
         self.vit_resize = vit_resize or VitResize()
+        self.vae_image_size = vae_image_size
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        self.chat_template = None
+
+    def __repr__(self) -> str:
+        return f"BagelProcessor(vit_resize={self.vit_resize}, vae_image_size={self.vae_image_size})"
 
     # -- prompts ------------------------------------------------------------------------------
     def apply_chat_template(
@@ -111,8 +124,11 @@ class BagelProcessor:
         **_: object,
     ) -> BatchFeature:
         """Token ids of the rendered prompts (padded on the tokenizer's side) and the ViT view:
-        `vit_pixel_values` (B, 3, H, W) zero-padded and `vit_sizes` (B, 2) each row's (H, W)."""
+        `pixel_values` (B, 3, H, W) zero-padded and `image_sizes` (B, 2) each row's (H, W); with a
+        `vae_image_size`, also the VAE view `latent_pixel_values` (B, 3, S, S), which the training
+        forward encodes for the image's latent block. `images` may be one list per prompt (TRL's)."""
         texts = [text] if isinstance(text, str) else list(text or [])
+        images = [im for item in (images or []) for im in (item if isinstance(item, list | tuple) else [item])]
         encoded = self.tokenizer(texts, padding=padding, return_tensors="pt", add_special_tokens=False)
         data = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         images = list(images or [])
@@ -129,12 +145,17 @@ class BagelProcessor:
             batch = torch.zeros(len(views), 3, height, width)
             for i, view in enumerate(views):
                 batch[i, :, : view.shape[1], : view.shape[2]] = view
-            data["vit_pixel_values"] = batch
-            data["vit_sizes"] = torch.tensor([[v.shape[1], v.shape[2]] for v in views], dtype=torch.long)
+            data["pixel_values"] = batch
+            data["image_sizes"] = torch.tensor([[v.shape[1], v.shape[2]] for v in views], dtype=torch.long)
+            if self.vae_image_size is not None:
+                data["latent_pixel_values"] = vae_pixel_values(images, self.vae_image_size)
         return BatchFeature(data, tensor_type=return_tensors)
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
-    def save_pretrained(self, path) -> None:
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def save_pretrained(self, path, **_: object) -> None:
         self.tokenizer.save_pretrained(path)

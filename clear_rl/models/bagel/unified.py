@@ -175,4 +175,4 @@ def load_bagel_unified(
     vit = bagel.config.vit_json
     largest = vit["patch_size"] * bagel.config.vit_max_num_patch_per_side
     resize = VitResize(max_size=largest, min_size=min(224, largest // 2), stride=vit["patch_size"])
-    return model, BagelProcessor(tokenizer, resize)
+    return model, BagelProcessor(tokenizer, resize, vae_image_size=model.config.vae_image_size)
