@@ -51,10 +51,13 @@ def check_model_folders(model: ModelConfig, where: str) -> None:
         if not folder.is_dir():
             raise RecipeError(f"{where}: model.path: model folder not found: {folder}")
         if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
-            raise RecipeError(
-                f"{where}: model.path: {folder} holds no config.json or adapter_config.json: "
-                "not a model saved by clear-rl"
-            )
+            from clear_rl.models.bagel.unified import is_bagel_folder
+
+            if not is_bagel_folder(folder):
+                raise RecipeError(
+                    f"{where}: model.path: {folder} holds no config.json or adapter_config.json, nor "
+                    "BAGEL's official layout: not a model saved by clear-rl"
+                )
     for key, value, subfolder in (
         ("vlm_path", model.vlm_path, None),
         ("vae_path", model.vae_path, model.vae_subfolder),

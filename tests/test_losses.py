@@ -8,7 +8,8 @@ import torch
 from clear_rl.data.collate import ClearCollator
 from clear_rl.models import build_tiny_model
 from clear_rl.models.adapters import part_paths
-from clear_rl.trainers.losses import loss_terms, per_layer_kl, vit_token_grid
+from clear_rl.models.composed import ComposedUnifiedModel
+from clear_rl.trainers.losses import loss_terms, per_layer_kl
 from tests.prepared import SMALL, prepared_rows
 
 
@@ -89,16 +90,16 @@ def test_per_layer_kl_is_zero_for_equal_grids_and_weights_higher_layers_more():
 
 def test_vit_grid_from_counts_and_from_qwen_style_grids(tiny):
     model, _ = tiny
-    assert vit_token_grid(model, 64, None) == (8, 8)
+    assert model.image_token_grid(None, 0, 64, None) == (8, 8)
     # Qwen2-VL style: a (t, h, w) patch grid merged 2x2 before the LLM: 6x8 patches -> 3x4 tokens.
     qwen_like = SimpleNamespace(
         config=SimpleNamespace(
             vlm_config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2))
         )
     )
-    assert vit_token_grid(qwen_like, 12, torch.tensor([1, 6, 8])) == (3, 4)
+    assert ComposedUnifiedModel.image_token_grid(qwen_like, None, 0, 12, torch.tensor([1, 6, 8])) == (3, 4)
     with pytest.raises(ValueError, match="pooled_mse"):
-        vit_token_grid(model, 60, None)
+        model.image_token_grid(None, 0, 60, None)
 
 
 def test_terms_are_absent_without_restoring_rows(setup):

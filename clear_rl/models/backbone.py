@@ -2,7 +2,7 @@
 
 Two backbones satisfy it: `composed` (a VLM + VAE + DiT head + bridge, `ComposedUnifiedModel`)
 and `bagel` (BAGEL-7B-MoT, `BagelUnifiedModel`). Code above the models talks to these names only,
-so it never branches on the backbone:
+so it never branches on the backbone (the trainers call `TrainableBackbone`, below, too):
 
 - the restoration sampler (`restoration.py`) integrates `velocity(x_t, t, context)` from noise,
   where `context` is whatever the backbone's decoder hands out (the composed model: hidden states
@@ -101,3 +101,54 @@ class UnifiedBackbone(Protocol):
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor: ...
 
     def flow_source_mean(self, degraded_latents: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class TrainableBackbone(UnifiedBackbone, Protocol):
+    """What the three training stages call on a backbone beyond generation's protocol.
+
+    The training forward is `forward(input_ids, attention_mask, <the processor's image inputs>,
+    restored_latents=..., flow_latents=..., flow_timesteps=..., flow_rows=..., degraded_latents=...,
+    output_hidden_states=..., logits_to_keep=..., clear_step=...)`: one teacher-forced pass over a
+    padded id batch whose `<|restored_pad|>` slot holds `restored_latents`, returning `logits` at the
+    kept positions, `hidden_states` (whatever the `*_token_states` methods read) and, given flow
+    latents (B, K, C, h, w) at times (B, K), the restoration branch's `flow_velocity` on them from
+    the same pass (conditioned on the context up to each row's `<image_restore>`). `clear_step(model,
+    forward, batch)` runs a whole training step inside one call of the wrapped model.
+    """
+
+    def part_patterns(self) -> dict[str, list[str]]:
+        """Regexes (matched at the start of parameter names) of each part in settings.PARTS."""
+        ...
+
+    def lora_scopes(self) -> dict[str, str]:
+        """Module-name regexes where LoRA's `llm_target_modules` / `head_target_modules` are looked for."""
+        ...
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) positions standing for the prompt image's ViT view (hidden by ViT-token dropout)."""
+        ...
+
+    def up_to_last_restore(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) positions up to and including each row's last `<image_restore>`."""
+        ...
+
+    def restored_token_states(self, output: Any, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+        """(layers, tokens, D) a row's bridged-latent tokens (the distill student)."""
+        ...
+
+    def image_token_states(self, output: Any, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+        """(layers, tokens, D) a row's ViT image tokens (the distill teacher)."""
+        ...
+
+    def restored_token_grid(self, output: Any, row: int) -> tuple[int, int]: ...
+
+    def image_token_grid(
+        self, output: Any, row: int, count: int, grid_thw: torch.Tensor | None
+    ) -> tuple[int, int]: ...
+
+    def teacher_forced_context(
+        self, forward: Any, inputs: dict, degraded_latents: torch.Tensor, rows: torch.Tensor
+    ) -> Any:
+        """The restoration context of `rows` (R,) of a teacher-forced batch (stage 2's restorations)."""
+        ...

@@ -35,7 +35,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.positions import positions_for_forward
-from clear_rl.models.tokens import ClearTokenIds
+from clear_rl.models.tokens import ClearTokenIds, up_to_last
 
 
 class ComposedUnifiedConfig(PreTrainedConfig):
@@ -266,12 +266,7 @@ class ComposedUnifiedModel(PreTrainedModel):
 
     def up_to_last_restore(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions up to and including each row's last `<image_restore>` (all, in a row without one)."""
-        is_restore = input_ids == self.config.image_restore_token_id
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)
-        last_restore = length - 1 - is_restore.flip(1).float().argmax(1)
-        last = torch.where(is_restore.any(1), last_restore, length - 1)
-        return positions[None, :] <= last[:, None]
+        return up_to_last(input_ids, self.config.image_restore_token_id)
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions holding the VLM's own image (ViT) tokens."""
@@ -280,6 +275,57 @@ class ComposedUnifiedModel(PreTrainedModel):
     def restored_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions holding bridged restored-latent tokens."""
         return input_ids == self.config.restored_pad_token_id
+
+    # -- training (models/backbone.py's TrainableBackbone) -------------------------------------
+    def part_patterns(self) -> dict[str, list[str]]:
+        """Each trainable part's parameter-name patterns (models/parts.py)."""
+        from clear_rl.models.parts import composed_part_patterns
+
+        return composed_part_patterns(self)
+
+    def lora_scopes(self) -> dict[str, str]:
+        """Where LoRA looks for the LLM's and the restoration head's layers (module-name regexes)."""
+        from clear_rl.models.parts import composed_lora_scopes
+
+        return composed_lora_scopes(self)
+
+    def restored_token_states(self, output, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+        """(layers, tokens, D) one row's bridged-latent tokens at every LLM layer's output."""
+        mask = self.restored_token_mask(input_ids)[row]
+        return torch.stack([h[row, mask] for h in output.hidden_states[1:]])
+
+    def image_token_states(self, output, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+        """(layers, tokens, D) one row's ViT image tokens at every LLM layer's output."""
+        mask = self.image_token_mask(input_ids)[row]
+        return torch.stack([h[row, mask] for h in output.hidden_states[1:]])
+
+    def restored_token_grid(self, output, row: int) -> tuple[int, int]:
+        return self.latent_bridge.grid_size(self.latent_shape[1:])
+
+    def image_token_grid(self, output, row: int, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
+        """The (rows, cols) layout of one image's `count` ViT tokens in the LLM sequence."""
+        from clear_rl.models.vision import vision_token_grid
+
+        try:
+            return vision_token_grid(self.config.vlm_config, count, grid_thw)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: use training.distill_mode: pooled_mse for this VLM") from None
+
+    def teacher_forced_context(
+        self, forward, inputs, degraded_latents: torch.Tensor, rows: torch.Tensor
+    ) -> RestorationContext:
+        """The restoration context of `rows` from a pass of the teacher-forced batch `inputs`.
+
+        Causality makes the hidden states up to `<image_restore>` independent of what later fills
+        the slot, so zeros fill it here.
+        """
+        latents = torch.zeros(inputs["input_ids"].shape[0], *self.latent_shape, device=degraded_latents.device)
+        out = forward(
+            **inputs, restored_latents=latents, output_hidden_states=True, use_cache=False, logits_to_keep=1
+        )
+        states = out.hidden_states[self.config.condition_layer]
+        context = self.restoration_context(inputs["input_ids"], inputs["attention_mask"], states, degraded_latents)
+        return context.select(rows)
 
     @contextlib.contextmanager
     def bridged_embeddings(

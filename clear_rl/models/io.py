@@ -36,12 +36,26 @@ def save_unified(
         processor.save_pretrained(tmp)
 
 
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a whole model `load_unified` reads (not adapters): a clear-rl composed
+    model (`config.json`) or an official-layout BAGEL folder."""
+    from clear_rl.models.bagel.unified import is_bagel_folder
+
+    folder = Path(path)
+    return (folder / "config.json").is_file() or is_bagel_folder(folder)
+
+
 def load_unified(
-    path: str | os.PathLike, dtype="auto", is_trainable: bool = False, backbone: str = "auto"
+    path: str | os.PathLike,
+    dtype="auto",
+    is_trainable: bool = False,
+    backbone: str = "auto",
+    load_in_4bit: bool = False,
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
     """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
     BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
-    trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read."""
+    trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read;
+    `load_in_4bit` loads a BAGEL base's transformer Linears in NF4 (CUDA, bitsandbytes)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ClearRLError(f"model folder not found: {folder}")
@@ -49,7 +63,7 @@ def load_unified(
 
     bagel = is_bagel_folder(folder)
     if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
-        model, processor = load_bagel_unified(folder, dtype=dtype)
+        model, processor = load_bagel_unified(folder, dtype=dtype, quantization="nf4" if load_in_4bit else None)
         setattr(model, ATTRIBUTE, saved_chat_settings(folder))
         return model, processor
     if bagel and not (folder / "config.json").exists():
@@ -59,8 +73,11 @@ def load_unified(
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base, _ = load_unified(base_path, dtype=dtype)
+        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit)
         model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
+        if is_bagel_folder(base_path):  # BAGEL's processor is its base folder's (the tokenizer alone)
+            setattr(model, ATTRIBUTE, saved_chat_settings(folder))
+            return model, base_processor
     else:
         config_file = folder / "config.json"
         if not config_file.exists():

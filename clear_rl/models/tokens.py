@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from tokenizers import AddedToken
 
 THINK_START = "<think>"
@@ -64,3 +65,13 @@ def add_clear_tokens(tokenizer) -> int:
     return added + tokenizer.add_special_tokens(
         {"additional_special_tokens": [RESTORED_PAD]}, replace_extra_special_tokens=False
     )
+
+
+def up_to_last(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """(B, L) positions up to and including each row's last `token_id` (all, in a row without one)."""
+    is_token = input_ids == token_id
+    length = input_ids.shape[1]
+    positions = torch.arange(length, device=input_ids.device)
+    last_token = length - 1 - is_token.flip(1).float().argmax(1)
+    last = torch.where(is_token.any(1), last_token, length - 1)
+    return positions[None, :] <= last[:, None]

@@ -35,15 +35,8 @@ def denoised_latents(
     if len(rows) == 0:
         return latents
     student, _ = split_inputs(inputs)
-    # The placeholders need some latent; zeros do, since nothing up to <image_restore> sees them.
-    out = forward(
-        **student, restored_latents=latents, output_hidden_states=True, use_cache=False, logits_to_keep=1
-    )
-    states = out.hidden_states[model.config.condition_layer]
-    context = model.restoration_context(
-        inputs["input_ids"], inputs["attention_mask"], states, degraded_latents
-    )
-    sample = restore_latents(model, context.select(rows), config.restoration_sampling, generator=generator)
+    context = model.teacher_forced_context(forward, student, degraded_latents, rows)
+    sample = restore_latents(model, context, config.restoration_sampling, generator=generator)
     latents[rows] = sample.latents.to(latents.dtype)
     return latents
 

@@ -15,7 +15,9 @@ from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
-from clear_rl.models.io import load_unified
+from clear_rl.models.backbone import TrainableBackbone
+from clear_rl.models.bagel.unified import is_bagel_folder
+from clear_rl.models.io import is_model_folder, load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 from clear_rl.trainers.arguments import AutoPrecisionArguments
 
@@ -34,17 +36,13 @@ DEFAULT_TRAINABLE_PARTS = AutoPrecisionArguments.default_trainable_parts
 def load_model(config: ModelConfig, where: str = "model"):
     """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
     if config.path is not None:
-        model, processor = load_unified(
-            config.path, dtype=config.dtype, is_trainable=True, backbone=config.backbone
+        return load_unified(
+            config.path,
+            dtype=config.dtype,
+            is_trainable=True,
+            backbone=config.backbone,
+            load_in_4bit=config.load_in_4bit,
         )
-        from clear_rl.models.bagel.unified import BagelUnifiedModel
-
-        if isinstance(model, BagelUnifiedModel):  # not yet a trainer's backbone (see the error)
-            raise ClearRLError(
-                f"{where}.path {config.path} loads as the bagel backbone, which clear-rl's trainers do not "
-                "drive yet (it answers through clear-rl eval); train a composed model"
-            )
-        return model, processor
     if config.tiny is not None:
         return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
     return compose_from_pretrained(
@@ -72,7 +70,7 @@ def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str |
     from clear_rl.models.io import save_unified
 
     current = Path(model.name_or_path or "")
-    if str(model.name_or_path or "") and (current / "config.json").exists():
+    if str(model.name_or_path or "") and is_model_folder(current):
         return
     together = args.main_process_first(local=False, desc="saving the adapters' base model") if args else None
     with together or contextlib.nullcontext():
@@ -125,11 +123,13 @@ def build_model(
     return make_trainable(model, config, default_parts), processor
 
 
-def unified_core(model) -> ComposedUnifiedModel:
-    """The unified model inside peft / DDP / DeepSpeed wrappers."""
+def unified_core(model) -> TrainableBackbone:
+    """The unified model (composed or BAGEL) inside peft / DDP / DeepSpeed wrappers."""
     from peft import PeftModel
 
-    while not isinstance(model, ComposedUnifiedModel):
+    from clear_rl.models.bagel.unified import BagelUnifiedModel
+
+    while not isinstance(model, ComposedUnifiedModel | BagelUnifiedModel):
         if isinstance(model, PeftModel):
             model = model.get_base_model()
         elif hasattr(model, "module"):
@@ -224,9 +224,31 @@ class UnifiedCheckpointMixin:
                 use_mtime=True,
             )
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Trainer's save, but a unified model that is no `PreTrainedModel` (BAGEL) writes its own
+        layout (`save_pretrained`) rather than Trainer's bare state dict."""
+        from peft import PeftModel
+        from transformers import PreTrainedModel
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PreTrainedModel | PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model
         folder = Path(resume_from_checkpoint)
+        if is_bagel_folder(folder) and not (folder / "adapter_config.json").exists():
+            raise ClearRLError(
+                f"resuming full fine-tuning of BAGEL from {folder} is not supported: train it through "
+                "model.lora (adapter checkpoints resume), or start a new run with model.path set to it"
+            )
         full = (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
         if (
             not (isinstance(model, ComposedUnifiedModel) and full)

@@ -145,12 +145,7 @@ class _RolloutScorer:
         restoring = bool(part.restored.any())
         flow = {}
         if self.flow and restoring:
-            flow = {
-                "flow_latents": part.x_t,
-                "flow_timesteps": part.t,
-                "flow_rows": part.restored,
-                "degraded_latents": part.degraded_latents,
-            }
+            flow = {"flow_latents": part.x_t, "flow_timesteps": part.t, "flow_rows": part.restored}
         if self.drop_view and restoring:
             unified = unified_core(self.model)
             hide_from = first_placeholder(input_ids, unified.token_ids.restored_pad)
@@ -160,6 +155,7 @@ class _RolloutScorer:
             attention_mask=attention_mask,
             restored_latents=part.restored_latents,
             restored_embeds=part.restored_embeds,
+            degraded_latents=part.degraded_latents,  # the head's condition (BAGEL: the prompt's VAE block)
             logits_to_keep=keep + 1,
             use_cache=False,
             clear_step=_logits_and_velocity,

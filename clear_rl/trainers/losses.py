@@ -26,8 +26,7 @@ import torch.nn.functional as F
 
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
-from clear_rl.models.composed import ComposedUnifiedModel
-from clear_rl.models.vision import vision_token_grid
+from clear_rl.models.backbone import TrainableBackbone
 
 DistillMode = Literal["per_layer_kl", "pooled_mse"]
 
@@ -62,7 +61,7 @@ def token_cross_entropy(
 
 
 def flow_matching_sample(
-    model: ComposedUnifiedModel,
+    model: TrainableBackbone,
     clean_latents: torch.Tensor,
     degraded_latents: torch.Tensor,
     shift: float,
@@ -77,14 +76,6 @@ def flow_matching_sample(
     if mean is not None:
         source = source + mean.to(x0.device)
     return add_noise(x0, source, t), t, velocity_target(x0, source)
-
-
-def vit_token_grid(model: ComposedUnifiedModel, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
-    """The (rows, cols) layout of one image's ViT tokens in the LLM sequence."""
-    try:
-        return vision_token_grid(model.config.vlm_config, count, grid_thw)
-    except ValueError as exc:
-        raise ValueError(f"{exc}: use training.distill_mode: pooled_mse for this VLM") from None
 
 
 def _grid_states(states: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -104,29 +95,27 @@ def per_layer_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def distill_loss(
-    model: ComposedUnifiedModel,
-    student_states: tuple[torch.Tensor, ...],
+    model,
+    student_output,
     student_ids: torch.Tensor,
-    teacher_states: tuple[torch.Tensor, ...],
+    teacher_output,
     teacher_ids: torch.Tensor,
     rows: torch.Tensor,
     mode: DistillMode = "per_layer_kl",
     teacher_grid_thw: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over `rows` of the distance between bridged-latent tokens and clean ViT tokens."""
-    restored_mask = model.restored_token_mask(student_ids)
-    image_mask = model.image_token_mask(teacher_ids)
-    grid_s = model.latent_bridge.grid_size(model.latent_shape[1:])
     losses = []
     for row in rows.tolist():
-        # (layers, tokens, D) over the outputs of every LLM layer (index 0 is the input embedding)
-        s = torch.stack([h[row, restored_mask[row]] for h in student_states[1:]])
-        t = torch.stack([h[row, image_mask[row]] for h in teacher_states[1:]])
+        # (layers, tokens, D) over the outputs of every LLM layer
+        s = model.restored_token_states(student_output, student_ids, row)
+        t = model.image_token_states(teacher_output, teacher_ids, row)
         if mode == "pooled_mse":
             losses.append((t[-1].detach().float().mean(0) - s[-1].float().mean(0)).pow(2).mean())
             continue
         thw = None if teacher_grid_thw is None else teacher_grid_thw[row]  # one image per row
-        grid_t = vit_token_grid(model, t.shape[1], thw)
+        grid_s = model.restored_token_grid(student_output, row)
+        grid_t = model.image_token_grid(teacher_output, row, t.shape[1], thw)
         losses.append(per_layer_kl(_grid_states(s, grid_s), _grid_states(t, grid_t)))
     return torch.stack(losses).mean()
 
@@ -156,7 +145,7 @@ def _drop_vit_tokens(model, input_ids, attention_mask, labels, rows, probability
 
 
 def loss_terms(
-    model: ComposedUnifiedModel,
+    model: TrainableBackbone,
     forward: Callable[..., Any],
     inputs: Mapping[str, torch.Tensor],
     generator: torch.Generator,
@@ -222,9 +211,9 @@ def loss_terms(
             teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         distill = distill_loss(
             model,
-            out.hidden_states,
+            out,
             input_ids,
-            teacher_out.hidden_states,
+            teacher_out,
             teacher["input_ids"],
             rows,
             distill_mode,

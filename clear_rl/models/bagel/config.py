@@ -218,11 +218,17 @@ class BagelConfig:
         found.update(overrides)
         return cls(**found)
 
+    def json_files(self) -> dict[str, str]:
+        """The two JSON files' names and texts (the other settings have no file, as officially)."""
+        return {
+            name: json.dumps(data, indent=2) + "\n"
+            for name, data in ((LLM_CONFIG_NAME, self.llm_json), (VIT_CONFIG_NAME, self.vit_json))
+        }
+
     def write_json(self, folder: str | os.PathLike) -> None:
-        """Write the two JSON files into `folder` (the other settings have no file, as officially)."""
-        folder = Path(folder)
-        for name, data in ((LLM_CONFIG_NAME, self.llm_json), (VIT_CONFIG_NAME, self.vit_json)):
-            (folder / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        """Write the two JSON files into `folder`."""
+        for name, text in self.json_files().items():
+            (Path(folder) / name).write_text(text, encoding="utf-8")
 
     def with_overrides(self, **overrides: Any) -> BagelConfig:
         return replace(self, **overrides)

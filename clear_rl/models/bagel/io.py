@@ -161,19 +161,32 @@ def save_bagel(
         raise ClearRLError(f"weights_name must be one of {WEIGHT_NAMES}, got {weights_name!r}")
     if any(type(m).__name__ == "Linear4bit" for m in model.modules()):
         raise ClearRLError("a 4-bit model cannot be saved in the official layout: load it in bf16 to save")
-    source = Path(getattr(model, "name_or_path", "") or "")
     with atomic_path(path, is_dir=True) as tmp:
-        model.config.write_json(tmp)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_state_dict(model).items()}
-        save_file(tensors, str(tmp / weights_name), metadata={"format": "pt"})
-        ae = vae_io.to_bfl_state_dict(model.vae.state_dict(), model.config.vae)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in ae.items()}, str(tmp / AE_NAME))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        elif source.is_dir():
-            for name in TOKENIZER_FILES:
-                if (source / name).is_file():
-                    shutil.copy2(source / name, tmp / name)
+        write_bagel_files(model, tmp, weights_name, tokenizer)
+
+
+def write_bagel_files(
+    model: BagelModel, folder: str | os.PathLike, weights_name: str = "ema.safetensors", tokenizer=None
+) -> None:
+    """The official layout's files, each written atomically into the existing `folder` (a training
+    run's output folder keeps its other files); see `save_bagel`."""
+    folder = Path(folder)
+    source = Path(getattr(model, "name_or_path", "") or "")
+    for name, text in model.config.json_files().items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_state_dict(model).items()}
+    with atomic_path(folder / weights_name) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    ae = vae_io.to_bfl_state_dict(model.vae.state_dict(), model.config.vae)
+    with atomic_path(folder / AE_NAME) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in ae.items()}, str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    elif source.is_dir() and source.resolve() != folder.resolve():
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
 
 
 def load_bagel_tokenizer(path: str | os.PathLike):

@@ -5,7 +5,8 @@ understanding path) and `LatentSegment` (a VAE latent for the generation path, c
 `pack` lays several samples out as one sequence, as BAGEL does: each image becomes a block
 `<|vision_start|> tokens <|vision_end|>` whose tokens all share one RoPE position (the next one
 advances by one), attend to each other bidirectionally, and, for a noised latent block, are hidden
-from every later token. Samples in one pack never see each other.
+from every later token (which takes the noised block's position: nothing later sees it).
+Samples in one pack never see each other.
 
 The module tree is exactly the checkpoint's (`language_model`, `vit_model`, `connector`,
 `vit_pos_embed`, `time_embedder`, `vae2llm`, `llm2vae`, `latent_pos_embed`), so
@@ -274,7 +275,9 @@ class BagelModel(nn.Module):
                     hidden.append(torch.full((total,), noised, dtype=torch.bool, device=device))
                     spans.append(Span(s, kind, start, cursor, inner, inner + n, grid))
                     block += 1
-                    position += 1
+                    # A noised block is a side branch no later token sees: the next token takes its
+                    # position, as after a velocity call at sampling time (the cache never holds it).
+                    position += 0 if noised else 1
                 else:
                     raise TypeError(f"unknown segment type {type(seg).__name__}")
                 sample_ids.append(torch.full((cursor - start,), s, device=device))

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from clear_rl.errors import ClearRLError
 from clear_rl.models.bagel.decoding import BagelDecoder, BagelRestorationContext
 from clear_rl.models.bagel.latents import unpatchify_latent
 from clear_rl.models.bagel.modeling import BagelModel, LatentSegment
 from clear_rl.models.bagel.processing import IMAGE_PLACEHOLDER, BagelProcessor, VitResize
+from clear_rl.models.bagel.trainable import BagelTrainingMixin
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS, ClearTokenIds, add_clear_tokens
 
 DEFAULT_VAE_IMAGE_SIZE = 512  # BAGEL's VAE transform keeps sides in [512, 1024]
@@ -37,10 +39,16 @@ class BagelUnifiedConfig:
     image_token_id: int = -1  # the prompt's image placeholder (`<|image_pad|>`)
     pad_token_id: int = 0
     text_vocab_size: int = 151665  # logits at and past this id are cut, the protocol tags excepted
+    model_type: str = "clear_bagel"  # what transformers, TRL and peft read off a model's config
+
+    def get_text_config(self, *args, **kwargs) -> BagelUnifiedConfig:
+        """TRL reads the text model's settings here (none of its logit scalings apply to BAGEL)."""
+        return self
 
 
-class BagelUnifiedModel(nn.Module):
-    """BAGEL (`BagelModel`) with the CLEAR tags in its tokenizer, as the protocol's backbone."""
+class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
+    """BAGEL (`BagelModel`) with the CLEAR tags in its tokenizer, as the protocol's backbone (and,
+    through `BagelTrainingMixin`, the trainers')."""
 
     decoder_class = BagelDecoder
 
@@ -81,6 +89,10 @@ class BagelUnifiedModel(nn.Module):
             text_vocab_size=before if added else min(tags),
         )
         self.tokenizer = tokenizer
+        # peft names an adapter's base by it; `load_unified` reloads that folder under the adapters
+        self.name_or_path = ""
+        # Text generation settings, which trainers such as TRL's read from the model.
+        self.generation_config = GenerationConfig(eos_token_id=cfg.im_end_id, pad_token_id=self.config.pad_token_id)
 
     # -- the protocol -------------------------------------------------------------------------
     @property
@@ -172,6 +184,7 @@ def load_bagel_unified(
     bagel = load_bagel(path, dtype=dtype, device=device, **load_kwargs)
     tokenizer = load_bagel_tokenizer(path)
     model = BagelUnifiedModel(bagel, tokenizer, vae_image_size=vae_image_size).eval()
+    model.name_or_path = str(Path(path).resolve())
     vit = bagel.config.vit_json
     largest = vit["patch_size"] * bagel.config.vit_max_num_patch_per_side
     resize = VitResize(max_size=largest, min_size=min(224, largest // 2), stride=vit["patch_size"])
