@@ -302,7 +302,9 @@ class ComposedUnifiedModel(PreTrainedModel):
     def restored_token_grid(self, output, row: int) -> tuple[int, int]:
         return self.latent_bridge.grid_size(self.latent_shape[1:])
 
-    def image_token_grid(self, output, row: int, count: int, grid_thw: torch.Tensor | None) -> tuple[int, int]:
+    def image_token_grid(
+        self, output, row: int, count: int, grid_thw: torch.Tensor | None
+    ) -> tuple[int, int]:
         """The (rows, cols) layout of one image's `count` ViT tokens in the LLM sequence."""
         from clear_rl.models.vision import vision_token_grid
 
@@ -319,12 +321,16 @@ class ComposedUnifiedModel(PreTrainedModel):
         Causality makes the hidden states up to `<image_restore>` independent of what later fills
         the slot, so zeros fill it here.
         """
-        latents = torch.zeros(inputs["input_ids"].shape[0], *self.latent_shape, device=degraded_latents.device)
+        latents = torch.zeros(
+            inputs["input_ids"].shape[0], *self.latent_shape, device=degraded_latents.device
+        )
         out = forward(
             **inputs, restored_latents=latents, output_hidden_states=True, use_cache=False, logits_to_keep=1
         )
         states = out.hidden_states[self.config.condition_layer]
-        context = self.restoration_context(inputs["input_ids"], inputs["attention_mask"], states, degraded_latents)
+        context = self.restoration_context(
+            inputs["input_ids"], inputs["attention_mask"], states, degraded_latents
+        )
         return context.select(rows)
 
     @contextlib.contextmanager

@@ -63,7 +63,9 @@ def load_unified(
 
     bagel = is_bagel_folder(folder)
     if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
-        model, processor = load_bagel_unified(folder, dtype=dtype, quantization="nf4" if load_in_4bit else None)
+        model, processor = load_bagel_unified(
+            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None
+        )
         setattr(model, ATTRIBUTE, saved_chat_settings(folder))
         return model, processor
     if bagel and not (folder / "config.json").exists():

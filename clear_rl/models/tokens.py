@@ -11,9 +11,12 @@ at their image-token positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from tokenizers import AddedToken
+
+if TYPE_CHECKING:
+    import torch
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -69,6 +72,8 @@ def add_clear_tokens(tokenizer) -> int:
 
 def up_to_last(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
     """(B, L) positions up to and including each row's last `token_id` (all, in a row without one)."""
+    import torch  # here: recipes import this module before any heavy import
+
     is_token = input_ids == token_id
     length = input_ids.shape[1]
     positions = torch.arange(length, device=input_ids.device)

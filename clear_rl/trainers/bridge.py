@@ -2,7 +2,8 @@
 
 The restored slot holds latents the head itself denoised from the degraded image (ODE sampling,
 no gradient), conditioned on the context up to `<image_restore>`. A first no-grad pass provides
-that context: causality makes it independent of what later fills the slot. Loss = CE on the
+that context (`teacher_forced_context`: the composed model's hidden states, BAGEL's KV cache):
+causality makes it independent of what later fills the slot. Loss = CE on the
 answer (the text after the slot, by default) + lambda_distill * distill, so the understanding side
 learns to read imperfect restorations. The bridge trains by default; `model.lora` adds LoRA on the
 LLM (list `latent_bridge` in `lora.modules_to_save` to train the bridge beside the adapters).

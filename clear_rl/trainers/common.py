@@ -232,7 +232,11 @@ class UnifiedCheckpointMixin:
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
-        if isinstance(model, PreTrainedModel | PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if (
+            isinstance(model, PreTrainedModel | PeftModel)
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+        ):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -369,6 +369,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                     "order is not the one InterleavedGRPOTrainer supports"
                 )
             model = self._scorer(model, rollout, logits_to_keep, compute_entropy, flow=False)
+        # A processor's extra outputs (BAGEL's VAE view) reach here with TRL's; its scoring takes its own.
+        kwargs = {k: v for k, v in kwargs.items() if k in MULTIMODAL_KEYS or k == "compute_aux_loss"}
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )

@@ -11,6 +11,8 @@
     unified.py   BagelUnifiedModel: BAGEL behind the backbone protocol (models/backbone.py), loading
     decoding.py  its interleaved-generation decoder (packed KV cache, latent-block bridge)
     processing.py  BAGEL's prompt framing and ViT image view behind the processor interface
+    training.py  padded id batches -> packed training segments (noised block, bridge block, logits map)
+    trainable.py the training forward and the trainers' protocol (models/backbone.py TrainableBackbone)
     memory.py    parameter counts and memory estimates at real size, on the meta device
 
 Names are imported on first use (PEP 562), so importing the package stays light.

@@ -128,7 +128,9 @@ class BagelProcessor(ProcessorMixin):
         `vae_image_size`, also the VAE view `latent_pixel_values` (B, 3, S, S), which the training
         forward encodes for the image's latent block. `images` may be one list per prompt (TRL's)."""
         texts = [text] if isinstance(text, str) else list(text or [])
-        images = [im for item in (images or []) for im in (item if isinstance(item, list | tuple) else [item])]
+        images = [
+            im for item in (images or []) for im in (item if isinstance(item, list | tuple) else [item])
+        ]
         encoded = self.tokenizer(texts, padding=padding, return_tensors="pt", add_special_tokens=False)
         data = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         images = list(images or [])

@@ -62,11 +62,15 @@ class BagelTrainingMixin:
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.bagel.language_model.lm_head
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        """Recompute each MoT layer in backward (non-reentrant; transformers' settings do not apply)."""
         self.bagel.gradient_checkpointing_enable(True)
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         self.bagel.gradient_checkpointing_enable(False)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the names peft and TRL call
+    gradient_checkpointing_disable = activation_checkpointing_disable
 
     @property
     def is_gradient_checkpointing(self) -> bool:
@@ -94,7 +98,9 @@ class BagelTrainingMixin:
     def _token_layout(self) -> TokenIds:
         cfg = self.bagel.config
         ids = self.token_ids
-        return TokenIds(self.config.image_token_id, ids.image_restore, ids.restored_pad, cfg.im_start_id, cfg.im_end_id)
+        return TokenIds(
+            self.config.image_token_id, ids.image_restore, ids.restored_pad, cfg.im_start_id, cfg.im_end_id
+        )
 
     # -- the training forward ---------------------------------------------------------------------
     def forward(
@@ -146,7 +152,9 @@ class BagelTrainingMixin:
         if extra:
             raise ClearRLError(f"BAGEL's training forward does not take {extra}")
         if restored_embeds is not None:
-            raise ClearRLError("readback: reencode is not available on BAGEL: its restored latent enters as a latent block")
+            raise ClearRLError(
+                "readback: reencode is not available on BAGEL: its restored latent enters as a latent block"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         degraded = self._degraded_latents(degraded_latents, latent_pixel_values)
@@ -189,10 +197,14 @@ class BagelTrainingMixin:
             raise ClearRLError(f"row {row} of a BAGEL training pass has no {kind} block to distill")
         return layout.span(row, number)
 
-    def restored_token_states(self, output: BagelTrainingOutput, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+    def restored_token_states(
+        self, output: BagelTrainingOutput, input_ids: torch.Tensor, row: int
+    ) -> torch.Tensor:
         return block_states(output.bagel_output, self._block(output, row, "restored"))
 
-    def image_token_states(self, output: BagelTrainingOutput, input_ids: torch.Tensor, row: int) -> torch.Tensor:
+    def image_token_states(
+        self, output: BagelTrainingOutput, input_ids: torch.Tensor, row: int
+    ) -> torch.Tensor:
         return block_states(output.bagel_output, self._block(output, row, "vit"))
 
     def restored_token_grid(self, output: BagelTrainingOutput, row: int) -> tuple[int, int]:
@@ -200,7 +212,9 @@ class BagelTrainingMixin:
         p = self.bagel.config.latent_patch_size
         return (h // p, w // p)
 
-    def image_token_grid(self, output: BagelTrainingOutput, row: int, count: int, grid_thw=None) -> tuple[int, int]:
+    def image_token_grid(
+        self, output: BagelTrainingOutput, row: int, count: int, grid_thw=None
+    ) -> tuple[int, int]:
         return tuple(self._block(output, row, "vit").grid)
 
     # -- stage 2 ------------------------------------------------------------------------------------

@@ -137,7 +137,9 @@ def layout_row(
                     f"a restored slot holds {slot_length} consecutive <|restored_pad|> tokens; this row's does not"
                 )
             if restored is None:
-                raise ClearRLError("input_ids hold <|restored_pad|> tokens but no restored_latents were given")
+                raise ClearRLError(
+                    "input_ids hold <|restored_pad|> tokens but no restored_latents were given"
+                )
             build.row.restored = number = build.block(LatentSegment(restored))
             for offset, q in enumerate(run[:-1]):
                 build.row.where[q] = (number, offset + 1)

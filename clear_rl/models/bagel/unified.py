@@ -92,7 +92,9 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
         # peft names an adapter's base by it; `load_unified` reloads that folder under the adapters
         self.name_or_path = ""
         # Text generation settings, which trainers such as TRL's read from the model.
-        self.generation_config = GenerationConfig(eos_token_id=cfg.im_end_id, pad_token_id=self.config.pad_token_id)
+        self.generation_config = GenerationConfig(
+            eos_token_id=cfg.im_end_id, pad_token_id=self.config.pad_token_id
+        )
 
     # -- the protocol -------------------------------------------------------------------------
     @property
