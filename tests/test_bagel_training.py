@@ -28,8 +28,9 @@ from clear_rl.models.bagel import build_tiny_bagel, load_bagel_unified
 from clear_rl.models.bagel.modeling import LatentSegment, TextSegment
 from clear_rl.models.io import load_unified
 from clear_rl.models.processing import encode_prompts
+from clear_rl.models.readback import first_placeholder
 from clear_rl.models.settings import LoraSettings
-from clear_rl.recipe import load_recipe
+from clear_rl.recipe import load_recipe, stage_module
 from clear_rl.restoration import RestorationSampling
 from clear_rl.trainers.common import unified_core
 from clear_rl.trainers.losses import loss_terms
@@ -88,16 +89,21 @@ def test_bagel_is_a_trainable_backbone(bagel):
     assert isinstance(bagel[0], TrainableBackbone)
 
 
-def test_the_training_pass_scores_a_rollout_as_generation_did(bagel):
+@pytest.mark.parametrize("view", ["keep", "drop"])
+def test_the_training_pass_scores_a_rollout_as_generation_did(bagel, view):
     """Prompt + completion (tag, slot, text after it) in one packed pass: each written token's
-    log-prob equals the rollout's, so the bridge block and the implied turn markers line up."""
+    log-prob equals the rollout's, so the bridge block and the implied turn markers line up (and,
+    under `degraded_view: drop`, the degraded view is hidden from the same tokens)."""
     model, processor = bagel
     boost = torch.zeros(model.bagel.language_model.lm_head.out_features)
     boost[model.token_ids.image_restore] = 50.0  # the model writes the tag first
     model.bagel.language_model.lm_head.register_forward_hook(lambda module, args, out: out + boost)
     images, questions = make_images(2, 40, seed=1), ["What is shown?", "Describe the image."]
     config = InterleavedGenerationConfig(
-        max_new_tokens=5, do_sample=False, restoration=RestorationSampling(steps=2, sampler="sde")
+        max_new_tokens=5,
+        do_sample=False,
+        degraded_view=view,
+        restoration=RestorationSampling(steps=2, sampler="sde"),
     )
     answered = answer_batch(
         model, processor, images, questions, config, generator=torch.Generator().manual_seed(0)
@@ -108,10 +114,13 @@ def test_the_training_pass_scores_a_rollout_as_generation_did(bagel):
     ids = torch.cat([answered.prompt_ids, out.completion_ids], 1)
     mask = torch.cat([answered.prompt_mask, out.completion_mask.long()], 1)
     keep = out.completion_ids.shape[1]
+    masks = {"attention_mask": mask}
+    if view == "drop":
+        masks = model.hidden_view_inputs(ids, mask, first_placeholder(ids, model.token_ids.restored_pad))
     with torch.no_grad():
         logits = model(
             input_ids=ids,
-            attention_mask=mask,
+            **masks,
             pixel_values=prompt["pixel_values"],
             image_sizes=prompt["image_sizes"],
             restored_latents=out.restored_latents,
@@ -258,7 +267,7 @@ def test_training_refuses_what_bagel_cannot_train_with_a_clear_error(bagel):
     model, processor = bagel
     batch = _batch(model, processor)
     four_d = batch["attention_mask"][:, None, None, :].expand(-1, 1, batch["input_ids"].shape[1], -1)
-    with pytest.raises(ClearRLError, match="degraded_view: drop"):
+    with pytest.raises(ClearRLError, match="hide_view_from"):
         model(
             input_ids=batch["input_ids"], attention_mask=four_d, latent_pixel_values=batch["vae_pixel_values"]
         )
@@ -354,17 +363,44 @@ def test_grpo_step_runs_flow_grpo_on_the_generation_expert(tmp_path, folder, dat
     assert logged["stage"] == "grpo"
 
 
-def test_grpo_with_a_kl_to_the_adapter_free_reference_runs(tmp_path, folder, data):
+def test_grpo_with_a_kl_to_the_adapter_free_reference_and_a_dropped_view_runs(tmp_path, folder, data):
     out = tmp_path / "grpo-kl"
     lora = {"r": 2, "alpha": 4, "llm_target_modules": BOTH_EXPERTS, "head_target_modules": []}
     recipe = _recipe(
         tmp_path, "grpo", {"path": str(folder), "lora": lora},
         {"output_dir": str(out), "max_steps": 1, "per_device_train_batch_size": 2, "num_generations": 2,
          "max_completion_length": 4, "restoration_steps": 2, "restore_policy": "always", "beta": 0.04,
-         "activation_checkpointing": False},
+         "degraded_view": "drop", "activation_checkpointing": False},
         data, rewards=[{"path": f"{_reward_file(tmp_path)}:by_position", "weight": 1.0}],
     )  # fmt: skip
     assert _train(recipe) == 0 and (out / "adapter_config.json").exists()
+
+
+def test_full_fine_tune_grpo_with_a_kl_is_refused_with_a_clear_error(tmp_path, folder, data):
+    recipe = _recipe(
+        tmp_path, "grpo", {"path": str(folder)},
+        {"output_dir": str(tmp_path / "o"), "max_steps": 1, "per_device_train_batch_size": 2,
+         "num_generations": 2, "beta": 0.04},
+        data, rewards=[{"name": "format", "weight": 1.0}],
+    )  # fmt: skip
+    with pytest.raises(ClearRLError, match="train through model.lora, or set beta: 0"):
+        stage_module("grpo").train(load_recipe(recipe))
+
+
+def test_adapter_checkpoints_resume_and_full_ones_are_refused(tmp_path, folder, data):
+    lora = {"r": 2, "alpha": 4, "llm_target_modules": BOTH_EXPERTS, "head_target_modules": []}
+    for name, model in (("lora", {"lora": lora}), ("full", {"trainable_parts": ["head"]})):
+        out = tmp_path / name
+        training = {"output_dir": str(out), "per_device_train_batch_size": 2, "activation_checkpointing": False,
+                    "save_strategy": "steps", "save_steps": 1}  # fmt: skip
+        recipe = _recipe(tmp_path, "sft", {"path": str(folder), **model}, {**training, "max_steps": 1}, data)
+        assert _train(recipe) == 0 and (out / "checkpoint-1").is_dir()
+        resume = [f"training.resume_from_checkpoint={out / 'checkpoint-1'}", "training.max_steps=2"]
+        if name == "lora":
+            assert _train(recipe, *resume) == 0 and (out / "checkpoint-2" / "adapter_config.json").exists()
+        else:
+            with pytest.raises(ClearRLError, match="resuming full fine-tuning of BAGEL"):
+                stage_module("sft").train(load_recipe(recipe, resume))
 
 
 def test_a_trained_folder_is_evaluated_by_clear_rl_eval(tmp_path, folder, data):

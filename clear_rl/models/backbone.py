@@ -125,6 +125,13 @@ class TrainableBackbone(UnifiedBackbone, Protocol):
         """Module-name regexes where LoRA's `llm_target_modules` / `head_target_modules` are looked for."""
         ...
 
+    def hidden_view_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hide_from: torch.Tensor
+    ) -> dict:
+        """The forward's mask inputs hiding each row's degraded view from position `hide_from` (B,) on
+        (`degraded_view: drop`), as the rollout's decoder hid it."""
+        ...
+
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) positions standing for the prompt image's ViT view (hidden by ViT-token dropout)."""
         ...

@@ -277,6 +277,14 @@ class ComposedUnifiedModel(PreTrainedModel):
         return input_ids == self.config.restored_pad_token_id
 
     # -- training (models/backbone.py's TrainableBackbone) -------------------------------------
+    def hidden_view_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hide_from: torch.Tensor
+    ) -> dict:
+        """The forward's inputs hiding each row's image tokens from position `hide_from` on: a 4D mask."""
+        from clear_rl.models.readback import view_mask
+
+        return {"attention_mask": view_mask(self, input_ids, attention_mask, hide_from)}
+
     def part_patterns(self) -> dict[str, list[str]]:
         """Each trainable part's parameter-name patterns (models/parts.py)."""
         from clear_rl.models.parts import composed_part_patterns

@@ -37,17 +37,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_adapter
 
 from clear_rl.answering import answer_batch
-from clear_rl.data.prompts import format_question, row_options
+from clear_rl.data.grpo_prompts import prompt_image, to_grpo_dataset
 from clear_rl.data.samples import GRPO_COLUMNS
+from clear_rl.errors import ClearRLError
 from clear_rl.flow import sde_step, step_mean_kl
 from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.models.processing import vae_pixel_values
-from clear_rl.models.readback import first_placeholder, view_mask
+from clear_rl.models.readback import first_placeholder
 from clear_rl.recipe import Recipe
 from clear_rl.seeds import generator_for
 from clear_rl.trainers.common import (
@@ -146,13 +149,14 @@ class _RolloutScorer:
         flow = {}
         if self.flow and restoring:
             flow = {"flow_latents": part.x_t, "flow_timesteps": part.t, "flow_rows": part.restored}
+        masks = {"attention_mask": attention_mask}
         if self.drop_view and restoring:
             unified = unified_core(self.model)
             hide_from = first_placeholder(input_ids, unified.token_ids.restored_pad)
-            attention_mask = view_mask(unified, input_ids, attention_mask, hide_from)
+            masks = unified.hidden_view_inputs(input_ids, attention_mask, hide_from)
         outputs = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            **masks,
             restored_latents=part.restored_latents,
             restored_embeds=part.restored_embeds,
             degraded_latents=part.degraded_latents,  # the head's condition (BAGEL: the prompt's VAE block)
@@ -203,6 +207,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
     def __init__(
         self, model, reward_funcs, args: InterleavedGRPOConfig, train_dataset, processing_class, **kwargs
     ):
+        if args.beta != 0.0 and not isinstance(model, PreTrainedModel | PeftModel):
+            raise ClearRLError(  # TRL rebuilds a full fine-tune's reference with transformers' Auto classes
+                f"training.beta {args.beta} needs a reference model, which TRL builds only for a transformers "
+                f"model or LoRA adapters, not {type(model).__name__}: train through model.lora, or set beta: 0"
+            )
         # `rollout_func` is TRL's documented hook for custom generation; its experimental warning is
         # about TRL's API, which this class pins, not about anything a user does.
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -539,38 +548,6 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         metrics["flow/ratio_mean"].append((totals[2] / denominator).item() if totals[4] > 0 else 1.0)
         if kl is not None:
             metrics["flow/kl"].append((totals[3] / denominator).item())
-
-
-def prompt_image(prompt: list[dict]):
-    """The image TRL inserted into a conversational prompt (`{"type": "image", "image": ...}`)."""
-    images = [
-        block["image"]
-        for message in prompt
-        if isinstance(message.get("content"), list)
-        for block in message["content"]
-        if block.get("type") == "image" and block.get("image") is not None
-    ]
-    if len(images) != 1:
-        raise ValueError(
-            f"a GRPO prompt carries one image (the dataset's `image`), this one has {len(images)}"
-        )
-    return images[0]
-
-
-def to_grpo_dataset(prepared, system_prompt: str | None):
-    """Prepared rows -> TRL's conversational prompts (the image is inserted by TRL from `image`).
-
-    The prompts are added as an in-memory column: `Dataset.map` would write `cache-*.arrow` files
-    into the prepared dataset's own folder.
-    """
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    options = [c for c in prepared.column_names if c == "options" or (len(c) == 1 and c.isupper())]
-    text = prepared.select_columns(["question", *options])
-    prompts = [
-        [*system, {"role": "user", "content": format_question(row["question"], row_options(row))}]
-        for row in text
-    ]
-    return prepared.add_column("prompt", prompts)
 
 
 def train(recipe: Recipe, callbacks=()) -> InterleavedGRPOTrainer:

@@ -346,16 +346,18 @@ class BagelModel(nn.Module):
         cache: BagelCache | None = None,
         update_cache: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> BagelOutput:
         """Run the MoT over `samples` (or an already packed sequence).
 
         With `cache`, the new tokens attend to the cached prefix (what it lets them see);
         `update_cache=True` appends their keys and values (a new cache is made if none is given).
+        `attention_mask` replaces the packed sequence's own (`PackedSequence.attention_mask`).
         """
         packed = samples if isinstance(samples, PackedSequence) else self.pack(samples, cache)
         if update_cache and cache is None:
             cache = BagelCache.empty(self.config.num_layers, packed.next_positions.shape[0], self.device)
-        mask = packed.attention_mask(cache)
+        mask = packed.attention_mask(cache) if attention_mask is None else attention_mask
         routing = Routing.from_mask(packed.is_gen)
         hidden, states = self.language_model.model(
             self.embed(packed),

@@ -27,6 +27,7 @@ from clear_rl.models.bagel.training import (
     TokenIds,
     block_states,
     gather_positions,
+    hidden_view_mask,
     layout_batch,
     noised_velocities,
 )
@@ -116,6 +117,7 @@ class BagelTrainingMixin:
         flow_timesteps: torch.Tensor | None = None,
         flow_rows: torch.Tensor | None = None,
         degraded_latents: torch.Tensor | None = None,
+        hide_view_from: torch.Tensor | None = None,
         clear_step: Callable[..., Any] | None = None,
         output_hidden_states: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
@@ -125,7 +127,8 @@ class BagelTrainingMixin:
         """One packed teacher-forced pass over a padded id batch (see the module docstring).
 
         The prompt image's VAE block comes from `degraded_latents`, else from encoding
-        `latent_pixel_values` (the processor's VAE view; the VAE is frozen).
+        `latent_pixel_values` (the processor's VAE view; the VAE is frozen). `hide_view_from` (B,)
+        hides each row's degraded view from that id position's block on (`hidden_view_inputs`).
         """
         if clear_step is not None:
             named = {
@@ -140,6 +143,7 @@ class BagelTrainingMixin:
                 "flow_timesteps": flow_timesteps,
                 "flow_rows": flow_rows,
                 "degraded_latents": degraded_latents,
+                "hide_view_from": hide_view_from,
             }
             batch = {k: v for k, v in named.items() if v is not None}
             if output_hidden_states:
@@ -166,7 +170,8 @@ class BagelTrainingMixin:
             input_ids, attention_mask, self._token_layout(), degraded, pixel_values, image_sizes,
             restored_latents, flow, self.num_restored_tokens, self.bagel.pack,
         )  # fmt: skip
-        output = self.bagel.forward(packed, output_hidden_states=output_hidden_states)
+        mask = None if hide_view_from is None else hidden_view_mask(packed, layout, hide_view_from)
+        output = self.bagel.forward(packed, output_hidden_states=output_hidden_states, attention_mask=mask)
         index = gather_positions(layout, logits_to_keep)
         logits = self.bagel.language_model.lm_head(output.last_hidden_state[index])
         velocity = None if flow is None else noised_velocities(self.bagel, output, layout, flow_latents)
@@ -188,6 +193,12 @@ class BagelTrainingMixin:
             )
         with torch.no_grad():
             return self.encode_latents(pixels).float()
+
+    def hidden_view_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hide_from: torch.Tensor
+    ) -> dict:
+        """The forward's inputs hiding each row's degraded view from id position `hide_from` on."""
+        return {"attention_mask": attention_mask, "hide_view_from": hide_from}
 
     # -- distill ------------------------------------------------------------------------------------
     def _block(self, output: BagelTrainingOutput, row: int, kind: str):

@@ -37,6 +37,7 @@ class RowLayout:
     segments: list[Segment] = field(default_factory=list)
     where: dict[int, tuple[int, int]] = field(default_factory=dict)
     vit: int | None = None  # segment number of the prompt image's ViT block
+    image: list[int] = field(default_factory=list)  # ... of its blocks (VAE and ViT): the degraded view
     restored: int | None = None  # ... of the bridge block
     noised: list[int] = field(default_factory=list)  # ... of the noised blocks, in step order
 
@@ -116,10 +117,10 @@ def layout_row(
         token = tokens[p]
         if token == token_ids.image_pad:
             after_image = True
-            build.block(LatentSegment(degraded))
-            last = len(build.row.segments) - 1
+            build.row.image.append(last := build.block(LatentSegment(degraded)))
             if bool(visible[p]) and vit_pixels is not None:
                 build.row.vit = last = build.block(VitSegment(vit_pixels))
+                build.row.image.append(last)
             build.row.where[p] = (last, -1)  # the block's closing marker
         elif token == token_ids.image_restore and after_image:
             build.token(token, p)
@@ -171,8 +172,8 @@ def layout_batch(
     """Every row's layout and the packed sequence (`pack` is `BagelModel.pack`)."""
     if attention_mask.dim() != 2:
         raise ClearRLError(
-            "BAGEL's training pass takes a (batch, length) attention mask; per-query masks (degraded_view: "
-            "drop) are not available for training on BAGEL"
+            "BAGEL's training pass takes a (batch, length) attention mask, not a per-query one: hide the "
+            "degraded view with `hidden_view_inputs` (hide_view_from)"
         )
     visible = attention_mask.bool()
     keep = visible | (input_ids == token_ids.image_pad)  # a hidden placeholder still stands for its VAE block
@@ -240,3 +241,22 @@ def noised_velocities(
 def block_states(output: BagelOutput, span: Span) -> torch.Tensor:
     """(layers, tokens, D) a block's hidden states at every layer's output (embeddings left out)."""
     return torch.stack([h[span.inner_start : span.inner_end] for h in output.hidden_states[1:]])
+
+
+def hidden_view_mask(packed, layout: BatchLayout, hide_from: torch.Tensor) -> torch.Tensor:
+    """The packed attention mask with each row's degraded view (its prompt image blocks) hidden from
+    the block holding id position `hide_from[b]` on (its restored slot), as `BagelDecoder` hides it
+    under `degraded_view="drop"`; a row whose `hide_from` is past its ids hides nothing."""
+    mask = packed.attention_mask()
+    for b, row in enumerate(layout.rows):
+        position = int(hide_from[b])
+        if position >= layout.index.shape[1] or int(layout.index[b, position]) < 0:
+            continue
+        start = next(
+            span.start for span in layout.spans[b] if span.start <= layout.index[b, position] < span.end
+        )
+        end = layout.spans[b][-1].end
+        for number in row.image:
+            span = layout.spans[b][number]
+            mask[start:end, span.start : span.end] = False
+    return mask
