@@ -9,6 +9,7 @@ every stage end to end through `clear-rl train`, its saved folder through `load_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -313,9 +314,13 @@ def test_lora_sft_then_bridge_train_adapters_and_eval_reads_them(tmp_path, folde
     )
     assert _train(sft) == 0
     tensors = _adapter_tensors(sft_out)
+    assert all("lora_" in k or "trainable_tokens" in k for k in tensors)  # only adapters were trained
     for name in ("self_attn.q_proj.lora_B", "self_attn.q_proj_moe_gen.lora_B"):
         assert any(name in k and v.abs().sum() > 0 for k, v in tensors.items()), name  # B starts at zero
     assert not (sft_out / "base").exists()  # the BAGEL folder itself is the adapters' base
+    assert json.loads((sft_out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        folder.resolve()
+    )
     bridge = _recipe(
         tmp_path, "bridge", {"path": str(sft_out)},
         {**training, "output_dir": str(bridge_out), "restoration_steps": 2}, data,
@@ -420,6 +425,21 @@ def test_a_trained_folder_is_evaluated_by_clear_rl_eval(tmp_path, folder, data):
          "--max-new-tokens", "3", "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "eval")]
     )  # fmt: skip
     assert code == 0 and (tmp_path / "eval" / "scores.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_runs_the_bagel_grpo_recipe(tmp_path, folder, data):
+    from tests.test_accelerate_launch import _launch
+
+    out = tmp_path / "grpo"
+    logs = _launch(
+        tmp_path, "recipes/bagel_7b_mot/grpo-lora.yaml", f"model.path={folder}", f"data.path={data}",
+        f"training.output_dir={out}", "training.max_steps=1", "training.gradient_accumulation_steps=1",
+        "training.per_device_train_batch_size=2", "training.num_generations=2", "training.max_completion_length=4",
+        "training.restoration_steps=2", "training.restore_policy=always", "training.report_to=none",
+        "training.save_strategy=no", "training.logging_steps=1",
+    )  # fmt: skip
+    assert "'flow/loss'" in logs and (out / "adapter_config.json").exists()
 
 
 # -- the recipes ------------------------------------------------------------------------------------
