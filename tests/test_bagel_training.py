@@ -392,20 +392,24 @@ def test_full_fine_tune_grpo_with_a_kl_is_refused_with_a_clear_error(tmp_path, f
         stage_module("grpo").train(load_recipe(recipe))
 
 
-def test_adapter_checkpoints_resume_and_full_ones_are_refused(tmp_path, folder, data):
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_resuming_from_a_checkpoint_reaches_the_uninterrupted_weights(tmp_path, folder, data, kind):
     lora = {"r": 2, "alpha": 4, "llm_target_modules": BOTH_EXPERTS, "head_target_modules": []}
-    for name, model in (("lora", {"lora": lora}), ("full", {"trainable_parts": ["head"]})):
-        out = tmp_path / name
-        training = {"output_dir": str(out), "per_device_train_batch_size": 2, "activation_checkpointing": False,
-                    "save_strategy": "steps", "save_steps": 1}  # fmt: skip
-        recipe = _recipe(tmp_path, "sft", {"path": str(folder), **model}, {**training, "max_steps": 1}, data)
-        assert _train(recipe) == 0 and (out / "checkpoint-1").is_dir()
-        resume = [f"training.resume_from_checkpoint={out / 'checkpoint-1'}", "training.max_steps=2"]
-        if name == "lora":
-            assert _train(recipe, *resume) == 0 and (out / "checkpoint-2" / "adapter_config.json").exists()
-        else:
-            with pytest.raises(ClearRLError, match="resuming full fine-tuning of BAGEL"):
-                stage_module("sft").train(load_recipe(recipe, resume))
+    model = {"lora": lora} if kind == "lora" else {"trainable_parts": ["head", "bridge"]}
+    training = {"per_device_train_batch_size": 2, "activation_checkpointing": False, "learning_rate": 1e-2,
+                "lr_scheduler_type": "constant",  # the stopped run has max_steps 1: the same schedule
+                "save_strategy": "steps", "save_steps": 1, "max_steps": 2}  # fmt: skip
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    recipe = _recipe(
+        tmp_path, "sft", {"path": str(folder), **model}, {**training, "output_dir": str(whole)}, data
+    )
+    assert _train(recipe) == 0
+    assert _train(recipe, f"training.output_dir={parts}", "training.max_steps=1") == 0
+    resume = [f"training.output_dir={parts}", f"training.resume_from_checkpoint={parts / 'checkpoint-1'}"]
+    assert _train(recipe, *resume) == 0
+    expected = dict(unified_core(load_unified(whole)[0]).named_parameters())
+    for name, param in unified_core(load_unified(parts)[0]).named_parameters():
+        torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_trained_folder_is_evaluated_by_clear_rl_eval(tmp_path, folder, data):

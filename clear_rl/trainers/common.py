@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
 
 from clear_rl.data.disk import check_saved_split
 from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
@@ -16,7 +18,6 @@ from clear_rl.errors import ClearRLError, DataError
 from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.backbone import TrainableBackbone
-from clear_rl.models.bagel.unified import is_bagel_folder
 from clear_rl.models.io import is_model_folder, load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 from clear_rl.trainers.arguments import AutoPrecisionArguments
@@ -227,8 +228,6 @@ class UnifiedCheckpointMixin:
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Trainer's save, but a unified model that is no `PreTrainedModel` (BAGEL) writes its own
         layout (`save_pretrained`) rather than Trainer's bare state dict."""
-        from peft import PeftModel
-        from transformers import PreTrainedModel
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
@@ -248,11 +247,10 @@ class UnifiedCheckpointMixin:
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model
         folder = Path(resume_from_checkpoint)
-        if is_bagel_folder(folder) and not (folder / "adapter_config.json").exists():
-            raise ClearRLError(
-                f"resuming full fine-tuning of BAGEL from {folder} is not supported: train it through "
-                "model.lora (adapter checkpoints resume), or start a new run with model.path set to it"
-            )
+        own = self.accelerator.unwrap_model(model)
+        if not isinstance(own, PreTrainedModel | PeftModel) and hasattr(own, "load_saved_weights"):
+            own.load_saved_weights(folder)  # what `_save` wrote in the model's own layout (BAGEL's)
+            return
         full = (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
         if (
             not (isinstance(model, ComposedUnifiedModel) and full)

@@ -254,3 +254,10 @@ class BagelTrainingMixin:
             raise ClearRLError("a 4-bit BAGEL trains through LoRA adapters only; its base cannot be saved")
         Path(path).mkdir(parents=True, exist_ok=True)
         write_bagel_files(self.bagel, path, TRAINED_WEIGHTS_NAME, self.tokenizer)
+
+    def load_saved_weights(self, path: str | os.PathLike) -> None:
+        """Put the weights `save_pretrained` wrote into this model (resuming a full fine-tune)."""
+        from clear_rl.models.bagel.io import load_bagel
+
+        saved = load_bagel(path, dtype=self.dtype, device="cpu", weights_name=TRAINED_WEIGHTS_NAME)
+        self.bagel.load_state_dict(saved.state_dict())
