@@ -45,6 +45,10 @@ def with_training(**values) -> dict:
         ("demo/base_head.yaml", "sft", ClearSFTConfig),
         ("demo/grpo.yaml", "grpo", InterleavedGRPOConfig),
         ("qwen2_5_vl_3b/grpo-qlora.yaml", "grpo", InterleavedGRPOConfig),
+        ("bagel_7b_mot/sft-lora.yaml", "sft", ClearSFTConfig),
+        ("bagel_7b_mot/bridge-lora.yaml", "bridge", BridgeConfig),
+        ("bagel_7b_mot/grpo-lora.yaml", "grpo", InterleavedGRPOConfig),
+        ("bagel_7b_mot/grpo-qlora-24gb.yaml", "grpo", InterleavedGRPOConfig),
     ],
 )
 def test_shipped_recipes_validate(name, stage, config_class):
@@ -54,7 +58,7 @@ def test_shipped_recipes_validate(name, stage, config_class):
 
 
 def test_grpo_recipes_declare_the_four_rewards_with_paper_weights():
-    for name in ("demo/grpo.yaml", "qwen2_5_vl_3b/grpo-qlora.yaml"):
+    for name in ("demo/grpo.yaml", "qwen2_5_vl_3b/grpo-qlora.yaml", "bagel_7b_mot/grpo-lora.yaml"):
         recipe = load_recipe(RECIPES / name)
         weights = {spec.name: spec.weight for spec in recipe.rewards}
         assert weights == {"accuracy": 0.75, "format": 0.10, "decision": 0.15, "latent_quality": 0.0}
@@ -208,7 +212,7 @@ def test_one_restoration_sampling_spelling_in_every_stage(tmp_path):
 
 def test_shipped_recipes_use_no_deprecated_key():
     # TRL defaults `gradient_checkpointing` to True, which transformers 5 warns about on every run.
-    for path in sorted(RECIPES.glob("[dq]*/*.yaml")):
+    for path in sorted(RECIPES.glob("[bdq]*/*.yaml")):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             recipe = load_recipe(path)
