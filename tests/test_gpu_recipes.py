@@ -1,4 +1,4 @@
-"""The shipped Qwen2.5-VL recipes on a CUDA GPU: a 4-bit base with LoRA through all three stages.
+"""The shipped Qwen2.5-VL recipes (and the BAGEL QLoRA one) on a CUDA GPU: a 4-bit base with LoRA.
 
 The recipes run as written, only their paths, sizes and step counts overridden, on a tiny VLM and
 VAE saved to folders the way a downloaded Qwen2.5-VL and FLUX VAE sit on disk. Skipped where CUDA
@@ -98,3 +98,26 @@ def test_qwen_recipes_train_a_4bit_base_with_lora_through_every_stage(tmp_path):
             module = loaded.get_base_model().get_submodule(part)
             assert len({p.dtype for p in module.parameters()}) == 1, f"{name}: {part} has mixed dtypes"
     print("GPU_RECIPE_STATS " + json.dumps(stats))
+
+
+def test_the_bagel_qlora_recipe_trains_adapters_on_a_4bit_tiny_bagel(tmp_path):
+    """recipes/bagel_7b_mot/grpo-qlora-24gb.yaml as written but for paths and sizes: an NF4 base
+    (both experts quantised) under LoRA adapters that train and save, restoring in every rollout."""
+    import bitsandbytes as bnb
+
+    from clear_rl.models.bagel import build_tiny_bagel
+
+    folder, data, out = tmp_path / "tiny-bagel", tmp_path / "prepared", tmp_path / "grpo"
+    build_tiny_bagel(folder, seed=0)
+    datasets.DatasetDict({"train": prepared_dataset(8)}).save_to_disk(str(data))
+    recipe = RECIPES.parent / "bagel_7b_mot" / "grpo-qlora-24gb.yaml"
+    overrides = [
+        f"model.path={folder}", f"data.path={data}", f"training.output_dir={out}", "training.max_steps=2",
+        "training.max_completion_length=8", "training.restoration_steps=2", "training.restore_policy=always",
+        "training.report_to=none", "training.save_strategy=no",
+    ]  # fmt: skip
+    loaded = load_recipe(recipe, overrides)
+    stage_module("grpo").train(loaded)
+    model, _ = load_unified(out, load_in_4bit=True)
+    assert [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert any("q_proj_moe_gen.lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())

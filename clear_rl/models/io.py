@@ -2,7 +2,8 @@
 
 A folder is either a full model (`config.json` with model_type `clear_composed`,
 `model.safetensors`), a peft adapter folder (`adapter_config.json`) whose
-`base_model_name_or_path` is a full model folder, or an official-layout BAGEL / CLEAR folder
+`base_model_name_or_path` is a full model folder (a BAGEL one too: its processor is then the
+base's), or an official-layout BAGEL / CLEAR folder
 (`llm_config.json`, `vit_config.json`, `ema.safetensors` or `model.safetensors`, `ae.safetensors`),
 which loads as the `bagel` backbone (`backbone="auto"` tells them apart). Both load with `load_unified`, which also reads
 the chat the model was trained with (the system prompt in the `clear_rl_recipe.yaml` its training
