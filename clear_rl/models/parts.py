@@ -35,7 +35,8 @@ BAGEL_PART_PATTERNS = {
 BAGEL_LORA_SCOPES = {"llm": r"bagel\.language_model", "head": r"bagel\.language_model"}
 
 
-def _path_of(model: nn.Module, target: nn.Module | None) -> str | None:
+def path_of(model: nn.Module, target: nn.Module | None) -> str | None:
+    """The module path of `target` inside `model` (by identity), or None."""
     if target is None:
         return None
     return next((name for name, module in model.named_modules() if module is target), None)
@@ -55,9 +56,9 @@ def composed_part_paths(model) -> dict[str, list[str]]:
     vlm = model.vlm
     decoder = vlm.get_decoder() if hasattr(vlm, "get_decoder") else None
     paths = {
-        "llm": [_path_of(model, decoder), _path_of(model, vlm.get_output_embeddings())],
-        "vit": [_path_of(model, _find_attr(vlm, _VISION_ATTRS))],
-        "projector": [_path_of(model, _find_attr(vlm, _PROJECTOR_ATTRS))],
+        "llm": [path_of(model, decoder), path_of(model, vlm.get_output_embeddings())],
+        "vit": [path_of(model, _find_attr(vlm, _VISION_ATTRS))],
+        "projector": [path_of(model, _find_attr(vlm, _PROJECTOR_ATTRS))],
         "head": ["restoration_head"],
         "bridge": ["latent_bridge"],
         "vae": ["vae"],
@@ -72,8 +73,3 @@ def composed_part_patterns(model) -> dict[str, list[str]]:
 def composed_lora_scopes(model) -> dict[str, str]:
     llm = composed_part_paths(model)["llm"][:1]
     return {**({"llm": re.escape(llm[0])} if llm else {}), "head": "restoration_head"}
-
-
-def path_of(model: nn.Module, target: nn.Module | None) -> str | None:
-    """The module path of `target` inside `model` (by identity), or None."""
-    return _path_of(model, target)
