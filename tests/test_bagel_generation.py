@@ -145,7 +145,7 @@ def test_reencode_reads_the_decoded_restoration_back_as_a_vit_block(bagel):
 def test_reencode_on_bagel_needs_its_processor(bagel):
     model, _ = bagel
     ids = torch.tensor([[model.config.image_token_id]])
-    vit = {"vit_pixel_values": torch.zeros(1, 3, 8, 8), "vit_sizes": torch.tensor([[8, 8]])}
+    vit = {"pixel_values": torch.zeros(1, 3, 8, 8), "image_sizes": torch.tensor([[8, 8]])}
     with pytest.raises(ValueError, match="BagelProcessor"):
         model.decoder_class(model, ids, vit, None, None, InterleavedGenerationConfig(readback="reencode"))
 

@@ -392,6 +392,22 @@ def test_full_fine_tune_grpo_with_a_kl_is_refused_with_a_clear_error(tmp_path, f
         stage_module("grpo").train(load_recipe(recipe))
 
 
+def test_grpo_with_the_reencode_readback_is_refused_before_any_rollout(tmp_path, folder, data):
+    # Eval re-encodes restorations as ViT blocks; the training pass would lay them out as latent
+    # blocks, scoring tokens the rollout did not see: refused at the trainer's start instead.
+    recipe = _recipe(
+        tmp_path, "grpo", {"path": str(folder)},
+        {"output_dir": str(tmp_path / "o"), "max_steps": 1, "per_device_train_batch_size": 2,
+         "num_generations": 2, "readback": "reencode"},
+        data, rewards=[{"name": "format", "weight": 1.0}],
+    )  # fmt: skip
+    with pytest.raises(
+        ClearRLError, match="training.readback 'reencode' cannot be trained on BagelUnifiedModel"
+    ):
+        stage_module("grpo").train(load_recipe(recipe))
+    assert not (tmp_path / "o" / "checkpoint-1").exists()
+
+
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_resuming_from_a_checkpoint_reaches_the_uninterrupted_weights(tmp_path, folder, data, kind):
     lora = {"r": 2, "alpha": 4, "llm_target_modules": BOTH_EXPERTS, "head_target_modules": []}

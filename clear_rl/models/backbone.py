@@ -117,6 +117,9 @@ class TrainableBackbone(UnifiedBackbone, Protocol):
     forward, batch)` runs a whole training step inside one call of the wrapped model.
     """
 
+    # Readbacks the training forward can replay: a rollout's slot must be laid out again as it was.
+    training_readbacks: tuple[str, ...]
+
     def part_patterns(self) -> dict[str, list[str]]:
         """Regexes (matched at the start of parameter names) of each part in settings.PARTS."""
         ...

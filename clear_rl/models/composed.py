@@ -115,6 +115,7 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    training_readbacks: tuple[str, ...] = ("bridge", "reencode")  # reencode replays restored_embeds
 
     @property
     def decoder_class(self) -> type:

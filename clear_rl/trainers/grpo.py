@@ -225,6 +225,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             **kwargs,
         )
         unified = self._unified_model()
+        if args.readback not in unified.training_readbacks:
+            raise ClearRLError(
+                f"training.readback {args.readback!r} cannot be trained on {type(unified).__name__}: its "
+                f"training pass replays {list(unified.training_readbacks)}"
+            )
         if unified.token_ids.answer_end not in self.eos_token_ids:
             self.eos_token_ids.append(unified.token_ids.answer_end)  # `</answer>` ends a completion too
         self._schedule = args.restoration_sampling.schedule(unified)

@@ -52,6 +52,10 @@ class BagelTrainingOutput(ModelOutput):
 class BagelTrainingMixin:
     """The training forward and the `TrainableBackbone` methods of `BagelUnifiedModel`."""
 
+    # Generation can re-encode a restoration as a ViT block (eval's baseline); the training pass lays
+    # every slot out as a latent block, so GRPO replays only the bridge.
+    training_readbacks: tuple[str, ...] = ("bridge",)
+
     # -- what peft, transformers and TRL read off a model ---------------------------------------
     def add_model_tags(self, tags: list[str]) -> None:
         """Trainers tag the models they train (a model card's tags; BAGEL's layout has no card)."""
