@@ -201,3 +201,17 @@ def test_gallery_draws_three_panels_per_chosen_row(tmp_path):
     files = write_galleries(rows, tmp_path, per_corruption=2)
     with Image.open(files["gallery_M_always.png"]) as png:
         assert png.format == "PNG" and png.height > png.width
+
+
+def test_captions_show_control_characters_a_model_wrote_as_replacement_marks():
+    from clear_rl.eval.gallery import _caption
+
+    row = pd.Series(
+        {"level": "high", "corruption": NOISE, "question": "What\x07 shape?", "answer": "A",
+         "prediction": "<answer>A\x17</answer>", "hit": 1.0, "restored": False}
+    )  # fmt: skip
+    caption = _caption(row)
+    assert "\x17" not in caption and "\x07" not in caption
+    assert (
+        "model: A\N{REPLACEMENT CHARACTER}" in caption and "What\N{REPLACEMENT CHARACTER} shape?" in caption
+    )

@@ -78,9 +78,16 @@ def select_examples(rows: pd.DataFrame, per_corruption: int) -> pd.DataFrame:
     return chosen.drop(columns=["_restored", "_level", "_order", "_corruption"])
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters (a model may write any byte) shown as U+FFFD, which the
+    figure's font has, instead of a missing glyph."""
+    return "".join(c if c.isprintable() or c.isspace() else "\N{REPLACEMENT CHARACTER}" for c in text)
+
+
 def _caption(row: pd.Series, width: int = 90) -> str:
-    question = " ".join(str(row.get("question", "")).split())
-    answer = extract_answer_block(str(row.get("prediction", ""))) or str(row.get("prediction", ""))
+    question = " ".join(_printable(str(row.get("question", ""))).split())
+    prediction = _printable(str(row.get("prediction", "")))
+    answer = extract_answer_block(prediction) or prediction
     restored = bool(as_bool(pd.Series([row.get("restored", False)])).iloc[0])
     hit = float(row.get("hit", 0.0))
     lines = [

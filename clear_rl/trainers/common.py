@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import datasets
@@ -231,6 +232,13 @@ class UnifiedCheckpointMixin:
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel) and not isinstance(model.get_base_model(), PreTrainedModel):
+            # peft looks for the base folder's config.json to tell whether the vocabulary was resized;
+            # BAGEL's folder has none and its vocabulary never resizes (the tags use unused rows),
+            # so peft's "will assume that the vocabulary was not modified" is right and says nothing.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Could not find a config file in")
+                return super()._save(output_dir, state_dict)
         if (
             isinstance(model, PreTrainedModel | PeftModel)
             or self.is_fsdp_enabled
