@@ -33,10 +33,11 @@ bench:
 
 # The whole CLEAR pipeline on a tiny model and ShapesVQA (the README states its measured time).
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which on a shared 2-core
-# machine otherwise costs several times the wall time.
+# machine otherwise costs several times the wall time. HF_HUB_OFFLINE=1: everything is built
+# locally, so nothing (not even TRL's start-of-training telemetry) reaches the network.
 demo:
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --out demo_out
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --out demo_out
 
 # A few steps per stage: every stage hands a loadable model to the next and the report is written.
 demo-smoke:
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --smoke --out demo_smoke_out
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --smoke --out demo_smoke_out

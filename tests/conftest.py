@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from PIL import Image
+import os
 
-from clear_rl.models import build_tiny_model
-from clear_rl.models.processing import prompt_texts, vae_pixel_values
+# Tests build every model, tokenizer and dataset in code. Offline mode makes any Hub call fail
+# loudly (a download) or stay home (TRL's start-of-training telemetry) instead of reaching out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clear_rl.models import build_tiny_model  # noqa: E402
+from clear_rl.models.processing import prompt_texts, vae_pixel_values  # noqa: E402
 
 
 @pytest.fixture(scope="session")
