@@ -7,8 +7,8 @@ import torch
 
 from clear_rl.data.collate import ClearCollator
 from clear_rl.models import build_tiny_model
-from clear_rl.models.adapters import part_paths
 from clear_rl.models.composed import ComposedUnifiedModel
+from clear_rl.models.parts import composed_part_paths
 from clear_rl.trainers.losses import loss_terms, per_layer_kl
 from tests.prepared import SMALL, prepared_rows
 
@@ -24,7 +24,7 @@ def setup():
 
 
 def _parts_with_gradient(model) -> set[str]:
-    paths = part_paths(model)
+    paths = composed_part_paths(model)
     hit = set()
     for name, param in model.named_parameters():
         if param.grad is not None and bool(param.grad.abs().sum() > 0):

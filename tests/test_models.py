@@ -7,9 +7,10 @@ import torch
 
 from clear_rl.errors import ClearRLError
 from clear_rl.models import ComposedUnifiedModel, patchify_latents
-from clear_rl.models.adapters import LoraSettings, apply_lora, part_paths, set_trainable_parts
+from clear_rl.models.adapters import LoraSettings, apply_lora, set_trainable_parts
 from clear_rl.models.assemble import compose_unified, load_vlm
 from clear_rl.models.io import load_unified, save_unified
+from clear_rl.models.parts import composed_part_paths
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
 from tests.conftest import make_prompts
 
@@ -175,7 +176,7 @@ def test_trainable_parts_freeze_the_rest(fresh_tiny):
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"latent_bridge", "restoration_head"}
     set_trainable_parts(model, ["llm"])
-    llm_prefix = part_paths(model)["llm"][0]
+    llm_prefix = composed_part_paths(model)["llm"][0]
     assert all(
         n.startswith((llm_prefix, "vlm.lm_head")) for n, p in model.named_parameters() if p.requires_grad
     )

@@ -13,17 +13,12 @@ from collections.abc import Iterable
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from clear_rl.errors import ClearRLError
-from clear_rl.models.composed import ComposedUnifiedModel
-from clear_rl.models.parts import composed_part_paths, path_of
+from clear_rl.models.backbone import TrainableBackbone
+from clear_rl.models.parts import path_of
 from clear_rl.models.settings import LoraSettings, check_parts
 
 
-def part_paths(model: ComposedUnifiedModel) -> dict[str, list[str]]:
-    """Module path prefixes of each named part inside a composed `model`."""
-    return composed_part_paths(model)
-
-
-def set_trainable_parts(model: ComposedUnifiedModel, parts: Iterable[str]) -> None:
+def set_trainable_parts(model: TrainableBackbone, parts: Iterable[str]) -> None:
     """Freeze everything, then unfreeze the named parts."""
     parts = check_parts(parts)
     patterns = model.part_patterns()
@@ -32,7 +27,7 @@ def set_trainable_parts(model: ComposedUnifiedModel, parts: Iterable[str]) -> No
         param.requires_grad_(any(p.match(name) for p in chosen))
 
 
-def lora_target_pattern(model: ComposedUnifiedModel, settings: LoraSettings) -> str:
+def lora_target_pattern(model: TrainableBackbone, settings: LoraSettings) -> str:
     """A regex over module names selecting the LLM's and the head's target layers."""
     alternatives = []
     scopes = model.lora_scopes()
@@ -47,7 +42,7 @@ def lora_target_pattern(model: ComposedUnifiedModel, settings: LoraSettings) -> 
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
-def protocol_token_rows(model: ComposedUnifiedModel) -> dict[str, list[int]]:
+def protocol_token_rows(model: TrainableBackbone) -> dict[str, list[int]]:
     """peft `trainable_token_indices`: the protocol tokens' rows of the input and (untied) output embeddings."""
     ids = sorted(set(vars(model.token_ids).values()))
     rows = {path_of(model, model.get_input_embeddings()): ids}
@@ -57,7 +52,7 @@ def protocol_token_rows(model: ComposedUnifiedModel) -> dict[str, list[int]]:
     return {path: ids for path, ids in rows.items() if path}
 
 
-def apply_lora(model: ComposedUnifiedModel, settings: LoraSettings | None = None) -> PeftModel:
+def apply_lora(model: TrainableBackbone, settings: LoraSettings | None = None) -> PeftModel:
     """Wrap the model with LoRA adapters; only adapter (and `modules_to_save`, token-row) weights train."""
     settings = settings or LoraSettings()
     config = LoraConfig(

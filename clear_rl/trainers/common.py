@@ -232,19 +232,17 @@ class UnifiedCheckpointMixin:
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
-        if isinstance(model, PeftModel) and not isinstance(model.get_base_model(), PreTrainedModel):
-            # peft looks for the base folder's config.json to tell whether the vocabulary was resized;
-            # BAGEL's folder has none and its vocabulary never resizes (the tags use unused rows),
-            # so peft's "will assume that the vocabulary was not modified" is right and says nothing.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Could not find a config file in")
-                return super()._save(output_dir, state_dict)
         if (
             isinstance(model, PreTrainedModel | PeftModel)
             or self.is_fsdp_enabled
             or self.is_deepspeed_enabled
         ):
-            return super()._save(output_dir, state_dict)
+            # peft looks for the adapters' base folder's config.json to tell whether the vocabulary
+            # was resized; BAGEL's folder has none and its vocabulary never resizes (the tags use
+            # unused rows), so peft's "will assume that the vocabulary was not modified" is right.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Could not find a config file in")
+                return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)

@@ -161,7 +161,8 @@ class BagelTrainingMixin:
             raise ClearRLError(f"BAGEL's training forward does not take {extra}")
         if restored_embeds is not None:
             raise ClearRLError(
-                "readback: reencode is not available on BAGEL: its restored latent enters as a latent block"
+                "restored_embeds (readback: reencode) cannot be trained on BAGEL: its training pass lays "
+                "the restored slot out as a latent block"
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
