@@ -64,16 +64,16 @@ from clear_rl.trainers.common import (
     unified_core,
 )
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
+from clear_rl.trainers.trl_api import check_grpo_api, check_grpo_attributes, multimodal_keys
+
+check_grpo_api()  # a TRL whose private API differs fails here, naming its version and the tested range
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
 # Per process, in each checkpoint: TRL's micro-step count and buffered generation batch.
 GENERATION_STATE = "generation_state_{rank}.pt"
-# The multimodal inputs TRL hands its scoring function (as in GRPOTrainer._compute_loss).
-MULTIMODAL_KEYS = (
-    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
-)  # fmt: skip
+# The multimodal inputs TRL hands its scoring function, read from TRL (`trl_api.multimodal_keys`).
+MULTIMODAL_KEYS = multimodal_keys()
 
 
 @dataclass
@@ -224,6 +224,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             rollout_func=self._rollout,
             **kwargs,
         )
+        check_grpo_attributes(self)
         unified = self._unified_model()
         if args.readback not in unified.training_readbacks:
             raise ClearRLError(
