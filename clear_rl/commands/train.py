@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clear_rl.recipe import load_recipe, stage_module
+    from clear_rl.recipe_env import env_overrides, recipe_stage
 
-    recipe = load_recipe(args.recipe, args.overrides, check_inputs=True)
+    overrides = [*env_overrides(recipe_stage(args.recipe)), *args.overrides]  # CLEAR_RL_TRAIN_OVERRIDES
+    recipe = load_recipe(args.recipe, overrides, check_inputs=True)
     trainer = stage_module(recipe.stage).train(recipe)
     # Tear the process group down while the interpreter is alive: a gloo group left to interpreter
     # finalisation can abort the process (SIGABRT) when its worker threads free tensors after the

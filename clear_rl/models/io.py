@@ -22,6 +22,7 @@ from transformers import AutoProcessor, ProcessorMixin
 
 from clear_rl.errors import ClearRLError
 from clear_rl.io.atomic import atomic_path
+from clear_rl.models.assemble import COMPOSITE_4BIT_SKIP, nf4_quantization
 from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
@@ -56,7 +57,9 @@ def load_unified(
     """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
     BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
     trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read;
-    `load_in_4bit` loads a BAGEL base's transformer Linears in NF4 (CUDA, bitsandbytes)."""
+    `load_in_4bit` loads the base's transformer Linears in NF4 (CUDA, bitsandbytes): BAGEL's, or a
+    composed model's VLM (its vision side, VAE, head and bridge stay whole); a folder saved 4-bit
+    loads 4-bit either way."""
     folder = Path(path)
     if not folder.is_dir():
         raise ClearRLError(f"model folder not found: {folder}")
@@ -94,10 +97,15 @@ def load_unified(
             )
         if "quantization_config" in saved and not torch.cuda.is_available():
             raise ClearRLError(f"{folder} holds a model with a 4-bit base; loading it needs a CUDA GPU")
+        kwargs = {}
         if "quantization_config" in saved:
             release_4bit_notices()
-        model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        elif load_in_4bit:  # a full-precision folder (an aligned model, say) quantized as it loads
+            kwargs["quantization_config"] = nf4_quantization(COMPOSITE_4BIT_SKIP)
+        model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
         _one_dtype_per_part(model)
+        # Adapters trained on it name this folder as their base: absolute, so they load from any cwd.
+        model.name_or_path = model.config._name_or_path = str(folder.resolve())
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
