@@ -35,7 +35,10 @@ def sample_training_timesteps(
 
 
 def sampling_schedule(num_steps: int, shift: float = 3.0) -> torch.Tensor:
-    """The N+1 noise levels of sampling: shift(linspace(1, 0, N+1)), from 1 down to 0 (float32)."""
+    """The N+1 noise levels of N Euler steps: shift(linspace(1, 0, N+1)), from 1 down to 0 (float32).
+
+    clear-rl counts steps (network evaluations) everywhere; BAGEL's `num_timesteps=M` is this
+    schedule with N = M - 1 (`clear_rl.models.bagel.presets.timesteps_to_steps`)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
