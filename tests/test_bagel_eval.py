@@ -96,4 +96,6 @@ def test_eval_report_names_the_preset_and_every_value_it_ran_with(tmp_path):
     assert main([*args, "--preset", "bagel-upstream", "--cfg-text", "2.0", "--out", str(upstream)]) == 0
     report = (upstream / "report.md").read_text()
     assert "`bagel-upstream`" in report and "| CFG contexts | upstream * |" not in report
-    assert "| CFG text / image scale | 2.0 / 1.5 * |" in report and "| CFG renorm | global (min 0.0) |" in report
+    assert (
+        "| CFG text / image scale | 2.0 / 1.5 * |" in report and "| CFG renorm | global (min 0.0) |" in report
+    )
