@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from clear_rl.flow import ode_step, sampling_schedule, sde_step
+from clear_rl.flow import NOISE_SCHEDULES, NoiseSchedule, ode_step, sampling_schedule, sde_step
 from clear_rl.models.backbone import RestorationContextLike, UnifiedBackbone
 from clear_rl.models.bagel.presets import CFG_CONTEXTS, CfgContexts, PresetGuidance
 
@@ -130,7 +130,8 @@ class RestorationSampling:
     steps: int | None = None  # Euler steps (network evaluations); None: the model's
     shift: float | None = None  # timestep shift of the sampling schedule (CLEAR: 3.0)
     sampler: Sampler = "ode"  # "sde": Flow-GRPO's SDE, with per-step log-probs
-    noise_level: float = 0.7  # Flow-GRPO's `a` of the SDE sampler
+    noise_level: float = 0.7  # the SDE's noise: Flow-GRPO's `a`, or the constant sigma
+    noise_schedule: NoiseSchedule = "flow_grpo"  # or "constant": CLEAR's released SDE (flow.py)
     # Restoration CFG where the backbone offers the unconditional contexts (BAGEL), ODE only;
     # None: off.
     guidance: RestorationGuidance | None = field(default_factory=RestorationGuidance)
@@ -142,6 +143,10 @@ class RestorationSampling:
             raise ValueError(f"restoration sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.noise_level < 0:
             raise ValueError(f"restoration noise level must be >= 0, got {self.noise_level}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(
+                f"restoration noise schedule must be one of {list(NOISE_SCHEDULES)}, got {self.noise_schedule!r}"
+            )
 
     def resolved(self, model: UnifiedBackbone) -> RestorationSampling:
         """These settings with the model's defaults filled in."""
@@ -199,6 +204,7 @@ def restore_latents(
                 t_max=float(timesteps[1]),
                 generator=generator,
                 source_mean=mean,
+                noise_schedule=sampling.noise_schedule,
             )
             x, log_prob = step.sample, step.log_prob
         else:
