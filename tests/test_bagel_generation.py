@@ -214,6 +214,8 @@ def test_folders_are_detected_and_backbones_checked(folder, tiny, tmp_path):
     save_unified(*tiny, tmp_path / "composed")
     with pytest.raises(ClearRLError, match="llm_config.json"):
         load_unified(tmp_path / "composed", backbone="bagel")
+    with pytest.raises(ClearRLError, match="preset 'clear-release' is an inference preset of BAGEL"):
+        load_unified(tmp_path / "composed", preset="clear-release")
 
 
 def test_recipes_choose_the_backbone_with_a_checked_key():
@@ -227,3 +229,9 @@ def test_recipes_choose_the_backbone_with_a_checked_key():
         build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "backbone": "bagle"}, "model")
     with pytest.raises(Exception, match="model.path"):
         build_dataclass(ModelConfig, {"tiny": {}, "backbone": "bagel"}, "model")
+    preset = build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "preset": "bagel-upstream"}, "model")
+    assert preset.preset == "bagel-upstream"
+    with pytest.raises(Exception, match="preset"):
+        build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "preset": "clear-relase"}, "model")
+    with pytest.raises(Exception, match="model.path"):
+        build_dataclass(ModelConfig, {"tiny": {}, "preset": "clear-release"}, "model")
