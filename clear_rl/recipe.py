@@ -35,7 +35,7 @@ import yaml
 from clear_rl import __version__
 from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.settings import BACKBONES, PARTS, LoraSettings
+from clear_rl.models.settings import BACKBONES, BAGEL_PRESETS, PARTS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
@@ -57,6 +57,9 @@ class ModelConfig:
     path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters), or BAGEL's
     # Which implementation `path` loads as: auto (by the folder's layout), composed, or bagel.
     backbone: Literal[BACKBONES] = "auto"
+    # A BAGEL-family folder's inference preset (image views, restoration CFG, steps;
+    # docs/bagel-release.md); None: its default, clear-release.
+    preset: Literal[BAGEL_PRESETS] | None = None
     vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
     vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
     vae_subfolder: str | None = None
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ValueError("model.vlm_path and model.vae_path go together")
         if self.backbone == "bagel" and self.path is None:
             raise ValueError("model.backbone: bagel loads an official-layout BAGEL folder: set model.path")
+        if self.preset is not None and self.path is None:
+            raise ValueError("model.preset sets a BAGEL-family folder's inference values: set model.path")
 
 
 @dataclass

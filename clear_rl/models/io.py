@@ -53,13 +53,15 @@ def load_unified(
     is_trainable: bool = False,
     backbone: str = "auto",
     load_in_4bit: bool = False,
+    preset: str | None = None,
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
     """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
     BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
     trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read;
     `load_in_4bit` loads the base's transformer Linears in NF4 (CUDA, bitsandbytes): BAGEL's, or a
     composed model's VLM (its vision side, VAE, head and bridge stay whole); a folder saved 4-bit
-    loads 4-bit either way."""
+    loads 4-bit either way. `preset` names a BAGEL-family model's inference preset
+    (models/bagel/presets.py; None: clear-release)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ClearRLError(f"model folder not found: {folder}")
@@ -68,7 +70,7 @@ def load_unified(
     bagel = is_bagel_folder(folder)
     if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
         model, processor = load_bagel_unified(
-            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None
+            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None, preset=preset
         )
         setattr(model, ATTRIBUTE, saved_chat_settings(folder))
         return model, processor
@@ -79,12 +81,13 @@ def load_unified(
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit)
+        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit, preset=preset)
         model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
         if is_bagel_folder(base_path):  # BAGEL's processor is its base folder's (the tokenizer alone)
             setattr(model, ATTRIBUTE, saved_chat_settings(folder))
             return model, base_processor
     else:
+        _no_preset(folder, preset)
         config_file = folder / "config.json"
         if not config_file.exists():
             raise ClearRLError(f"{folder} holds no config.json: not a saved clear-rl model")
@@ -109,6 +112,14 @@ def load_unified(
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
+
+
+def _no_preset(folder: Path, preset: str | None) -> None:
+    if preset is not None:
+        raise ClearRLError(
+            f"preset {preset!r} is an inference preset of BAGEL-family folders; {folder} holds a composed "
+            "clear-rl model, which has none: leave the preset out"
+        )
 
 
 def _one_dtype_per_part(model: ComposedUnifiedModel) -> None:

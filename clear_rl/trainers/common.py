@@ -38,13 +38,17 @@ DEFAULT_TRAINABLE_PARTS = AutoPrecisionArguments.default_trainable_parts
 def load_model(config: ModelConfig, where: str = "model"):
     """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
     if config.path is not None:
-        return load_unified(
+        model, processor = load_unified(
             config.path,
             dtype=config.dtype,
             is_trainable=True,
             backbone=config.backbone,
             load_in_4bit=config.load_in_4bit,
+            preset=config.preset,
         )
+        if hasattr(processor, "vae_views"):  # BAGEL: a training pass packs one latent size
+            processor.vae_views = "square"
+        return model, processor
     if config.tiny is not None:
         return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
     return compose_from_pretrained(
