@@ -26,6 +26,7 @@ from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
 from clear_rl.models.settings import check_backbone
+from clear_rl.models.weights import WeightsError, check_model_folder
 
 
 def save_unified(
@@ -58,8 +59,7 @@ def load_unified(
     trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read;
     `load_in_4bit` loads a BAGEL base's transformer Linears in NF4 (CUDA, bitsandbytes)."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise ClearRLError(f"model folder not found: {folder}")
+    check_model_folder(folder, check_backbone(backbone))  # missing, cut short or foreign weights
     from clear_rl.models.bagel.unified import is_bagel_folder, load_bagel_unified
 
     bagel = is_bagel_folder(folder)
@@ -96,11 +96,28 @@ def load_unified(
             raise ClearRLError(f"{folder} holds a model with a 4-bit base; loading it needs a CUDA GPU")
         if "quantization_config" in saved:
             release_4bit_notices()
-        model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        model, info = ComposedUnifiedModel.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+        _check_loaded(folder, info)
         _one_dtype_per_part(model)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
+
+
+def _check_loaded(folder: Path, info: dict) -> None:
+    """The weights file fills the model its config.json describes: from_pretrained would leave a
+    weight it lacks randomly initialised with a warning (a file saved from another model)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(entry[0]) for entry in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        problems = [f"{len(missing)} weights missing (e.g. {missing[:3]})"] if missing else []
+        problems += [f"{len(mismatched)} of another shape (e.g. {mismatched[:3]})"] if mismatched else []
+        raise WeightsError(
+            f"{folder}: the weights do not fit the model its config.json describes: {'; '.join(problems)}; "
+            "they were saved from another model"
+        )
 
 
 def _one_dtype_per_part(model: ComposedUnifiedModel) -> None:
