@@ -40,7 +40,9 @@ CASES = {
         "empty `answer` in 1 row(s): row index=0 (line 2)",
     ),
     "no answer column": (
-        lambda h, rows: ["\t".join(c for i, c in enumerate(_cells(r)) if i != h.index("answer")) for r in rows],
+        lambda h, rows: [
+            "\t".join(c for i, c in enumerate(_cells(r)) if i != h.index("answer")) for r in rows
+        ],
         "lacks required column(s) ['answer']; it has",
     ),
     "short row": (

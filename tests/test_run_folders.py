@@ -147,7 +147,10 @@ def test_checkpoints_of_an_unfinished_run_are_resumed_or_overwritten_never_resta
     (out / "checkpoint-1").mkdir()
     (out / "checkpoint-1" / CHECKPOINT_COMPLETE).write_text(json.dumps({"global_step": 1, "run": this}))
     error = refused(capsys, [tmp_path], str(recipe))
-    assert "holds an unfinished run (checkpoint-1) of this recipe: set training.resume_from_checkpoint=last" in error
+    assert (
+        "holds an unfinished run (checkpoint-1) of this recipe: set training.resume_from_checkpoint=last"
+        in error
+    )
     error = refused(capsys, [tmp_path], str(recipe), "training.resume_from_checkpoint=last", "--overwrite")
     assert "give one of them" in error
     assert load_recipe(recipe, ["training.resume_from_checkpoint=last"], check_inputs=True)  # allowed
