@@ -1,8 +1,9 @@
 """One output folder holds one run: which run a folder holds, and what a new run may do with it.
 
 A training run is known by its recipe: the merged recipe (overrides applied, reward files by
-absolute path) less the keys that only say where and how to continue (`training.output_dir`,
-`training.resume_from_checkpoint`), hashed. A run folder records it in `clear_rl_run.json`
+absolute path) less the keys that only say where, how to continue and how long to train
+(`training.output_dir`, `training.resume_from_checkpoint`, `training.max_steps`,
+`training.num_train_epochs`), hashed: a run resumed with a longer schedule is the same run. A run folder records it in `clear_rl_run.json`
 (with `finished` once the final model is saved) beside the `clear_rl_recipe.yaml` the run saves
 when it starts, and every complete checkpoint's marker names it too. With that, before anything
 is written or any heavy library is imported (`check_output_dir`, called by the preflight):
@@ -11,7 +12,8 @@ is written or any heavy library is imported (`check_output_dir`, called by the p
   unfinished run is refused, naming what is there, unless the run resumes (this recipe's own
   checkpoints only) or `overwrite` is set, which clears the old checkpoints and model first;
 - `resume_from_checkpoint: last` on this recipe's finished run raises `RunFinished` (the CLI says
-  so and exits 0); a checkpoint written by another run is never resumed;
+  so and exits 0), unless the schedule was made longer, which continues it; a checkpoint written
+  by another run is never resumed;
 - an output folder equal to or inside one of the run's inputs (`model.path`, the VLM, the VAE,
   `data.path`) is refused: training would write over what it reads.
 
@@ -47,8 +49,9 @@ RUN_RECORD = "clear_rl_run.json"
 CHECKPOINT_COMPLETE = "clear_rl_checkpoint_complete.json"
 # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR, spelled out: importing it loads torch.
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
-# Keys that say where a run writes and how it continues, not what it trains.
+# Keys that say where a run writes, how it continues and how long it trains, not what it trains.
 WHERE_KEYS = ("output_dir", "resume_from_checkpoint")
+LENGTH_KEYS = ("max_steps", "num_train_epochs")
 LAST = ("last", "true")
 # Files a finished run leaves at the top of its folder: the model's weights in any layout
 # (composed, adapters, BAGEL's), sharded or not, and Trainer's arguments.
@@ -67,13 +70,18 @@ def is_last(value: Any) -> bool:
 # -- which run ---------------------------------------------------------------------------------
 def identity(raw: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run: the merged recipe (as `Recipe.resolved_raw` gives it)
-    without the keys of `WHERE_KEYS`."""
+    without the keys of `WHERE_KEYS` and `LENGTH_KEYS`."""
     same = copy.deepcopy(dict(raw))
     training = same.get("training")
     if isinstance(training, dict):
-        for key in WHERE_KEYS:
+        for key in (*WHERE_KEYS, *LENGTH_KEYS):
             training.pop(key, None)
     return same
+
+
+def _length(raw: Mapping[str, Any]) -> dict[str, Any]:
+    training = raw.get("training") or {}
+    return {key: training.get(key) for key in LENGTH_KEYS}
 
 
 def run_id(raw: Mapping[str, Any]) -> str:
@@ -232,19 +240,29 @@ def check_output_dir(recipe: Recipe, where: str) -> None:
             "replace it, or choose another output folder"
         )
     if state.finished:
-        if is_last(resume):
+        if is_last(resume) and not _longer(state, recipe.raw):
             step = f" at step {state.global_step}" if state.global_step is not None else ""
             raise RunFinished(f"{out} holds this recipe's finished run{step}: nothing to train")
         if resume is None:
             raise RecipeError(
                 f"{key}: {out} holds {state.describe()} of this recipe. Pass --overwrite to train it "
-                "again, or choose another output folder"
+                "again, set training.resume_from_checkpoint=last with a longer training.max_steps to "
+                "continue it, or choose another output folder"
             )
     elif resume is None and state.checkpoints:
         raise RecipeError(
             f"{key}: {out} holds {state.describe()} of this recipe: set training.resume_from_checkpoint=last "
             "to continue it, or pass --overwrite to start over"
         )
+
+
+def _longer(state: FolderState, raw: Mapping[str, Any]) -> bool:
+    """Whether this invocation trains a finished run further: another schedule length than the
+    one it finished with, and (for a number of steps) more steps than it took."""
+    if state.recipe is None or _length(state.recipe) == _length(raw):
+        return False
+    steps = _length(raw)["max_steps"]
+    return not (isinstance(steps, int) and steps > 0 and (state.global_step or 0) >= steps)
 
 
 def _check_explicit_checkpoint(path: Path, this: str, where: str) -> None:

@@ -84,9 +84,17 @@ def test_a_finished_run_is_neither_trained_again_nor_mixed_with_another(tmp_path
     assert "holds this recipe's finished run at step 2: nothing to train" in capsys.readouterr().out
     assert listing(tmp_path) == before and (out / "model.safetensors").read_bytes() == weights
 
+    longer = ["training.resume_from_checkpoint=last", "training.max_steps=3"]
+    assert main(["train", recipe, *longer]) == 0  # a longer schedule continues the finished run
+    assert json.loads((out / RUN_RECORD).read_text())["global_step"] == 3
+    assert json.loads((out / "checkpoint-3" / CHECKPOINT_COMPLETE).read_text())["run"] == record["run"]
+    assert main(["train", recipe, *longer]) == 0  # and once there, it is finished again
+    assert "finished run at step 3: nothing to train" in capsys.readouterr().out
+
     assert main(["train", recipe, "training.seed=1", "--overwrite"]) == 0  # starts over, cleanly
     again = json.loads((out / RUN_RECORD).read_text())
     assert again["run"] != record["run"] and again["finished"] and again["seed"] == 1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # 3 cleared
     for step in (1, 2):  # every checkpoint is the new run's: the old ones were cleared first
         marker = json.loads((out / f"checkpoint-{step}" / CHECKPOINT_COMPLETE).read_text())
         assert marker["run"] == again["run"]
