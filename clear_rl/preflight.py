@@ -66,16 +66,13 @@ def check_data(recipe: Recipe, where: str) -> None:
 def check_model_folders(model: ModelConfig, where: str) -> None:
     """The `model:` section's folders exist and hold a model with whole weights (clear-rl loads
     local folders only)."""
+    found = None
     if model.path is not None:
         try:
             found = check_model_folder(model.path, model.backbone)
         except WeightsError as exc:
             raise RecipeError(f"{where}: model.path: {exc}") from None
-        if model.load_in_4bit and model.lora is None and found != "adapters":
-            raise RecipeError(
-                f"{where}: model.load_in_4bit trains only through LoRA: add a model.lora section"
-            )
-    elif model.load_in_4bit and model.lora is None:
+    if model.load_in_4bit and model.lora is None and found != "adapters":  # adapters keep training
         raise RecipeError(f"{where}: model.load_in_4bit trains only through LoRA: add a model.lora section")
     for key, value, subfolder in (
         ("vlm_path", model.vlm_path, None),

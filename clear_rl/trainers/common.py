@@ -306,10 +306,10 @@ def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
             )
         elif run is not None and checkpoint_run(checkpoint) != run:
             logger.warning(
-                "resume_from_checkpoint=%s: skipping %s, written by another run (run %s, this one is %s)",
+                "resume_from_checkpoint=%s: skipping %s, written by another run (%s; this one is %s)",
                 value,
                 checkpoint,
-                checkpoint_run(checkpoint),
+                checkpoint_run(checkpoint) or "a run that did not record itself",
                 run,
             )
         else:
