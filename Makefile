@@ -31,7 +31,7 @@ format:
 bench:
 	$(BIN)/python -m benchmarks
 
-# The whole CLEAR pipeline on a tiny model and ShapesVQA (the README states its measured time).
+# The whole CLEAR pipeline on a tiny model and ShapesVQA (docs/demo.md states its measured time).
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which on a shared 2-core
 # machine otherwise costs several times the wall time. HF_HUB_OFFLINE=1: everything is built
 # locally, so nothing (not even TRL's start-of-training telemetry) reaches the network.

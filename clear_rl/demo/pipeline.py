@@ -76,7 +76,7 @@ class DemoConfig:
     eval_batch_size: int = 32
     max_new_tokens: int = 64
     # The head's flow starts around the degraded latent: at this budget it keeps colours better
-    # than a flow from pure noise (README, "The demo").
+    # than a flow from pure noise (docs/demo.md).
     model: dict = field(
         default_factory=lambda: {"head_layers": 4, "num_inference_steps": 8, "flow_source": "degraded"}
     )
