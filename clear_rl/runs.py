@@ -348,6 +348,10 @@ def no_trace_on_refusal(output_dir: str | os.PathLike, main_process: bool) -> It
                 shutil.rmtree(folder, ignore_errors=True)
             else:
                 for path in folder.iterdir():
-                    if path.name not in before:
-                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    if path.name in before:
+                        continue
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
         raise
