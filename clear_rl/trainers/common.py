@@ -26,6 +26,7 @@ from clear_rl.runs import (
     checkpoint_run,
     checkpoints,
     current_run,
+    is_last,
     mark_finished,
 )
 from clear_rl.trainers.arguments import AutoPrecisionArguments
@@ -283,7 +284,7 @@ def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     if value is None:
         return None
     run = current_run(output_dir)
-    if value.lower() not in ("last", "true"):
+    if not is_last(value):
         if Path(value).is_dir() and not (Path(value) / CHECKPOINT_COMPLETE).exists():
             logger.warning(
                 "resume_from_checkpoint=%s lacks %s: its save may not have finished; resuming from it as asked",
