@@ -60,12 +60,12 @@ def test_train_puts_the_command_line_after_the_environment(tmp_path, monkeypatch
     recipe.write_text("stage: sft\n")
     seen = {}
 
-    def load_recipe(path, overrides, check_inputs):
+    def load_recipe(path, overrides, check_inputs, overwrite):
         seen["overrides"] = overrides
         raise RecipeError("stop here")
 
     monkeypatch.setattr(clear_rl.recipe, "load_recipe", load_recipe)
     monkeypatch.setenv(ENV, "training.max_steps=2 sft:training.seed=1 grpo:training.beta=0")
     with pytest.raises(RecipeError, match="stop here"):
-        train.run(argparse.Namespace(recipe=str(recipe), overrides=["training.max_steps=5"]))
+        train.run(argparse.Namespace(recipe=str(recipe), overrides=["training.max_steps=5"], overwrite=False))
     assert seen["overrides"] == ["training.max_steps=2", "training.seed=1", "training.max_steps=5"]

@@ -164,21 +164,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _named(specs: list[str]) -> dict[str, str]:
+    from clear_rl.errors import ClearRLError
+
     named = {}
     for spec in specs:
         name, _, path = spec.rpartition("=")
-        named[name or path.rstrip("/").split("/")[-1]] = path
+        name = name or path.rstrip("/").split("/")[-1]
+        if name in named:
+            raise ClearRLError(f"--model: two models are named {name!r}; label them, e.g. --model A={path}")
+        named[name] = path
     return named
 
 
+def check_arguments(args: argparse.Namespace) -> dict[str, str]:
+    """Every path and number, before anything heavy is imported: {name: model folder}."""
+    from clear_rl.commands.checks import at_least, existing_file, existing_folder, model_folder, output_folder
+
+    models = _named(args.model)
+    for name, path in models.items():
+        model_folder(path, f"--model {name}", args.backbone)
+    for path in args.data:
+        existing_file(path, "--data", suffix=".tsv")
+    inputs = {f"--model {name}": path for name, path in models.items()}
+    if args.degraded is not None:
+        inputs["--degraded"] = existing_folder(args.degraded, "--degraded")
+    output_folder(args.out, "--out", inputs)
+    for value, minimum, option in ((args.batch_size, 1, "--batch-size"), (args.max_new_tokens, 1, "--max-new-tokens"),
+                                   (args.gallery, 0, "--gallery"), (args.steps, 1, "--steps")):  # fmt: skip
+        at_least(value, minimum, option)
+    if args.judge:  # a missing or malformed CLEAR_RL_JUDGE_* variable, before any model loads
+        from clear_rl.eval.judge import JudgeConfig
+
+        JudgeConfig.from_env()
+    return models
+
+
 def run(args: argparse.Namespace) -> int:
+    named = check_arguments(args)
     from clear_rl.eval.runner import EvalConfig, evaluate
     from clear_rl.models.chat import OWN_PROMPT
     from clear_rl.models.io import load_unified
 
     models = {
-        name: load_unified(path, backbone=args.backbone, preset=args.preset)
-        for name, path in _named(args.model).items()
+        name: load_unified(path, backbone=args.backbone, preset=args.preset) for name, path in named.items()
     }
     config = EvalConfig(
         levels=args.levels,

@@ -199,7 +199,8 @@ def train_stage(
     overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
-    loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides)
+    # The demo rebuilds every stage's input, so a second demo into the same folder starts over.
+    loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides, overwrite=True)
     stage_module(loaded.stage).train(loaded, callbacks=[StageProgressCallback(f"{recipe} ({loaded.stage})")])
     return out
 

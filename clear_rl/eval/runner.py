@@ -36,14 +36,14 @@ from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS, check_protocol, parse_dataset_name
 from clear_rl.generation import InterleavedGenerationConfig
+from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 from clear_rl.io.images import decode_image, pil_to_tensor
-from clear_rl.io.tsv import read_tsv, resolve_image_cells
+from clear_rl.io.tsv import resolve_image_cells
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.restoration import RestorationGuidance, RestorationSampling
 from clear_rl.reward_helpers import answer_grades
 
 logger = logging.getLogger(__name__)
-REQUIRED_COLUMNS = ("index", "image", "question", "answer")
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
 READBACKS = ("bridge", "reencode")
 DEGRADED_VIEWS = ("keep", "drop")
@@ -263,7 +263,7 @@ def answer_file(
     if run.restore == "oracle" and clean is None:
         raise ClearRLError(f"{tsv}: restore=oracle needs the clean source of the rows")
     chat = chat_for(config, model)
-    frame = read_tsv(tsv, required=REQUIRED_COLUMNS)
+    frame = read_benchmark_tsv(tsv)
     cells = resolve_image_cells(frame)
     digests = [hashlib.sha1(cell.encode("utf-8")).hexdigest()[:16] for cell in cells]  # MMVP pair checks
     rows = frame.drop(columns=["image"]).to_dict("records")
@@ -277,6 +277,11 @@ def answer_file(
         predictions.unlink(missing_ok=True)
     predictions.parent.mkdir(parents=True, exist_ok=True)
     todo = [i for i, key in enumerate(keys) if key not in done]
+    reused = len(keys) - len(todo)
+    if reused:
+        logger.info("%s: %d of %d rows answered by an earlier run, reused (--resume)", tsv, reused, len(keys))
+        if progress is not None:
+            progress.update(reused)
     is_clean_file = clean is not None and tsv.resolve() == clean.source.resolve()
     # A run that never restores has no restoration to show.
     shows = clean is not None and run.restore != "never"
@@ -471,9 +476,8 @@ def evaluate(
     references: dict[str, CleanReference | None] = {}
     num_rows: dict[Path, int] = {}
     for group in groups:
-        frames = {
-            path: read_tsv(path, required=REQUIRED_COLUMNS, filled=("answer",)) for path in group.all_files()
-        }
+        frames = {path: group.frames.get(path) for path in group.all_files()}
+        frames = {path: read_benchmark_tsv(path) if f is None else f for path, f in frames.items()}
         num_rows.update({path: len(frame) for path, frame in frames.items()})  # bad files fail here
         # The clean file measures restorations even where its level is not answered; a benchmark
         # shipped degraded (R-Bench-Dis) has no clean version to measure against.
@@ -483,7 +487,7 @@ def evaluate(
             frame = frames.get(group.clean)
             reference = CleanReference(
                 group.clean,
-                frame if frame is not None else read_tsv(group.clean, REQUIRED_COLUMNS, filled=("answer",)),
+                frame if frame is not None else group.frames[group.clean],
             )
         references[group.base] = reference
     total = sum(

@@ -27,6 +27,7 @@ from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
 from clear_rl.models.settings import check_backbone
+from clear_rl.models.weights import WeightsError, check_model_folder
 
 
 def save_unified(
@@ -63,8 +64,7 @@ def load_unified(
     loads 4-bit either way. `preset` names a BAGEL-family model's inference preset
     (models/bagel/presets.py; None: clear-release)."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise ClearRLError(f"model folder not found: {folder}")
+    check_model_folder(folder, check_backbone(backbone))  # missing, cut short or foreign weights
     from clear_rl.models.bagel.unified import is_bagel_folder, load_bagel_unified
 
     bagel = is_bagel_folder(folder)
@@ -105,7 +105,13 @@ def load_unified(
             release_4bit_notices()
         elif load_in_4bit:  # a full-precision folder (an aligned model, say) quantized as it loads
             kwargs["quantization_config"] = nf4_quantization(COMPOSITE_4BIT_SKIP)
-        model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+        model, info = ComposedUnifiedModel.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, output_loading_info=True, **kwargs
+        )
+        if (
+            not kwargs and "quantization_config" not in saved
+        ):  # a 4-bit load's key report: unchecked (CUDA only)
+            _check_loaded(folder, info)
         _one_dtype_per_part(model)
         # Adapters trained on it name this folder as their base: absolute, so they load from any cwd.
         model.name_or_path = model.config._name_or_path = str(folder.resolve())
@@ -119,6 +125,20 @@ def _no_preset(folder: Path, preset: str | None) -> None:
         raise ClearRLError(
             f"preset {preset!r} is an inference preset of BAGEL-family folders; {folder} holds a composed "
             "clear-rl model, which has none: leave the preset out"
+        )
+
+
+def _check_loaded(folder: Path, info: dict) -> None:
+    """The weights file fills the model its config.json describes: from_pretrained would leave a
+    weight it lacks randomly initialised with a warning (a file saved from another model)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(entry[0]) for entry in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        problems = [f"{len(missing)} weights missing (e.g. {missing[:3]})"] if missing else []
+        problems += [f"{len(mismatched)} of another shape (e.g. {mismatched[:3]})"] if mismatched else []
+        raise WeightsError(
+            f"{folder}: the weights do not fit the model its config.json describes: {'; '.join(problems)}; "
+            "they were saved from another model"
         )
 
 
