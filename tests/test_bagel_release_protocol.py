@@ -61,12 +61,18 @@ def _ids(model):
 
 
 def scripted(model, scripts: list[list[int]]):
-    """Make the decoder of `model` write `scripts` (one id list a row, then `<|im_end|>`): each logit
-    vector the decoder hands the loop is replaced by a one-hot of the row's next scripted id. The
-    model's own forward passes run as always (framing, cache, restorations): only the choice is given."""
-    end = model.bagel.config.im_end_id
+    """Make the decoder of `model` write `scripts` (one id list a row, the last for any further row;
+    then `<|im_end|>`): each logit vector the decoder hands the loop is replaced by a one-hot of the
+    row's next scripted id. The model's own forward passes run as always (framing, cache,
+    restorations): only the choice is given."""
+    model.decoder_class = scripted_decoder(type(model).decoder_class, scripts, model.bagel.config.im_end_id)
+    return model.decoder_class
 
-    class Scripted(type(model).decoder_class):
+
+def scripted_decoder(base: type, scripts: list[list[int]], end: int) -> type:
+    """`base` (a decoder class) writing `scripts`, as `scripted` describes."""
+
+    class Scripted(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.position = [0] * self.batch
@@ -75,7 +81,8 @@ def scripted(model, scripts: list[list[int]]):
 
         def _next(self, logits):
             out = torch.full_like(logits, -1e4)
-            for row, script in enumerate(scripts):
+            for row in range(self.batch):
+                script = scripts[min(row, len(scripts) - 1)]
                 out[row, script[self.position[row]] if self.position[row] < len(script) else end] = 1e4
             return out
 
@@ -93,18 +100,18 @@ def scripted(model, scripts: list[list[int]]):
             slot, logits = super().append_restored(rows, restored_latents)
             return slot, self._next(logits)
 
-    model.decoder_class = Scripted
     return Scripted
 
 
-def _answer(model, processor, n=1, restore="model", guidance=None, max_new_tokens=200, **config):
+def _answer(model, processor, n=1, restore="model", guidance=None, max_new_tokens=200, system=None, **config):
+    """Answer `n` images with `model`'s own system prompt (or `system`), greedy, 2-step restorations."""
     cfg = InterleavedGenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, restore=restore,
         restoration=RestorationSampling(steps=2, guidance=guidance), **config,
     )  # fmt: skip
     return answer_batch(
         model, processor, make_images(n, size=36), [QUESTION] * n, cfg,
-        system_prompt=chat_settings_of(model).system_prompt, generator=torch.Generator().manual_seed(0),
+        system_prompt=system or chat_settings_of(model).system_prompt, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
 
 
@@ -241,11 +248,11 @@ def test_kv_cached_text_turns_equal_full_forwards(folder):
         model.preset = replace(model.preset, vae_posterior="mode")
         _, im_end, _ = _ids(model)
         encode = model.tokenizer.encode
-        characters = [
-            model.tokenizer.convert_tokens_to_ids(c) for c in THOUGHT_1
-        ]  # re-tokenised on restoring
-        scripted(model, [[*characters, im_end, *encode(THOUGHT_2), im_end], [*encode(THOUGHT_1), im_end]])
-        outputs.append(_answer(model, processor, n=2, use_cache=use_cache).output)
+        characters = [model.tokenizer.convert_tokens_to_ids(c) for c in "<image_restore>"]  # re-tokenised
+        answer = encode("<answer>A</answer>")
+        scripted(model, [[*characters, im_end, *answer, im_end], [*encode("Blur.<image_restore>"), im_end]])
+        # A short system prompt: full forwards recompute the whole sequence at every step.
+        outputs.append(_answer(model, processor, n=2, use_cache=use_cache, system="Look.").output)
     cached, full = outputs
     assert torch.equal(cached.completion_ids, full.completion_ids) and cached.restored.all()
     torch.testing.assert_close(cached.restored_latents, full.restored_latents, atol=1e-5, rtol=0)

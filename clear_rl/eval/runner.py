@@ -40,7 +40,7 @@ from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 from clear_rl.io.images import decode_image, pil_to_tensor
 from clear_rl.io.tsv import resolve_image_cells
 from clear_rl.models.bagel.presets import READBACK_DESCRIPTIONS, TAG_DESCRIPTIONS
-from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat, saved_tags
+from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.models.readback import READBACKS as READBACK_PATHS
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.restoration import RestorationGuidance, RestorationSampling
@@ -222,9 +222,7 @@ def protocol_values(model, preset, chat: ChatSettings, readback: str | None) -> 
     the system prompt it was asked with, the readback a flag chose (`never` reads nothing back)."""
     values = {}
     if model.tags != preset.tags:
-        values["protocol tags"] = (
-            f"{TAG_DESCRIPTIONS[model.tags]} (recorded: {saved_tags(model.name_or_path)[1]})"
-        )
+        values["protocol tags"] = f"{TAG_DESCRIPTIONS[model.tags]} ({model.tags_source})"
     if chat.system_prompt != (preset.system_prompt or SYSTEM_PROMPT):
         values["system prompt"] = f"from {chat.source}" if chat.system_prompt else f"none ({chat.source})"
     if readback is not None and readback != preset.readback:

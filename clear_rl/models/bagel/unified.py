@@ -83,6 +83,9 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
         self.bagel = bagel
         self.preset = get_preset(preset).fitted(bagel.config)
         self.tags: Tags = tags or self.preset.tags
+        self.tags_source = (
+            "given: --tags, model.tags or tags=" if tags else f"the {self.preset.name} preset's"
+        )  # for reports
         self._view: tuple[int, int] | None = None  # (H, W) of the VAE view in force (`vae_view`)
         cfg = bagel.config
         before = len(tokenizer)
@@ -276,10 +279,12 @@ def load_bagel_unified(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bagel = load_bagel(path, dtype=dtype, device=device, **load_kwargs)
     tokenizer = load_bagel_tokenizer(path)
-    tags = tags or saved_tags(path)[0]
+    recorded, source = (None, "") if tags else saved_tags(path)
     model = BagelUnifiedModel(
-        bagel, tokenizer, vae_image_size=vae_image_size, preset=preset, tags=tags
+        bagel, tokenizer, vae_image_size=vae_image_size, preset=preset, tags=tags or recorded
     ).eval()
+    if recorded:
+        model.tags_source = f"recorded by {source}"
     model.name_or_path = str(Path(path).resolve())
     setattr(model, CHAT_ATTRIBUTE, saved_chat_settings(path, preset_chat(model.preset)))
     return model, BagelProcessor(tokenizer, model.preset, vae_image_size=model.config.vae_image_size)
