@@ -123,7 +123,7 @@ def test_eval_runs_a_released_checkpoint_as_the_releases_eval_does(tmp_path, mon
         BagelUnifiedModel, "decoder_class", scripted_decoder(BagelUnifiedModel.decoder_class, [script], end)
     )
     tsv = _benchmark(tmp_path / "MMStar.tsv")
-    args = ["eval", "--model", str(folder), "--data", str(tsv), "--levels", "clean", "--max-new-tokens", "200",
+    args = ["eval", "--model", str(folder), "--data", str(tsv), "--levels", "clean",
             "--steps", "2", "--batch-size", "4", "--gallery", "0"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     report = (tmp_path / "out" / "report.md").read_text()
@@ -138,6 +138,7 @@ def test_eval_runs_a_released_checkpoint_as_the_releases_eval_does(tmp_path, mon
         "| system prompt | CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT |",
         "| readback | reencode-vae: decoded to 8-bit pixels, encoded by the VAE, a latent block |",
         "| VAE posterior | sampled (seeded) |",
+        "| token budget | 12288 tokens a completion |",  # 3 turns of 4095 tokens and their <|im_end|>
         "the clear-release preset's: CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT (prompts.py)",  # Setup: From
         "`You are a specialized multimodal assistant.",  # Setup: the prompt itself
     ):

@@ -14,6 +14,7 @@ is cached again from its text and followed by the restoration and the next turn.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -374,3 +375,35 @@ def test_folders_say_which_protocol_they_speak(folder, tmp_path):
     assert load_bagel_unified(saved, device="cpu")[0].tags == "tokens"
     with pytest.raises(ClearRLError, match="tags='tokens'"):
         load_bagel_unified(saved, device="cpu", tags="text")
+
+
+# -- training -----------------------------------------------------------------------------------------------
+def test_training_a_model_whose_tags_are_text_is_refused_before_anything_is_written(folder, tmp_path, capsys):
+    """clear-rl trains its single-token protocol only: a released checkpoint (no record, the preset's text
+    tags) is refused by the preflight, naming why and what to set; tags: tokens (SFT from the base) or a
+    folder clear-rl trained passes."""
+    import datasets
+
+    from clear_rl.cli import main
+    from clear_rl.recipe import load_recipe
+    from tests.prepared import prepared_dataset
+
+    data = tmp_path / "prepared"
+    datasets.DatasetDict({"train": prepared_dataset(2)}).save_to_disk(str(data))
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "bagel_7b_mot"
+    out = tmp_path / "grpo"
+    args = [f"model.path={folder}", f"data.path={data}", f"training.output_dir={out}"]
+    assert main(["train", str(recipes / "grpo-release.yaml"), *args]) == 2
+    error = capsys.readouterr().err
+    assert "reads the protocol tags as plain text" in error and "preset clear-release" in error
+    assert "set model.tags: tokens" in error and not out.exists()  # refused before anything is written
+    load_recipe(recipes / "grpo-release.yaml", [*args, "model.tags=tokens"], check_inputs=True)
+    load_recipe(recipes / "sft-release.yaml", args, check_inputs=True)  # its own tags: tokens
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    for item in folder.iterdir():
+        (trained / item.name).symlink_to(item)
+    (trained / "clear_rl_recipe.yaml").write_text("stage: sft\nmodel:\n  tags: tokens\n")
+    load_recipe(recipes / "grpo-release.yaml", [f"model.path={trained}", *args[1:]], check_inputs=True)
+    with pytest.raises(ClearRLError, match="model.tags"):
+        load_recipe(recipes / "sft-release.yaml", [*args, "model.tags=text"], check_inputs=True)

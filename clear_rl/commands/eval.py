@@ -126,7 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", type=int, default=2, metavar="N",
                         help="rows per corruption in each run's gallery_<run>.png (0: none; default 2)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="tokens a completion holds at most (default: the model's: 256, or for tags as text the "
+        "release's 3 turns of 4095 tokens)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", type=int, default=None,
         help="restoration Euler steps (network evaluations); default: the model's (BAGEL presets: 49, "

@@ -52,7 +52,8 @@ RESTORE_POLICIES = ("model", "always", "never", "oracle")
 MODEL_READBACK = "model"
 READBACKS = (MODEL_READBACK, *READBACK_PATHS)
 DEGRADED_VIEWS = ("keep", "drop")
-MODEL_GUIDANCE = "model"  # EvalConfig.restoration_guidance: the model's preset's
+MODEL_GUIDANCE = "model"
+DEFAULT_MAX_NEW_TOKENS = 256  # EvalConfig.restoration_guidance: the model's preset's
 
 
 @dataclass
@@ -67,7 +68,9 @@ class EvalConfig:
     levels: Sequence[str] = LEVELS
     restore: str | Sequence[str] = "model"  # model | always | never | oracle
     batch_size: int = 8
-    max_new_tokens: int = 256
+    # Tokens a row writes at most; None: the model's own budget (a model whose tags are text: the
+    # release's, max_turns turns of turn_tokens each and their <|im_end|>; otherwise 256).
+    max_new_tokens: int | None = None
     restoration_steps: int | None = None  # denoising steps of a restoration; None: the model's
     seed: int = 0
     # OWN_PROMPT: each model's own (the one it was trained with, see models.chat); a text, or None
@@ -172,7 +175,7 @@ def _generation_config(config: EvalConfig, run: Run, model=None) -> InterleavedG
     """Greedy text, ODE restoration, under the run's policy, readback and degraded view; guided as
     the model's preset says unless `config` gives its own guidance."""
     return InterleavedGenerationConfig(
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=token_budget(config, model),
         do_sample=False,
         restore=run.restore,
         readback=readback_of(run, model),
@@ -181,6 +184,14 @@ def _generation_config(config: EvalConfig, run: Run, model=None) -> InterleavedG
             steps=config.restoration_steps, sampler="ode", guidance=restoration_guidance(config, model)
         ),
     )
+
+
+def token_budget(config: EvalConfig, model) -> int:
+    """`config.max_new_tokens`, or the model's own budget where it is None (see EvalConfig)."""
+    if config.max_new_tokens is not None:
+        return config.max_new_tokens
+    rules = getattr(model, "turn_rules", None)
+    return DEFAULT_MAX_NEW_TOKENS if rules is None else rules.max_turns * (rules.turn_tokens + 1)
 
 
 def readback_of(run: Run, model) -> str:
@@ -210,10 +221,16 @@ def inference_settings(model, config: EvalConfig, run: Run) -> dict:
         values["CFG renorm"] = f"{guidance.renorm} (min {guidance.renorm_min})"
         values["CFG interval"] = f"t in ({guidance.interval[0]}, {guidance.interval[1]}]"
         values["CFG contexts"] = guidance.contexts
+    own = config.max_new_tokens is None  # the model's own budget, not a flag's
+    values["token budget"] = f"{token_budget(config, model)} tokens a completion" + (
+        "" if own else " (given)"
+    )
     steps = config.restoration_steps
     if steps is not None and steps != preset.steps:
         values["restoration steps"] = f"{steps} Euler steps (given; the preset's: {preset.steps})"
-    changed = sorted(k for k, v in values.items() if v != dict(preset.rows()).get(k))
+    changed = sorted(
+        k for k, v in values.items() if v != dict(preset.rows()).get(k) and not (k == "token budget" and own)
+    )
     return {"preset": preset.name, "preset_summary": preset.summary, "inference": values, "changed": changed}
 
 
