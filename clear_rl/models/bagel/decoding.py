@@ -246,7 +246,8 @@ class BagelDecoder:
             self._run(new)
 
     def restoration_context(self, rows: torch.Tensor) -> BagelRestorationContext:
-        """The rows' cached prefix (closed turn included) and, when guided, the two CFG contexts."""
+        """The rows' cached prefix (closed turn included; re-tokenised where the tags are text) and,
+        when guided, the two CFG contexts."""
         bagel = self.model.bagel
         index = rows.nonzero().squeeze(1)
         chosen = set(index.tolist())
@@ -266,8 +267,9 @@ class BagelDecoder:
         return BagelRestorationContext(cache, index, degraded, unconditional)
 
     def append_restored(self, rows: torch.Tensor, restored_latents: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """The restored latents as clean latent blocks (the bridge), or under `reencode` as ViT
-        blocks of their decoded pixels (the paper's baseline), then `<|im_start|>`."""
+        """The restored latents as clean latent blocks (the bridge; under `reencode-vae` the latents of
+        their 8-bit pixels encoded again), or under `reencode` as ViT blocks of those pixels (the
+        paper's baseline), then `<|im_start|>` opening the next turn."""
         chosen = rows.nonzero().squeeze(1).tolist()
         self._settle_turns(chosen)  # `oracle` restores without asking for a restoration context
         if self.cfg.degraded_view == "drop":
