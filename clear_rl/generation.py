@@ -6,7 +6,7 @@ denoises a latent for that row, conditioned on the row's context so far (hidden 
 `<|restored_pad|>` positions carrying bridge embeddings; the row then writes text again until
 `</answer>`, EOS or its token budget. That is clear-rl's single-token protocol; a model whose tags
 are plain text (CLEAR's released checkpoints, `model.turn_rules`) restores as the release does, after
-a finished text turn holding `<image_restore>`, for a few turns (turns.py).
+a finished text turn holding `<image_restore>`, for a few turns (models/turns.py).
 
 The loop (token choice under the restore policy, stops, the restoration sampler, collecting the
 completions) is the same for every backbone; the model calls are its decoder's
@@ -40,8 +40,8 @@ from transformers.generation.logits_process import (
 
 from clear_rl.models.backbone import UnifiedBackbone
 from clear_rl.models.readback import READBACKS, DegradedView, Readback
+from clear_rl.models.turns import tag_protocol
 from clear_rl.restoration import RestorationSampling, restore_latents
-from clear_rl.turns import tag_protocol
 
 RestorePolicy = Literal["model", "always", "never", "oracle"]
 

@@ -12,7 +12,7 @@ so it never branches on the backbone (the trainers call `TrainableBackbone`, bel
   `Decoder` the backbone builds (`decoder_class`): prompt prefill, one text step, the restoration
   context of some rows, and putting restored latents back (the bridge) into the context;
 - a model whose protocol tags are plain text (CLEAR's released checkpoints) also has `turn_rules`
-  (`clear_rl.turns.TurnRules`): generation then reads its restoration requests from finished text
+  (`clear_rl.models.turns.TurnRules`): generation then reads its restoration requests from finished text
   turns instead of the single `<image_restore>` token, and its decoder caches each turn as written.
 """
 

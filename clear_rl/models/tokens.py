@@ -1,7 +1,7 @@
 """The CLEAR token protocol and the special tokens it adds to a tokenizer.
 
 clear-rl's protocol adds the tags as single tokens. CLEAR's released checkpoints write them as plain
-text instead; a model that does keeps only the placeholder token (`ClearTokenIds.text_tags`, turns.py).
+text instead; a model that does keeps only the placeholder token (`ClearTokenIds.text_tags`, models/turns.py).
 
 Direct:        <think>quality check + reasoning</think><answer>...</answer>
 With restore:  <think>quality check</think><image_restore>[<|restored_pad|> x N]<think>reasoning</think><answer>...</answer>

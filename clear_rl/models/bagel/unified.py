@@ -43,7 +43,7 @@ from clear_rl.models.tokens import (
     add_restored_pad,
     has_tag_tokens,
 )
-from clear_rl.turns import TurnRules
+from clear_rl.models.turns import TurnRules
 
 DEFAULT_VAE_IMAGE_SIZE = 512  # BAGEL's VAE transform keeps sides in [512, 1024]
 
