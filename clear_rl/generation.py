@@ -4,7 +4,9 @@ Each row of a batch writes text until it emits `<image_restore>`; the restoratio
 denoises a latent for that row, conditioned on the row's context so far (hidden states up to
 `<image_restore>`, which include the degraded image), and the latent enters the context as
 `<|restored_pad|>` positions carrying bridge embeddings; the row then writes text again until
-`</answer>`, EOS or its token budget.
+`</answer>`, EOS or its token budget. That is clear-rl's single-token protocol; a model whose tags
+are plain text (CLEAR's released checkpoints, `model.turn_rules`) restores as the release does, after
+a finished text turn holding `<image_restore>`, for a few turns (models/turns.py).
 
 The loop (token choice under the restore policy, stops, the restoration sampler, collecting the
 completions) is the same for every backbone; the model calls are its decoder's
@@ -12,8 +14,9 @@ completions) is the same for every backbone; the model calls are its decoder's
 into `<|restored_pad|>` positions with masked holes for the other rows (models/decoding.py), BAGEL's
 appends the restored latent as a clean latent block (models/bagel/decoding.py).
 
-What fills the restored slot (`readback`): the bridge's embeddings of the latent, or the
-paper's baseline, the VLM's own vision tokens of the VAE-decoded latent (models/readback.py).
+What fills the restored slot (`readback`): the bridge's embeddings of the latent, the paper's
+baseline, the VLM's own vision tokens of the VAE-decoded latent, or the bridge of the decoded latent
+encoded again (models/readback.py).
 `restore="oracle"` puts given clean latents in the slot and hides the image tokens throughout,
 measuring how well the model answers from the bridged latent alone; `degraded_view="drop"`
 hides a row's image tokens from every position after its restored slot begins.
@@ -36,7 +39,8 @@ from transformers.generation.logits_process import (
 )
 
 from clear_rl.models.backbone import UnifiedBackbone
-from clear_rl.models.readback import DegradedView, Readback
+from clear_rl.models.readback import READBACKS, DegradedView, Readback
+from clear_rl.models.turns import tag_protocol
 from clear_rl.restoration import RestorationSampling, restore_latents
 
 RestorePolicy = Literal["model", "always", "never", "oracle"]
@@ -56,8 +60,9 @@ class InterleavedGenerationConfig:
     # opens with `<image_restore>`, the slot holds the given `oracle_latents` and the image tokens
     # are hidden throughout (the model answers from the bridged latent alone).
     restore: RestorePolicy = "model"
-    # What fills the restored slot: "bridge" (CLEAR) or "reencode" (VAE decode -> the VLM's own
-    # image processor and vision path; needs `image_processor`).
+    # What fills the restored slot: "bridge" (CLEAR), "reencode" (VAE decode -> the VLM's own image
+    # processor and vision path; needs `image_processor`) or "reencode-vae" (decoded to 8-bit pixels and
+    # encoded again by the VAE, then the bridge: CLEAR's per-degradation eval).
     readback: Readback = "bridge"
     # "drop": once a row restores, its degraded image tokens are hidden from every later position.
     degraded_view: DegradedView = "keep"
@@ -117,13 +122,12 @@ class _Rollout:
             degraded_latents,
             cfg,
             image_processor=image_processor,
+            generator=gen,
         )
         self.pad_id = self.decoder.pad_id
-        self.stop_ids = torch.tensor(
-            [*self.decoder.stop_token_ids, self.ids.answer_end, *cfg.stop_token_ids], device=input_ids.device
-        )
-        self.banned = torch.tensor(self.decoder.banned_token_ids, dtype=torch.long, device=input_ids.device)
         self.batch = input_ids.shape[0]
+        self.tags = tag_protocol(model, self.decoder, cfg, self.batch, input_ids.device)
+        self.banned = torch.tensor(self.decoder.banned_token_ids, dtype=torch.long, device=input_ids.device)
         self.seq_ids = input_ids  # what the logits warpers see (they ignore it)
         self.restored_latents = torch.zeros(self.batch, *model.latent_shape, device=input_ids.device)
         self.warpers = LogitsProcessorList()
@@ -143,29 +147,18 @@ class _Rollout:
     # -- token choice ----------------------------------------------------------------------------
     def choose(self, logits, restored, previous, last_step):
         """Pick each row's next token under the restore policy; returns (tokens, log-probs)."""
-        ids, cfg = self.ids, self.cfg
+        cfg = self.cfg
         logits = logits.clone()
         # Placeholders are never model-written; a sampled image token would have no features.
         logits[:, self.banned] = float("-inf")
-        if cfg.restore == "never":
-            logits[:, ids.image_restore] = float("-inf")
-        else:
-            logits[restored, ids.image_restore] = float("-inf")  # at most one restoration per row
+        self.tags.mask(logits, restored)
         scaled = logits / cfg.temperature if cfg.do_sample else logits
         if cfg.do_sample:
             probs = torch.softmax(self.warpers(self.seq_ids, logits), dim=-1)
             tokens = torch.multinomial(probs, 1, generator=self.gen).squeeze(1)
         else:
             tokens = logits.argmax(-1)
-        if cfg.restore == "oracle":
-            # The slot is the only view: a quality check of an image the row cannot see is skipped.
-            tokens = torch.where(~restored, torch.full_like(tokens, ids.image_restore), tokens)
-        elif cfg.restore == "always":
-            would_end = torch.isin(
-                tokens, torch.cat([self.stop_ids, self.stop_ids.new_tensor([ids.answer_start])])
-            )
-            force = ~restored & ((previous == ids.think_end) | would_end | last_step)
-            tokens = torch.where(force, torch.full_like(tokens, ids.image_restore), tokens)
+        tokens = self.tags.force(tokens, restored, previous, last_step)
         logprobs = torch.log_softmax(scaled, dim=-1).gather(1, tokens[:, None]).squeeze(1)
         return tokens, logprobs
 
@@ -183,8 +176,8 @@ class _Rollout:
             active = ~finished
             tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
             columns.append((tokens, active, torch.zeros_like(active), torch.where(active, logprobs, 0.0)))
-            restoring = active & (tokens == ids.image_restore)
-            finished = finished | (active & torch.isin(tokens, self.stop_ids))
+            restoring, ending = self.tags.after(tokens, active)
+            finished = finished | ending
             logits = self.decoder.step(tokens, active)
             previous = torch.where(active, tokens, previous)
             if restoring.any():
@@ -276,7 +269,7 @@ def _check(model, input_ids, config: InterleavedGenerationConfig, image_processo
     """Clear errors for settings that cannot run, before any model call."""
     for name, value, valid in (
         ("restore", config.restore, ("model", "always", "never", "oracle")),
-        ("readback", config.readback, ("bridge", "reencode")),
+        ("readback", config.readback, READBACKS),
         ("degraded_view", config.degraded_view, ("keep", "drop")),
     ):
         if value not in valid:

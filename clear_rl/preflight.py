@@ -63,6 +63,34 @@ def check_data(recipe: Recipe, where: str) -> None:
         raise DataError(f"{where}: data.path: {exc}") from None
 
 
+def check_tags(model: ModelConfig, found: str | None, where: str) -> None:
+    """A BAGEL-family model trains with clear-rl's single-token tags only: one whose tags are text (a
+    folder recording none, under a preset whose tags are text: CLEAR's checkpoints) is refused."""
+    from clear_rl.models.chat import adapter_base, saved_tags
+    from clear_rl.models.settings import BAGEL_PRESET_TAGS, text_tags_training_error
+    from clear_rl.models.weights import layout
+
+    folder = Path(model.path)
+    if found == "adapters":
+        base = adapter_base(folder)
+        bagel = base is not None and layout(base) == "bagel"
+    else:
+        bagel = found == "bagel" and model.backbone != "composed"
+    if not bagel:
+        return
+    tags, source = model.tags, "model.tags"
+    if tags is None:
+        tags, source = saved_tags(folder)
+    if tags is None:
+        preset = model.preset or "clear-release"
+        tags, source = (
+            BAGEL_PRESET_TAGS[preset],
+            f"no clear_rl_recipe.yaml records it; preset {preset}'s tags",
+        )
+    if tags == "text":
+        raise RecipeError(text_tags_training_error(f"{where}: model.path {folder}", source))
+
+
 def check_model_folders(model: ModelConfig, where: str) -> None:
     """The `model:` section's folders exist and hold a model with whole weights (clear-rl loads
     local folders only)."""
@@ -72,6 +100,8 @@ def check_model_folders(model: ModelConfig, where: str) -> None:
             found = check_model_folder(model.path, model.backbone)
         except WeightsError as exc:
             raise RecipeError(f"{where}: model.path: {exc}") from None
+    if model.path is not None:
+        check_tags(model, found, where)
     if model.load_in_4bit and model.lora is None and found != "adapters":  # adapters keep training
         raise RecipeError(f"{where}: model.load_in_4bit trains only through LoRA: add a model.lora section")
     for key, value, subfolder in (

@@ -34,7 +34,7 @@ import yaml
 from clear_rl import __version__
 from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.settings import BACKBONES, BAGEL_PRESETS, PARTS, LoraSettings
+from clear_rl.models.settings import BACKBONES, BAGEL_PRESETS, PARTS, TAGS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
@@ -58,6 +58,10 @@ class ModelConfig:
     # A BAGEL-family folder's inference preset (image views, restoration CFG, steps;
     # docs/bagel-release.md); None: its default, clear-release.
     preset: Literal[BAGEL_PRESETS] | None = None
+    # How a BAGEL-family model writes the protocol tags: "tokens" (clear-rl's single tokens, the only
+    # protocol clear-rl trains) or "text" (CLEAR's release); None: what the folder records (a model
+    # clear-rl trained: tokens), else its preset's (text). docs/bagel-release.md.
+    tags: Literal[TAGS] | None = None
     vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
     vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
     vae_subfolder: str | None = None
@@ -86,6 +90,10 @@ class ModelConfig:
             raise ValueError("model.backbone: bagel loads an official-layout BAGEL folder: set model.path")
         if self.preset is not None and self.path is None:
             raise ValueError("model.preset sets a BAGEL-family folder's inference values: set model.path")
+        if self.tags == "text" and self.path is None:
+            raise ValueError(
+                "model.tags: text is how a BAGEL-family folder may write its tags: set model.path"
+            )
 
 
 @dataclass

@@ -29,8 +29,8 @@ def folder(tmp_path_factory):
 
 @pytest.fixture
 def bagel(folder):
-    """(model, processor), freshly loaded: tests may add hooks."""
-    return load_bagel_unified(folder, device="cpu")
+    """(model, processor), freshly loaded with clear-rl's single-token tags: tests may add hooks."""
+    return load_bagel_unified(folder, device="cpu", tags="tokens")
 
 
 def _answer(model, processor, oracle=None, guidance=None, sampler="ode", seed=0, size=(40, 36), **config):

@@ -183,7 +183,7 @@ def test_presets_are_fitted_to_a_smaller_model_and_named(folder):
 def test_restorations_take_each_images_vae_view(folder):
     from clear_rl.answering import answer_batch
 
-    model, processor = load_bagel_unified(folder, device="cpu")
+    model, processor = load_bagel_unified(folder, device="cpu", tags="tokens")
     image = _image(40, 24)  # tiny VAE view: 32 x 20, latent 16 x 10 (5 x 8 tokens)
     cfg = InterleavedGenerationConfig(max_new_tokens=3, do_sample=False, restore="always",
                                       restoration=RestorationSampling(steps=2))  # fmt: skip
@@ -233,7 +233,7 @@ def test_the_decoder_guides_with_the_contexts_it_is_given(folder, contexts):
     own ids, cut as `contexts` says."""
     from clear_rl.answering import answer_batch
 
-    model, processor = load_bagel_unified(folder, device="cpu")
+    model, processor = load_bagel_unified(folder, device="cpu", tags="tokens")
     seen, prefill = [], model.bagel.prefill
     model.bagel.prefill = lambda samples, *a, **k: (seen.append(samples), prefill(samples, *a, **k))[1]
     guidance = RestorationGuidance(contexts=contexts)

@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def bagel(folder):
-    return load_bagel_unified(folder, device="cpu")
+    return load_bagel_unified(folder, device="cpu", tags="tokens")  # clear-rl trains its single tokens
 
 
 def _batch(model, processor, n: int = 2):
@@ -73,7 +73,13 @@ def _train(recipe: Path | str, *overrides: str) -> int:
 
 
 def _recipe(tmp_path, stage: str, model: dict, training: dict, data: Path, rewards=None) -> Path:
-    recipe = {"stage": stage, "model": model, "data": {"path": str(data)}, "training": {**QUIET, **training}}
+    """A recipe training the tiny folder (a BAGEL-7B-MoT stand-in) with clear-rl's single-token tags."""
+    recipe = {
+        "stage": stage,
+        "model": {"tags": "tokens", **model},
+        "data": {"path": str(data)},
+        "training": {**QUIET, **training},
+    }
     if rewards:
         recipe["rewards"] = rewards
     path = tmp_path / f"{stage}.yaml"
@@ -457,7 +463,7 @@ def test_two_process_ddp_runs_the_bagel_grpo_recipe(tmp_path, folder, data):
 
     out = tmp_path / "grpo"
     logs = _launch(
-        tmp_path, "recipes/bagel_7b_mot/grpo-lora.yaml", f"model.path={folder}", f"data.path={data}",
+        tmp_path, "recipes/bagel_7b_mot/grpo-lora.yaml", f"model.path={folder}", "model.tags=tokens", f"data.path={data}",
         f"training.output_dir={out}", "training.max_steps=1", "training.gradient_accumulation_steps=1",
         "training.per_device_train_batch_size=2", "training.num_generations=2", "training.max_completion_length=4",
         "training.restoration_steps=2", "training.restore_policy=always", "training.report_to=none",
@@ -495,7 +501,7 @@ def test_the_bagel_recipes_run_one_step_on_the_tiny_folder(tmp_path, folder, dat
         "training.restoration_steps=2",
     ]
     assert _train(RECIPES / "bridge-lora.yaml", *bridge, *tiny) == 0
-    grpo = [f"model.path={folder}", f"training.output_dir={tmp_path / 'grpo'}", "training.restoration_steps=2",
+    grpo = [f"model.path={folder}", "model.tags=tokens", f"training.output_dir={tmp_path / 'grpo'}", "training.restoration_steps=2",
             "training.max_completion_length=4", "training.per_device_train_batch_size=2",
             "training.num_generations=2"]  # fmt: skip
     assert _train(RECIPES / "grpo-lora.yaml", *grpo, *tiny) == 0

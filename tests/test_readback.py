@@ -98,6 +98,26 @@ def test_reencode_puts_exactly_the_vision_tokens_of_the_decoded_latent_in_the_sl
     assert not torch.allclose(bridged, expected, atol=1e-3)
 
 
+def test_reencode_vae_bridges_the_restoration_read_back_through_8_bit_pixels(fresh_tiny):
+    """The composed model's `reencode-vae`: the slot holds the bridge of the decoded, 8-bit, re-encoded
+    latent (not of the sampled one), and a KV-cached rollout equals recomputing it."""
+    from clear_rl.models.readback import vae_roundtrip
+
+    model, processor = fresh_tiny
+    recorder = _SlotRecorder(model)
+    out = _generate(model, processor, restore="always", readback="reencode-vae")
+    recorder.remove()
+    expected = model.bridge(vae_roundtrip(model, out.restored_latents))
+    assert bool(out.restored.all())
+    for row in range(len(QUESTIONS)):
+        (seen,) = recorder.slots[row]
+        torch.testing.assert_close(seen, expected[row], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model.bridge(out.restored_latents), expected, atol=1e-4)
+    recomputed = _generate(model, processor, restore="always", readback="reencode-vae", use_cache=False)
+    assert torch.equal(out.completion_ids, recomputed.completion_ids)
+    torch.testing.assert_close(out.token_logprobs, recomputed.token_logprobs, atol=1e-4, rtol=0)
+
+
 def test_reencode_cache_matches_recomputing_and_differs_from_bridge(prone):
     model, processor = prone
     options = {"restore": "always", "readback": "reencode", "image_processor": processor}

@@ -21,7 +21,9 @@ or --readback paths are evaluated side by side, rows labelled `<model> [<policy>
 Nothing is written beside the inputs. --resume skips rows already answered by an interrupted run.
 A --model folder in BAGEL's official layout (BAGEL-7B-MoT, CLEAR's checkpoints) loads as the bagel
 backbone under an inference preset (--preset: clear-release, CLEAR's own eval, by default; or
-bagel-upstream): its image views, restoration CFG and step count, named in report.md. --cfg-* override
+bagel-upstream): its image views, restoration CFG, step count, protocol tags and turns, system prompt
+(for a folder without clear_rl_recipe.yaml), readback and VAE posterior, named in report.md. --tags
+says how the model writes its tags where the folder records nothing. --cfg-* override
 single CFG values, --no-cfg turns guidance off; --steps N is N Euler steps for every backbone (the
 release's num_timesteps 50 is --steps 49, the presets' default).
 """
@@ -36,7 +38,8 @@ HELP = "evaluate models on clean and degraded benchmarks (MMD-Bench protocol)"
 LEVELS = ("clean", "low", "mid", "high")
 # clear_rl.eval.runner's RESTORE_POLICIES / READBACKS / DEGRADED_VIEWS, for the same reason.
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
-READBACKS = ("bridge", "reencode")
+READBACKS = ("model", "bridge", "reencode", "reencode-vae")
+TAGS = ("text", "tokens")  # clear_rl.models.settings.TAGS
 PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
 BACKBONES = ("auto", "composed", "bagel")  # clear_rl.models.settings.BACKBONES
 RENORMS = ("global", "channel", "text_channel")  # clear_rl.restoration.RENORMS
@@ -108,10 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--readback",
         type=_several(READBACKS, "--readback"),
-        default=["bridge"],
+        default=["model"],
         metavar="PATH[,PATH]",
-        help="how a restoration enters the context: bridge (default, the "
-        "latent bridge) or reencode (decode + ViT); both: side by side",
+        help="how a restoration enters the context: model (default: the preset's for BAGEL-family folders, "
+        "clear-release: reencode-vae; else bridge), bridge (the latent bridge), reencode (decode + ViT) or "
+        "reencode-vae (decoded to 8-bit pixels and encoded again by the VAE); several: side by side",
     )
     parser.add_argument(
         "--degraded-view",
@@ -122,7 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", type=int, default=2, metavar="N",
                         help="rows per corruption in each run's gallery_<run>.png (0: none; default 2)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="tokens a completion holds at most (default: the model's: 256, or for tags as text the "
+        "release's 3 turns of 4095 tokens)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", type=int, default=None,
         help="restoration Euler steps (network evaluations); default: the model's (BAGEL presets: 49, "
@@ -144,6 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", choices=PRESETS, default=None,
         help="inference preset of BAGEL-family --model folders: clear-release (default: CLEAR's own eval) "
         "or bagel-upstream (ByteDance's defaults); see docs/bagel-release.md",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tags", choices=TAGS, default=None,
+        help="how BAGEL-family --model folders write <think>, <answer>, <image_restore>: text (CLEAR's release: "
+        "a finished turn holding <image_restore> restores) or tokens (clear-rl's single tokens); default: "
+        "what the folder records (a model clear-rl trained: tokens), else the preset's (text)",
     )  # fmt: skip
     cfg = parser.add_argument_group(
         "restoration CFG", "BAGEL's classifier-free guidance of restorations (backbones that offer it); "
@@ -206,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     from clear_rl.models.io import load_unified
 
     models = {
-        name: load_unified(path, backbone=args.backbone, preset=args.preset) for name, path in named.items()
+        name: load_unified(path, backbone=args.backbone, preset=args.preset, tags=args.tags)
+        for name, path in named.items()
     }
     config = EvalConfig(
         levels=args.levels,

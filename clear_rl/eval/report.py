@@ -193,7 +193,7 @@ def setup_section(protocol: str, runs: Runs | None) -> str:
 
 def preset_section(runs: Runs | None) -> str:
     """The inference preset of each BAGEL-family run and every value it ran with ("" when none):
-    a value a flag changed is marked *."""
+    a value a flag or the model's folder changed is marked *."""
     preset_runs = {label: run for label, run in (runs or {}).items() if run.get("preset")}
     if not preset_runs:
         return ""
@@ -211,7 +211,7 @@ def preset_section(runs: Runs | None) -> str:
         )
     )
     note = (
-        "\n\\* changed from the preset by a flag.\n"
+        "\n\\* not the preset's: changed by a flag, or recorded by the model's folder.\n"
         if any(r.get("changed") for r in preset_runs.values())
         else ""
     )

@@ -39,15 +39,21 @@ from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 from clear_rl.io.images import decode_image, pil_to_tensor
 from clear_rl.io.tsv import resolve_image_cells
+from clear_rl.models.bagel.presets import READBACK_DESCRIPTIONS, TAG_DESCRIPTIONS
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
+from clear_rl.models.readback import READBACKS as READBACK_PATHS
+from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.restoration import RestorationGuidance, RestorationSampling
 from clear_rl.reward_helpers import answer_grades
 
 logger = logging.getLogger(__name__)
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
-READBACKS = ("bridge", "reencode")
+# "model": the model's own, its preset's for a BAGEL-family model (clear-release: reencode-vae), else bridge
+MODEL_READBACK = "model"
+READBACKS = (MODEL_READBACK, *READBACK_PATHS)
 DEGRADED_VIEWS = ("keep", "drop")
-MODEL_GUIDANCE = "model"  # EvalConfig.restoration_guidance: the model's preset's
+MODEL_GUIDANCE = "model"
+DEFAULT_MAX_NEW_TOKENS = 256  # EvalConfig.restoration_guidance: the model's preset's
 
 
 @dataclass
@@ -62,7 +68,9 @@ class EvalConfig:
     levels: Sequence[str] = LEVELS
     restore: str | Sequence[str] = "model"  # model | always | never | oracle
     batch_size: int = 8
-    max_new_tokens: int = 256
+    # Tokens a row writes at most; None: the model's own budget (a model whose tags are text: the
+    # release's, max_turns turns of turn_tokens each and their <|im_end|>; otherwise 256).
+    max_new_tokens: int | None = None
     restoration_steps: int | None = None  # denoising steps of a restoration; None: the model's
     seed: int = 0
     # OWN_PROMPT: each model's own (the one it was trained with, see models.chat); a text, or None
@@ -71,7 +79,7 @@ class EvalConfig:
     protocol: str = "paper"  # paper | vlmevalkit (see scoring.py)
     judge: bool = False
     resume: bool = False
-    readback: str | Sequence[str] = "bridge"  # bridge | reencode
+    readback: str | Sequence[str] = MODEL_READBACK  # model | bridge | reencode | reencode-vae
     degraded_view: str = "keep"  # keep | drop: the degraded image's ViT tokens after restoring
     gallery: int = 2  # rows per corruption in each run's gallery (0: none)
     quality: bool = True  # PSNR / latent cosine of restorations against the clean rows
@@ -120,13 +128,14 @@ def plan_runs(names: Sequence[str], config: EvalConfig) -> list[Run]:
     """Every (model, restore policy, readback) to evaluate, labelled so the report tells them apart.
 
     A label shows the policy unless the only one is `model`, and the readback when several are
-    compared or the only one is not the default bridge; one plain run keeps the model's name.
+    compared or the only one is neither the model's own nor the bridge; one plain run keeps the
+    model's name.
     """
     restores = choices(config.restore, RESTORE_POLICIES, "restore")
     readbacks = choices(config.readback, READBACKS, "readback")
     choices(config.degraded_view, DEGRADED_VIEWS, "degraded_view")
     show_restore = restores != ["model"]
-    show_readback = readbacks != ["bridge"]
+    show_readback = readbacks not in ([MODEL_READBACK], ["bridge"])
     runs = []
     for name in names:
         for restore in restores:
@@ -166,10 +175,10 @@ def _generation_config(config: EvalConfig, run: Run, model=None) -> InterleavedG
     """Greedy text, ODE restoration, under the run's policy, readback and degraded view; guided as
     the model's preset says unless `config` gives its own guidance."""
     return InterleavedGenerationConfig(
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=token_budget(config, model),
         do_sample=False,
         restore=run.restore,
-        readback=run.readback or "bridge",
+        readback=readback_of(run, model),
         degraded_view=config.degraded_view,
         restoration=RestorationSampling(
             steps=config.restoration_steps, sampler="ode", guidance=restoration_guidance(config, model)
@@ -177,13 +186,32 @@ def _generation_config(config: EvalConfig, run: Run, model=None) -> InterleavedG
     )
 
 
-def inference_settings(model, config: EvalConfig) -> dict:
-    """A BAGEL-family model's preset and the values in force under `config` (the preset's, or the
-    flags that replaced them), for the report; {} for a model without presets."""
+def token_budget(config: EvalConfig, model) -> int:
+    """`config.max_new_tokens`, or the model's own budget where it is None (see EvalConfig)."""
+    if config.max_new_tokens is not None:
+        return config.max_new_tokens
+    rules = getattr(model, "turn_rules", None)
+    return DEFAULT_MAX_NEW_TOKENS if rules is None else rules.max_turns * (rules.turn_tokens + 1)
+
+
+def readback_of(run: Run, model) -> str:
+    """The run's readback, `model` meaning the model's own (its preset's; the bridge without one)."""
+    if run.readback != MODEL_READBACK and run.readback:
+        return run.readback
+    preset = getattr(model, "preset", None)
+    return preset.readback if preset is not None and run.readback else "bridge"
+
+
+def inference_settings(model, config: EvalConfig, run: Run) -> dict:
+    """A BAGEL-family model's preset and the values in force in `run` under `config` (the preset's, or
+    the flags and the folder's records that replaced them), for the report; {} for a model without
+    presets."""
     preset = getattr(model, "preset", None)
     if preset is None:
         return {}
     values = dict(preset.rows())
+    readback = readback_of(run, model) if run.readback else None  # `never` reads nothing back
+    values.update(protocol_values(model, preset, chat_for(config, model), readback))
     guidance = restoration_guidance(config, model)
     own = RestorationGuidance.from_preset(preset.guidance)
     if guidance is None:
@@ -193,11 +221,30 @@ def inference_settings(model, config: EvalConfig) -> dict:
         values["CFG renorm"] = f"{guidance.renorm} (min {guidance.renorm_min})"
         values["CFG interval"] = f"t in ({guidance.interval[0]}, {guidance.interval[1]}]"
         values["CFG contexts"] = guidance.contexts
+    own = config.max_new_tokens is None  # the model's own budget, not a flag's
+    values["token budget"] = f"{token_budget(config, model)} tokens a completion" + (
+        "" if own else " (given)"
+    )
     steps = config.restoration_steps
     if steps is not None and steps != preset.steps:
         values["restoration steps"] = f"{steps} Euler steps (given; the preset's: {preset.steps})"
-    changed = sorted(k for k, v in values.items() if v != dict(preset.rows()).get(k))
+    changed = sorted(
+        k for k, v in values.items() if v != dict(preset.rows()).get(k) and not (k == "token budget" and own)
+    )
     return {"preset": preset.name, "preset_summary": preset.summary, "inference": values, "changed": changed}
+
+
+def protocol_values(model, preset, chat: ChatSettings, readback: str | None) -> dict[str, str]:
+    """The report's protocol rows where the run differs from the preset: the tags the folder records,
+    the system prompt it was asked with, the readback a flag chose (`never` reads nothing back)."""
+    values = {}
+    if model.tags != preset.tags:
+        values["protocol tags"] = f"{TAG_DESCRIPTIONS[model.tags]} ({model.tags_source})"
+    if chat.system_prompt != (preset.system_prompt or SYSTEM_PROMPT):
+        values["system prompt"] = f"from {chat.source}" if chat.system_prompt else f"none ({chat.source})"
+    if readback is not None and readback != preset.readback:
+        values["readback"] = READBACK_DESCRIPTIONS[readback]
+    return values
 
 
 def restoration_guidance(config: EvalConfig, model) -> RestorationGuidance | None:
@@ -514,12 +561,13 @@ def evaluate(
     meta = {}
     for run in runs:
         chat = chat_for(config, models[run.model][0])
+        readback = readback_of(run, models[run.model][0]) if run.readback else ""
         meta[run.label] = {
-            "model": run.model, "restore": run.restore, "readback": run.readback,
+            "model": run.model, "restore": run.restore, "readback": readback,
             "system_prompt": chat.system_prompt, "prompt_source": chat.source,
             "chat_template_kwargs": chat.chat_template_kwargs,
         }  # fmt: skip
-        meta[run.label].update(inference_settings(models[run.model][0], config))
+        meta[run.label].update(inference_settings(models[run.model][0], config, run))
     return write_report(
         results,
         out,

@@ -44,7 +44,7 @@ def lora_target_pattern(model: TrainableBackbone, settings: LoraSettings) -> str
 
 def protocol_token_rows(model: TrainableBackbone) -> dict[str, list[int]]:
     """peft `trainable_token_indices`: the protocol tokens' rows of the input and (untied) output embeddings."""
-    ids = sorted(set(vars(model.token_ids).values()))
+    ids = sorted({i for i in vars(model.token_ids).values() if i is not None})  # tags as text have none
     rows = {path_of(model, model.get_input_embeddings()): ids}
     output = model.get_output_embeddings()
     if output is not None and output.weight is not model.get_input_embeddings().weight:

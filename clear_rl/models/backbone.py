@@ -10,7 +10,10 @@ so it never branches on the backbone (the trainers call `TrainableBackbone`, bel
   classifier-free-guidance contexts);
 - interleaved generation (`generation.py`) runs the token loop and leaves every model call to a
   `Decoder` the backbone builds (`decoder_class`): prompt prefill, one text step, the restoration
-  context of some rows, and putting restored latents back (the bridge) into the context.
+  context of some rows, and putting restored latents back (the bridge) into the context;
+- a model whose protocol tags are plain text (CLEAR's released checkpoints) also has `turn_rules`
+  (`clear_rl.models.turns.TurnRules`): generation then reads its restoration requests from finished text
+  turns instead of the single `<image_restore>` token, and its decoder caches each turn as written.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class UnifiedBackbone(Protocol):
 
     config: Any  # a `BackboneConfig`
     decoder_class: type  # called as decoder_class(model, input_ids, vlm_inputs, vae_pixel_values,
-    # degraded_latents, generation_config, image_processor=...) -> Decoder
+    # degraded_latents, generation_config, image_processor=..., generator=...) -> Decoder (the
+    # generator: the rollout's, for any sampling the decoder does, such as a VAE posterior)
 
     @property
     def device(self) -> torch.device: ...

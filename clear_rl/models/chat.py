@@ -5,7 +5,12 @@ Every training stage saves its resolved recipe (`clear_rl_recipe.yaml`) beside t
 and `training.chat_template_kwargs` are how the model was asked during training; a model asked
 otherwise can answer near chance (a model trained with a short prompt, evaluated with the
 default one). `load_unified` reads them into `model.clear_rl_chat`, and evaluation and probing
-ask the model the same way unless told otherwise.
+ask the model the same way unless told otherwise. A BAGEL-family folder without a recipe is asked
+with its inference preset's prompt (clear-release: CLEAR's own).
+
+The same files record how a model writes the protocol tags (`saved_tags`): a model clear-rl trained
+uses its single tokens; a folder without a record (BAGEL-7B-MoT, CLEAR's checkpoints) is read with its
+preset's tags (plain text, as CLEAR's release writes them).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import yaml
 
 from clear_rl.errors import ClearRLError
-from clear_rl.models.tokens import SYSTEM_PROMPT
+from clear_rl.models.tokens import IMAGE_RESTORE, SYSTEM_PROMPT
 
 # The name `clear_rl.recipe.RESOLVED_RECIPE_NAME` saves under (tests/test_chat_settings.py checks both agree).
 RECIPE_FILE = "clear_rl_recipe.yaml"
@@ -45,20 +50,16 @@ class _OwnPrompt:
 OWN_PROMPT = _OwnPrompt()
 
 
-def saved_chat_settings(folder: str | os.PathLike) -> ChatSettings:
+def saved_chat_settings(folder: str | os.PathLike, default: ChatSettings | None = None) -> ChatSettings:
     """The chat settings saved beside a model: its folder's recipe, else (an adapter folder) its
-    base model's, else clear-rl's defaults. A ClearRLError names a malformed file and key."""
+    base model's, else `default` (clear-rl's defaults unless given: a BAGEL preset gives its own
+    prompt). A ClearRLError names a malformed file and key."""
     folder = Path(folder)
     recipe = folder / RECIPE_FILE
     if not recipe.is_file():
-        base = _adapter_base(folder)
-        return saved_chat_settings(base) if base is not None else ChatSettings()
-    try:
-        document = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ClearRLError(f"{recipe}: not valid YAML ({exc})") from None
-    if not isinstance(document, dict):
-        raise ClearRLError(f"{recipe}: expected a mapping of recipe sections, got {type(document).__name__}")
+        base = adapter_base(folder)
+        return saved_chat_settings(base, default) if base is not None else default or ChatSettings()
+    document = _recipe_document(recipe)
     data = _section(document, "data", recipe)
     training = _section(document, "training", recipe)
     if "system_prompt" in data:
@@ -71,6 +72,54 @@ def saved_chat_settings(folder: str | os.PathLike) -> ChatSettings:
     return ChatSettings(
         prompt or None, _template_kwargs(training.get("chat_template_kwargs"), recipe), source
     )
+
+
+def saved_tags(folder: str | os.PathLike) -> tuple[str | None, str]:
+    """How a saved model writes the protocol tags, as its folder records it, and where that was read:
+    its recipe's `model.tags` (a recipe without one: "tokens", the only protocol clear-rl trains), else
+    (an adapter folder) its base's record, else "tokens" where its tokenizer holds the tags as tokens of
+    their own; (None, ...) where nothing records it (BAGEL-7B-MoT, CLEAR's checkpoints: the preset says)."""
+    folder = Path(folder)
+    recipe = folder / RECIPE_FILE
+    if recipe.is_file():
+        tags = _section(_recipe_document(recipe), "model", recipe).get("tags")
+        if tags is None:
+            return "tokens", f"{recipe} (clear-rl trained it: single tokens)"
+        if tags not in ("text", "tokens"):
+            raise ClearRLError(f"{recipe}: model.tags must be 'text' or 'tokens', got {tags!r}")
+        return tags, f"{recipe} (model.tags)"
+    base = adapter_base(folder)
+    if base is not None:
+        return saved_tags(base)
+    if _tokenizer_holds_tags(folder):
+        return "tokens", f"{folder}'s tokenizer (it holds the tags as tokens of their own)"
+    return None, f"no record in {folder}"
+
+
+def _tokenizer_holds_tags(folder: Path) -> bool:
+    """Whether the folder's tokenizer files list `<image_restore>` as an added token (read as JSON)."""
+    for name, key in (("tokenizer.json", "added_tokens"), ("tokenizer_config.json", "added_tokens_decoder")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            added = json.loads(path.read_text(encoding="utf-8")).get(key) or []
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        entries = added.values() if isinstance(added, dict) else added
+        if any(isinstance(e, dict) and e.get("content") == IMAGE_RESTORE for e in entries):
+            return True
+    return False
+
+
+def _recipe_document(recipe: Path) -> dict:
+    try:
+        document = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ClearRLError(f"{recipe}: not valid YAML ({exc})") from None
+    if not isinstance(document, dict):
+        raise ClearRLError(f"{recipe}: expected a mapping of recipe sections, got {type(document).__name__}")
+    return document
 
 
 def _section(document: dict, key: str, recipe: Path) -> dict:
@@ -94,7 +143,8 @@ def _template_kwargs(value: Any, recipe: Path) -> dict[str, Any]:
     return dict(value)
 
 
-def _adapter_base(folder: Path) -> Path | None:
+def adapter_base(folder: Path) -> Path | None:
+    """The base model folder an adapter folder names (None: not an adapter folder, or no such folder)."""
     config = folder / "adapter_config.json"
     if not config.is_file():
         return None

@@ -18,7 +18,7 @@ import torch
 
 from clear_rl.models.composed import RestorationContext
 from clear_rl.models.positions import RolloutPositions
-from clear_rl.models.readback import reencode_embeddings, view_mask
+from clear_rl.models.readback import reencode_embeddings, vae_roundtrip, view_mask
 
 
 class ComposedDecoder:
@@ -37,6 +37,7 @@ class ComposedDecoder:
         degraded_latents,
         cfg,
         image_processor=None,
+        generator: torch.Generator | None = None,  # unused: the composed VAE encodes the posterior mode
     ):
         self.model, self.cfg, self.image_processor = model, cfg, image_processor
         self.vlm_inputs, self.vae_pixel_values = vlm_inputs, vae_pixel_values
@@ -82,6 +83,10 @@ class ComposedDecoder:
         )
 
     def append_restored(self, rows: torch.Tensor, restored_latents: torch.Tensor) -> tuple[int, torch.Tensor]:
+        if self.cfg.readback == "reencode-vae":  # the bridge of the restoration read back as 8-bit pixels
+            kept = (restored_latents if self.restored_latents is None else self.restored_latents).clone()
+            kept[rows] = vae_roundtrip(self.model, restored_latents[rows])
+            restored_latents = kept  # earlier rows keep their own read-back latents
         self.restored_latents = restored_latents
         n_pad = self.fill_slot(rows)
         if self.cfg.degraded_view == "drop":  # the slot replaces the degraded view from here on

@@ -23,7 +23,7 @@ from transformers import AutoProcessor, ProcessorMixin
 from clear_rl.errors import ClearRLError
 from clear_rl.io.atomic import atomic_path
 from clear_rl.models.assemble import COMPOSITE_4BIT_SKIP, nf4_quantization
-from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
+from clear_rl.models.chat import ATTRIBUTE, chat_settings_of, saved_chat_settings, saved_tags
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
 from clear_rl.models.settings import check_backbone
@@ -55,6 +55,7 @@ def load_unified(
     backbone: str = "auto",
     load_in_4bit: bool = False,
     preset: str | None = None,
+    tags: str | None = None,
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
     """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
     BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
@@ -62,18 +63,18 @@ def load_unified(
     `load_in_4bit` loads the base's transformer Linears in NF4 (CUDA, bitsandbytes): BAGEL's, or a
     composed model's VLM (its vision side, VAE, head and bridge stay whole); a folder saved 4-bit
     loads 4-bit either way. `preset` names a BAGEL-family model's inference preset
-    (models/bagel/presets.py; None: clear-release)."""
+    (models/bagel/presets.py; None: clear-release); `tags` ("text" or "tokens") how a BAGEL-family
+    model writes the protocol tags (None: what the folder records, else the preset's; a composed
+    model speaks tokens)."""
     folder = Path(path)
     check_model_folder(folder, check_backbone(backbone))  # missing, cut short or foreign weights
     from clear_rl.models.bagel.unified import is_bagel_folder, load_bagel_unified
 
     bagel = is_bagel_folder(folder)
     if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
-        model, processor = load_bagel_unified(
-            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None, preset=preset
+        return load_bagel_unified(
+            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None, preset=preset, tags=tags
         )
-        setattr(model, ATTRIBUTE, saved_chat_settings(folder))
-        return model, processor
     if bagel and not (folder / "config.json").exists():
         raise ClearRLError(
             f"{folder} holds an official-layout BAGEL model: load it with backbone 'bagel' or 'auto'"
@@ -81,13 +82,19 @@ def load_unified(
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit, preset=preset)
+        base, base_processor = load_unified(
+            base_path,
+            dtype=dtype,
+            load_in_4bit=load_in_4bit,
+            preset=preset,
+            tags=tags or saved_tags(folder)[0],
+        )
         model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
         if is_bagel_folder(base_path):  # BAGEL's processor is its base folder's (the tokenizer alone)
-            setattr(model, ATTRIBUTE, saved_chat_settings(folder))
+            setattr(model, ATTRIBUTE, saved_chat_settings(folder, chat_settings_of(base)))
             return model, base_processor
     else:
-        _no_preset(folder, preset)
+        _no_preset(folder, preset, tags)
         config_file = folder / "config.json"
         if not config_file.exists():
             raise ClearRLError(f"{folder} holds no config.json: not a saved clear-rl model")
@@ -120,11 +127,16 @@ def load_unified(
     return model, processor
 
 
-def _no_preset(folder: Path, preset: str | None) -> None:
+def _no_preset(folder: Path, preset: str | None, tags: str | None = None) -> None:
     if preset is not None:
         raise ClearRLError(
             f"preset {preset!r} is an inference preset of BAGEL-family folders; {folder} holds a composed "
             "clear-rl model, which has none: leave the preset out"
+        )
+    if tags not in (None, "tokens"):
+        raise ClearRLError(
+            f"tags {tags!r}: {folder} holds a composed clear-rl model, which writes the protocol tags as "
+            "single tokens: leave tags out"
         )
 
 

@@ -1,5 +1,8 @@
 """How a restored latent is read back into the LLM's context: the bridge, or decode + re-encode.
 
+A third readback, `reencode-vae`, is the bridge of the restoration decoded to 8-bit pixels and
+encoded again by the VAE: what CLEAR's per-degradation eval enters (`output_need_vae`).
+
 CLEAR's point is the latent bridge (`bridge`): one small map from the restored latent to LLM input
 embeddings. The paper's baseline (`reencode`) decodes the latent to pixels with the VAE, runs the
 pixels through the VLM's own image processor and vision path (vision tower + projector), exactly
@@ -19,10 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clear_rl.io.images import pil_to_tensor
 from clear_rl.models.vision import vision_tokens
 
-Readback = Literal["bridge", "reencode"]
-READBACKS: tuple[str, ...] = ("bridge", "reencode")
+Readback = Literal["bridge", "reencode", "reencode-vae"]
+# `reencode-vae` (BAGEL; CLEAR's per-degradation eval, `output_need_vae`): the restoration decoded to
+# 8-bit pixels and encoded again by the VAE, entering as the bridge would.
+READBACKS: tuple[str, ...] = ("bridge", "reencode", "reencode-vae")
 
 
 def image_processor_of(processor):
@@ -30,10 +36,16 @@ def image_processor_of(processor):
     return getattr(processor, "image_processor", None) or processor
 
 
-def latents_to_images(model, latents: torch.Tensor) -> list[Image.Image]:
-    """Normalised latents (B, C, h, w) -> RGB PIL images, the pixels any input image would be."""
+def latents_to_images(model, latents: torch.Tensor, truncate: bool = False) -> list[Image.Image]:
+    """Normalised latents (B, C, h, w) -> RGB PIL images, the pixels any input image would be.
+
+    Each value is rounded to 8 bits, or with `truncate` cut as BAGEL's inferencer writes an image
+    (`decode_image`: ((x + 1) / 2).clamp(0, 1) * 255, then `.to(torch.uint8)`)."""
     pixels = model.decode_latents(latents).float()  # (B, 3, S, S) in [-1, 1]
-    quantised = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if truncate:
+        quantised = ((pixels * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    else:
+        quantised = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     arrays = quantised.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 
@@ -64,6 +76,15 @@ def reencode_embeddings(model, latents: torch.Tensor, image_processor) -> torch.
     images = latents_to_images(model, latents)
     processed = image_processor_of(image_processor)(images=images, return_tensors="pt")
     return vision_embeddings(model, dict(processed))
+
+
+@torch.no_grad()
+def vae_roundtrip(model, latents: torch.Tensor) -> torch.Tensor:
+    """The `reencode-vae` readback of restored latents (R, C, h, w): decoded to 8-bit pixels and
+    encoded again by the model's VAE (the bridge then takes them as it takes a restoration)."""
+    images = latents_to_images(model, latents)
+    pixels = torch.stack([pil_to_tensor(image) for image in images]).mul_(2.0).sub_(1.0)
+    return model.encode_latents(pixels.to(latents.device)).to(latents.dtype)
 
 
 # -- the degraded view ------------------------------------------------------------------------

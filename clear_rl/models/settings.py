@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from clear_rl.errors import ClearRLError
 
@@ -20,6 +21,23 @@ BACKBONES = ("auto", "composed", "bagel")
 # `model.preset` / `--preset`: the inference presets of BAGEL-family folders (the names of
 # `clear_rl.models.bagel.presets.PRESETS`, here without importing torch).
 BAGEL_PRESETS = ("clear-release", "bagel-upstream")
+# `model.tags` / `--tags`: how a model writes the protocol tags <think>, <answer>, <image_restore>: as
+# plain text (CLEAR's release; a finished turn holding <image_restore> restores) or as clear-rl's single
+# tokens. The presets' own values (`BagelPreset.tags`), here without importing torch.
+Tags = Literal["text", "tokens"]
+TAGS = ("text", "tokens")
+BAGEL_PRESET_TAGS = {"clear-release": "text", "bagel-upstream": "text"}
+
+
+def text_tags_training_error(where: str, source: str) -> str:
+    """Why a model reading the tags as text is not trained (the one message, for preflight and load)."""
+    return (
+        f"{where}: this BAGEL-family model reads the protocol tags as plain text ({source}), as CLEAR's "
+        "release writes them; clear-rl trains the single-token protocol only (its rollouts, training pass "
+        "and distill find the restored slot by the single <image_restore> token). To teach this model "
+        "clear-rl's protocol from scratch (SFT from BAGEL-7B-MoT), set model.tags: tokens; a checkpoint "
+        "trained with text tags (CLEAR's release) is evaluated, not trained further, by clear-rl"
+    )
 
 
 def check_backbone(backbone: str) -> str:

@@ -1,5 +1,8 @@
 """The CLEAR token protocol and the special tokens it adds to a tokenizer.
 
+clear-rl's protocol adds the tags as single tokens. CLEAR's released checkpoints write them as plain
+text instead; a model that does keeps only the placeholder token (`ClearTokenIds.text_tags`, models/turns.py).
+
 Direct:        <think>quality check + reasoning</think><answer>...</answer>
 With restore:  <think>quality check</think><image_restore>[<|restored_pad|> x N]<think>reasoning</think><answer>...</answer>
 
@@ -35,14 +38,22 @@ SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class ClearTokenIds:
-    """Ids of the protocol tokens in one tokenizer."""
+    """Ids of the protocol tokens in one tokenizer.
 
-    think_start: int
-    think_end: int
-    answer_start: int
-    answer_end: int
-    image_restore: int
+    A model whose tags are plain text (CLEAR's release, `ClearTokenIds.text_tags`) has no id for the five
+    tags (None): only the placeholder `<|restored_pad|>` is a token, standing for the restored slot.
+    """
+
+    think_start: int | None
+    think_end: int | None
+    answer_start: int | None
+    answer_end: int | None
+    image_restore: int | None
     restored_pad: int
+
+    @property
+    def tags_are_tokens(self) -> bool:
+        return self.image_restore is not None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> ClearTokenIds:
@@ -51,6 +62,26 @@ class ClearTokenIds:
         if unknown:
             raise ValueError(f"tokenizer lacks the CLEAR tokens {unknown}; call add_clear_tokens first")
         return cls(*ids)
+
+    @classmethod
+    def text_tags(cls, tokenizer) -> ClearTokenIds:
+        """The ids of a tokenizer whose tags stay text (`add_restored_pad` added the placeholder)."""
+        pad = tokenizer.convert_tokens_to_ids(RESTORED_PAD)
+        if pad is None or pad == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer lacks {RESTORED_PAD}; call add_restored_pad first")
+        return cls(None, None, None, None, None, pad)
+
+
+def has_tag_tokens(tokenizer) -> bool:
+    """Whether the tokenizer already holds the tags as tokens of their own (a clear-rl-trained model's)."""
+    return IMAGE_RESTORE in tokenizer.get_added_vocab()
+
+
+def add_restored_pad(tokenizer) -> int:
+    """Add only the placeholder `<|restored_pad|>` (special): the tags stay text. Returns 1 if new."""
+    return tokenizer.add_special_tokens(
+        {"additional_special_tokens": [RESTORED_PAD]}, replace_extra_special_tokens=False
+    )
 
 
 def add_clear_tokens(tokenizer) -> int:
@@ -64,10 +95,7 @@ def add_clear_tokens(tokenizer) -> int:
     visible = [
         AddedToken(t, special=False, normalized=False) for t in CLEAR_SPECIAL_TOKENS if t != RESTORED_PAD
     ]
-    added = tokenizer.add_tokens(visible)
-    return added + tokenizer.add_special_tokens(
-        {"additional_special_tokens": [RESTORED_PAD]}, replace_extra_special_tokens=False
-    )
+    return tokenizer.add_tokens(visible) + add_restored_pad(tokenizer)
 
 
 def up_to_last(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_mo
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.io import is_model_folder, load_unified
+from clear_rl.models.settings import text_tags_training_error
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 from clear_rl.runs import (
     CHECKPOINT_COMPLETE,
@@ -49,7 +50,10 @@ def load_model(config: ModelConfig, where: str = "model"):
             backbone=config.backbone,
             load_in_4bit=config.load_in_4bit,
             preset=config.preset,
+            tags=config.tags,
         )
+        if getattr(model, "turn_rules", None) is not None:  # tags as text: checked by preflight too
+            raise ClearRLError(text_tags_training_error(f"{where}.path {config.path}", "the loaded model's"))
         if hasattr(processor, "vae_views"):  # BAGEL: a training pass packs one latent size
             processor.vae_views = "square"
         return model, processor

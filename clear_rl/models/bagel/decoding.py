@@ -14,6 +14,13 @@ implied.
 Restoration CFG contexts are built when a restoration needs them, from each row's prompt parts and
 written tokens, as the guidance's `contexts` says (models/bagel/guidance.py: CLEAR's eval drops the
 thought turn from the text-unconditional context).
+
+A model whose tags are text (`model.turn_rules`, CLEAR's release) writes `<|im_end|>` itself; a finished
+turn that restores is cached as the release's inferencer caches it: its text re-tokenised (the tokens
+as written are hidden and the re-tokenised turn takes their positions, where the two differ). Under
+`readback="reencode-vae"` (CLEAR's per-degradation eval) the restoration is decoded to 8-bit pixels,
+encoded again by the VAE and enters as a clean latent block. Prompt images and that readback are
+encoded with the preset's VAE posterior (BAGEL's: a sample, drawn with the rollout's generator).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from clear_rl.models.bagel.guidance import RowPrompt, TurnIds, cfg_contexts
 from clear_rl.models.bagel.modeling import LatentSegment, Segment, TextSegment, VitSegment
 from clear_rl.models.bagel.mot import BagelCache
 from clear_rl.models.readback import latents_to_images
+from clear_rl.models.tokens import IMAGE_RESTORE
 
 
 @dataclass
@@ -69,6 +77,7 @@ class BagelDecoder:
         degraded_latents,
         cfg,
         image_processor=None,
+        generator: torch.Generator | None = None,
     ):
         if cfg.readback == "reencode" and not hasattr(image_processor, "vit_view"):
             raise ValueError(
@@ -84,7 +93,8 @@ class BagelDecoder:
                 "BAGEL prompts need the ViT view of their images: pass the BagelProcessor's "
                 "pixel_values and image_sizes"
             )
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.turn_rules = model.turn_rules  # None: clear-rl's single-token tags
         self.vit_view = getattr(image_processor, "vit_view", None)
         core = model.bagel.config
         self.vit_pixels, self.vit_sizes = vlm_inputs["pixel_values"], vlm_inputs["image_sizes"]
@@ -112,6 +122,10 @@ class BagelDecoder:
         self.main: list[list[Segment]] = [[] for _ in range(self.batch)]
         self.rows: list[RowPrompt] = []
         self.image_index: list[torch.Tensor] = []  # per row: cache indices of its degraded image blocks
+        # Tags as text: whether each row's open turn is closed (`<|im_end|>` written) and cached as the
+        # release caches it (re-tokenised).
+        self.closed = [False] * self.batch
+        self.settled = [False] * self.batch
 
     # -- running segments ---------------------------------------------------------------------------
     def _run(self, new: list[list[Segment]]) -> torch.Tensor:
@@ -138,7 +152,7 @@ class BagelDecoder:
         if self.degraded_latents is None:
             if self.vae_pixel_values is None:
                 raise ValueError("BAGEL prompts need vae_pixel_values or degraded_latents (the VAE block)")
-            self.degraded_latents = self.model.encode_latents(self.vae_pixel_values).float()
+            self.degraded_latents = self.model.encode_view(self.vae_pixel_values, self.generator).float()
         placeholder = self.model.config.image_token_id
         head: list[list[Segment]] = []  # through the image blocks
         tail: list[list[Segment]] = []  # after them
@@ -179,18 +193,65 @@ class BagelDecoder:
             if not moving:
                 new.append([])
                 continue
-            restore = token == self.ids.image_restore
+            restore = token == self.ids.image_restore  # a single-token tag closes its turn
             segment = TextSegment(torch.tensor([token, self.im_end] if restore else [token]))
             _extend(self.main[row], segment)
-            self.rows[row].written.append(token)
+            self._track(row, token)
             new.append([segment])
         return self._run(new)
 
+    def _track(self, row: int, token: int) -> None:
+        """Keep the row's open turn (`RowPrompt.written`) as the model writes it."""
+        prompt = self.rows[row]
+        if self.turn_rules is None:
+            prompt.written.append(token)
+        elif token == self.im_end:
+            self.closed[row] = True
+        elif token == self.im_start and self.closed[row]:  # a new turn opens with nothing read back
+            prompt.earlier += [
+                TextSegment(torch.tensor([*prompt.written, self.im_end])),
+                TextSegment(torch.tensor([token])),
+            ]
+            prompt.written, self.closed[row], self.settled[row] = [], False, False
+        else:
+            prompt.written.append(token)
+
+    def _settle_turns(self, rows: list[int]) -> None:
+        """Tags as text: cache each row's finished turn as the release does, `<|im_start|>` + the
+        re-tokenised text of the turn + `<|im_end|>` (inferencer.update_context_text(gen_text)); the
+        tokens as written leave attention and the re-tokenised ones take their positions."""
+        rules, new = self.turn_rules, [[] for _ in range(self.batch)]
+        for row in rows:
+            if rules is None or self.settled[row]:
+                continue
+            self.settled[row] = True
+            prompt = self.rows[row]
+            text = rules.decode(prompt.written)
+            prompt.kept = rules.encode(text.replace(IMAGE_RESTORE, ""))  # drop-tag's turn
+            retokenised = rules.encode(text)
+            if retokenised == prompt.written:
+                continue
+            length = len(prompt.written) + 1  # the turn's tokens and its `<|im_end|>`
+            turn = TextSegment(torch.tensor([*retokenised, self.im_end]))
+            head = self.main[row].pop().input_ids[:-length]  # the turn ends the row's last text segment
+            for segment in ([TextSegment(head)] if head.numel() else []) + [turn]:
+                _extend(self.main[row], segment)
+            prompt.written = retokenised
+            if self.cache is not None:
+                mine = (self.cache.sample_ids == row).nonzero().squeeze(1)[-length:]
+                self.cache.visible[mine] = False
+                self.cache.next_positions[row] -= length
+                new[row] = [turn]
+        if any(new) and self.cfg.use_cache:
+            self._run(new)
+
     def restoration_context(self, rows: torch.Tensor) -> BagelRestorationContext:
-        """The rows' cached prefix (closed turn included) and, when guided, the two CFG contexts."""
+        """The rows' cached prefix (closed turn included; re-tokenised where the tags are text) and,
+        when guided, the two CFG contexts."""
         bagel = self.model.bagel
         index = rows.nonzero().squeeze(1)
         chosen = set(index.tolist())
+        self._settle_turns(sorted(chosen))
         degraded = self.degraded_latents[index]
         cache = self.cache if self.cfg.use_cache else bagel.prefill(self.main).cache
         guidance = self.cfg.restoration.guidance
@@ -206,17 +267,24 @@ class BagelDecoder:
         return BagelRestorationContext(cache, index, degraded, unconditional)
 
     def append_restored(self, rows: torch.Tensor, restored_latents: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """The restored latents as clean latent blocks (the bridge), or under `reencode` as ViT
-        blocks of their decoded pixels (the paper's baseline), then `<|im_start|>`."""
+        """The restored latents as clean latent blocks (the bridge; under `reencode-vae` the latents of
+        their 8-bit pixels encoded again), or under `reencode` as ViT blocks of those pixels (the
+        paper's baseline), then `<|im_start|>` opening the next turn."""
         chosen = rows.nonzero().squeeze(1).tolist()
+        self._settle_turns(chosen)  # `oracle` restores without asking for a restoration context
         if self.cfg.degraded_view == "drop":
             self._hide(chosen)
         blocks, slot = self._restored_blocks(chosen, restored_latents)
         new: list[list[Segment]] = [[] for _ in range(self.batch)]
         for row, block in zip(chosen, blocks):
-            new[row] = [block, TextSegment(torch.tensor([self.im_start]))]
+            opener = TextSegment(torch.tensor([self.im_start]))
+            new[row] = [block, opener]
             for segment in new[row]:
                 _extend(self.main[row], segment)
+            prompt = self.rows[row]
+            prompt.earlier += [TextSegment(torch.tensor([*prompt.written, self.im_end])), block, opener]
+            prompt.written, prompt.kept = [], None
+            self.closed[row] = self.settled[row] = False
         return slot, self._run(new)
 
     def _restored_blocks(
@@ -225,9 +293,14 @@ class BagelDecoder:
         """One block per chosen row, and its length in `<|restored_pad|>` positions."""
         if self.cfg.readback == "bridge":
             return [LatentSegment(restored_latents[row]) for row in chosen], self.model.num_restored_tokens
-        # Decoded to 8-bit pixels and resized like any input image, so the ViT sees what it would
-        # see had the restoration been saved and loaded as a file.
-        images = latents_to_images(self.model, restored_latents[chosen])
+        # Decoded to 8-bit pixels as BAGEL's inferencer writes an image (decode_image) and resized like
+        # any input image, so the model sees what it would see had the restoration been saved and loaded.
+        images = latents_to_images(self.model, restored_latents[chosen], truncate=True)
+        if self.cfg.readback == "reencode-vae":  # CLEAR's per-degradation eval: output_need_vae
+            vae = self.model.preset.vae
+            pixels = torch.stack([vae(image) for image in images]).to(restored_latents.device)
+            latents = self.model.encode_view(pixels, self.generator).float()
+            return [LatentSegment(latent) for latent in latents], self.model.num_restored_tokens
         views = [self.vit_view(image).to(self.vit_pixels) for image in images]
         patch = self.model.bagel.config.vit_json["patch_size"]
         _, height, width = views[0].shape  # the restorations of one batch share its VAE view size

@@ -15,7 +15,10 @@ the second one drops is where the releases differ, and it changes the guided vel
   the image-unconditional one is the input texts without the images.
 
 A row is held as the parts a prompt is made of (`RowPrompt`); `cfg_contexts` returns the two contexts
-as segment lists, so that they can be checked token by token.
+as segment lists, so that they can be checked token by token. A row may restore after a later turn
+(the release's turn loop, tags "text"): what came between the prompt and that turn (`earlier`: finished
+turns, earlier restorations' read-back blocks) belongs to both contexts as the release's inferencer
+carries it, the input image's blocks excepted from the image-unconditional one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class RowPrompt:
     blocks: list[Segment]  # the image's VAE-latent block and ViT block
     after: torch.Tensor  # (m,) ids after the image, ending with the answer turn's `<|im_start|>`
     written: list[int] = field(default_factory=list)  # model-written ids of the open turn
+    # Since the prompt, before the open turn: finished turns (`<|im_end|>` closed), read-back blocks and
+    # the open turn's `<|im_start|>`; empty while the first turn is open.
+    earlier: list[Segment] = field(default_factory=list)
+    # The open turn without its `<image_restore>` (`drop-tag`), where the tag is text: the turn's text
+    # with the tag removed, re-tokenised (as the release builds it); None: `written` without the tag id.
+    kept: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,21 +68,39 @@ def cfg_contexts(row: RowPrompt, contexts: str, ids: TurnIds) -> tuple[list[Segm
     turn (`written` ends with `<image_restore>`; the turn is closed with `<|im_end|>`)."""
     if contexts not in CFG_CONTEXTS:
         raise ValueError(f"CFG contexts must be one of {list(CFG_CONTEXTS)}, got {contexts!r}")
-    after = row.after.tolist()
-    opens = bool(after) and after[-1] == ids.im_start  # the answer turn's opener ends the prompt
-    question, opener = (after[:-1], after[-1:]) if opens else (after, [])
-    turn = [*opener, *row.written, ids.im_end]
     blocks = list(row.blocks)
-    image_uncond = _text(row.before, question, turn)  # CLEAR: every text turn, the thought included
+    # Everything before the open turn, with and without the input image; the turn's opener comes off.
+    prefix, opener = _without_opener(
+        _merged([*_text(row.before), *blocks, *_text(row.after), *row.earlier]), ids
+    )
+    text_only, _ = _without_opener(_merged([*_text(row.before), *_text(row.after), *row.earlier]), ids)
+    turn = _text(opener, row.written, [ids.im_end])
+    image_uncond = _merged(text_only + turn)  # CLEAR: every text turn, the thought included
     if contexts == "drop-thought":
-        text_uncond = _text(row.before) + blocks + _text(question)
+        text_uncond = prefix
     elif contexts == "drop-tag":
-        kept = [*opener, *(t for t in row.written if t != ids.image_restore), ids.im_end]
-        text_uncond = _text(row.before) + blocks + _text(question, kept)
+        kept = row.kept if row.kept is not None else [t for t in row.written if t != ids.image_restore]
+        text_uncond = prefix + _text(opener, kept, [ids.im_end])
     else:  # upstream: no model-written turn in either; the question out of the text one
+        after = row.after.tolist()
+        question = after[:-1] if after and after[-1] == ids.im_start else after
         text_uncond = _text(row.before) + blocks
         image_uncond = _text(row.before, question)
     return _merged(text_uncond), image_uncond
+
+
+def _without_opener(segments: list[Segment], ids: TurnIds) -> tuple[list[Segment], list[int]]:
+    """`segments` without the `<|im_start|>` that ends them (the open turn's), and that opener ([] if
+    they do not end with one)."""
+    last = segments[-1] if segments else None
+    if (
+        not isinstance(last, TextSegment)
+        or not last.input_ids.numel()
+        or int(last.input_ids[-1]) != ids.im_start
+    ):
+        return segments, []
+    head = segments[:-1] + _text(last.input_ids[:-1])
+    return head, [ids.im_start]
 
 
 def _merged(segments: list[Segment]) -> list[Segment]:

@@ -9,6 +9,12 @@ is named beside each value, as repository, file and line at the commit read):
   (haoxiangzhao12138/CLEAR, `VLMEvalKit/vlmeval/vlm/bagel/`), what the paper's tables were made with;
 - `bagel-upstream`: ByteDance's defaults (ByteDance-Seed/Bagel `app.py`, `inferencer.py`).
 
+Beyond the views, CFG and steps, a preset fixes the protocol around the model: how its tags are
+written (`tags`: plain text as the release writes them, or clear-rl's single tokens), the turn loop
+of a restoration request (`max_turns`, `turn_tokens`), the system prompt of a folder that records none,
+how a restoration enters the context (`readback`) and how the VAE posterior is read (`vae_posterior`).
+A folder trained by clear-rl records its own tags (models/chat.py `saved_tags`), which win.
+
 Steps: BAGEL's `num_timesteps=N` samples `linspace(1, 0, N)`, which is N - 1 Euler steps (Bagel
 `modeling/bagel/bagel.py` L693-696, `generate_image`). clear-rl counts steps: `steps=N` and
 `restoration_steps: N` are N Euler steps (N network evaluations) for every backbone, so a preset keeps
@@ -29,11 +35,58 @@ from PIL import Image
 
 from clear_rl.errors import ClearRLError
 from clear_rl.io.images import pil_to_tensor
+from clear_rl.models.readback import Readback
+from clear_rl.models.settings import Tags
 
 # BAGEL's ImageTransform default pixel cap (Bagel data/transforms.py, ImageTransform.__init__).
 MAX_PIXELS = 14 * 14 * 9 * 1024
 CfgContexts = Literal["drop-thought", "drop-tag", "upstream"]
 CFG_CONTEXTS: tuple[str, ...] = ("drop-thought", "drop-tag", "upstream")
+VaePosterior = Literal["sample", "mode"]
+
+# CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT (haoxiangzhao12138/CLEAR prompts.py @14edc90 L7-39), character
+# for character, its closing newline included: what the release's inferencer writes as the first text
+# turn (`interleave_reason_tool_condition`: update_context_text(INTERLEAVE_REASON_SYSTEM_PROMPT, ...)).
+RELEASE_SYSTEM_PROMPT = """You are a specialized multimodal assistant. Your purpose is to solve visual question \
+answering tasks by thinking step-by-step and utilizing an image restoration tool when necessary.
+
+# Skills
+
+You can trigger image restoration by generating the following special token sequence:
+<image_restore>
+
+This tool performs enhancement operations (e.g., deblurring, denoising) on the input image to reveal details \
+that are currently obscured.
+
+# Instruction
+
+1. **Reasoning (`<think>`):** In each turn, you must start with a <think> tag. Inside, conduct a step-by-step \
+reasoning process:
+   - **Analyze Image Quality:** Identify degradations (blur, noise, low resolution, etc.).
+   - **Assess Sufficiency:** Determine if the current image quality allows you to answer the question confidently.
+
+2. **Tool Usage:**
+   - If the degradation prevents you from seeing critical details required for the answer, you MUST trigger \
+the restoration tool by outputting: <image_restore>.
+   - If the answer is visible despite the degradation, do NOT use the tool.
+
+3. **Answering (`<answer>`):**
+   - After reasoning (and potential restoration), provide your final response in the <answer> tag.
+   - The answer should be natural, concise, and direct.
+
+4. **Format:** Keep your output compact. Avoid unnecessary newlines between tags.
+
+The structure of your response should follow these patterns:
+
+**Scenario 1: Restoration Needed**
+<think>The image is heavily blurred, making the text unreadable. I need to restore it to extract the \
+information.</think> <image_restore> <think>The restored image is clear. The text says "EXIT".</think>\
+<answer>The text on the sign is "EXIT".</answer>
+
+**Scenario 2: Direct Answer**
+<think>Although there is some noise, the red car is clearly visible in the foreground.</think><answer>The car is \
+red.</answer>
+"""
 
 
 @dataclass(frozen=True)
@@ -130,6 +183,15 @@ class BagelPreset:
     timesteps: int  # the release's `num_timesteps` of an evaluation's (ODE) restoration
     shift: float  # timestep shift of the sampling schedule
     greedy: bool  # text decoding: greedy (do_sample=False)
+    # -- the protocol around the model ------------------------------------------------------------
+    # "text": <think>, <answer>, <image_restore> are plain text (several tokens each) and a finished turn
+    # holding the text <image_restore> asks for a restoration; "tokens": clear-rl's single tokens.
+    tags: Tags
+    max_turns: int  # text turns a row may write (tags "text"); a restoration may follow each but the last
+    turn_tokens: int  # model-written tokens a turn holds at most; a longer turn is closed there
+    system_prompt: str | None  # the prompt of a folder that records none (None: clear-rl's default)
+    readback: Readback  # how a restoration enters the context (clear_rl.models.readback.READBACKS)
+    vae_posterior: VaePosterior  # encoding an image: a (seeded) sample of the VAE posterior, or its mode
     # The release's RL rollouts, as its GRPO script sets them (None: the source sets none).
     rollout_sde_timesteps: int | None = None
     rollout_ode_timesteps: int | None = None
@@ -170,8 +232,28 @@ class BagelPreset:
             ("restoration steps", f"{self.steps} Euler steps (num_timesteps {self.timesteps})"),
             ("timestep shift", f"{self.shift}"),
             ("text decoding", "greedy" if self.greedy else "sampled"),
+            ("protocol tags", TAG_DESCRIPTIONS[self.tags]),
+            ("turns", f"at most {self.max_turns}, {self.turn_tokens} tokens each (tags text)"),
+            (
+                "system prompt",
+                "CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT" if self.system_prompt else "clear-rl's default",
+            ),
+            ("readback", READBACK_DESCRIPTIONS[self.readback]),
+            ("VAE posterior", VAE_POSTERIOR_DESCRIPTIONS[self.vae_posterior]),
             *rollout,
         ]
+
+
+TAG_DESCRIPTIONS = {
+    "text": "text: <think>, <answer>, <image_restore> as plain text; a finished turn holding <image_restore> restores",
+    "tokens": "tokens: clear-rl's single tokens; the token <image_restore> restores",
+}
+READBACK_DESCRIPTIONS = {
+    "bridge": "bridge: the restored latent as a latent block",
+    "reencode": "reencode: decoded to 8-bit pixels, a ViT block",
+    "reencode-vae": "reencode-vae: decoded to 8-bit pixels, encoded by the VAE, a latent block",
+}
+VAE_POSTERIOR_DESCRIPTIONS = {"sample": "sampled (seeded)", "mode": "its mode"}
 
 
 def timesteps_to_steps(num_timesteps: int) -> int:
@@ -210,6 +292,21 @@ CLEAR_RELEASE = BagelPreset(
     timesteps=50,  # bagel_inference.py L129: num_timesteps=50
     shift=3.0,  # bagel_inference.py L128: timestep_shift=3.0
     greedy=True,  # bagel_inference.py L123: do_sample=False
+    # data/data_utils.py add_special_tokens adds only <|im_start|>-style markers; prompts.py writes the tags
+    # in its text, and inferencer.py interleave_reason_tool_condition finds them with re.search on each turn
+    tags="text",
+    max_turns=3,  # bagel_inference.py L117: max_inter_num=3 (the loop's `inter_num >= max_inter_num`)
+    # bagel_inference.py L118: max_think_token_n=4096, the max_length of generate_text, which counts the
+    # turn's <|im_start|> (modeling/bagel/bagel.py generate_text appends its start token first): 4095
+    turn_tokens=4095,
+    system_prompt=RELEASE_SYSTEM_PROMPT,  # inferencer.py interleave_reason_tool_condition
+    # config/per_degradation_eval.json @31fff3a L10-11 (and each <benchmark>_per_degradation.json):
+    # output_need_vae true, output_need_vit false: inferencer.decode_image's 8-bit image, resized by the
+    # VAE transform and encoded again (update_context_image(vae=True, vit=False)). BagelInference's own
+    # default (bagel_inference.py L133-134, output_need_vit=True) is `reencode`.
+    readback="reencode-vae",
+    # modeling/autoencoder.py DiagonalGaussian(sample=True): every VAE encode draws from the posterior
+    vae_posterior="sample",
     # scripts/train_reason_interleave_grpo.sh @411d6bd L63: --num_timesteps_train 20 (the SDE
     # trajectory's), L41: --num_timesteps 30 (the rollout inferencer's ODE count)
     rollout_sde_timesteps=20,
@@ -237,6 +334,14 @@ BAGEL_UPSTREAM = BagelPreset(
     timesteps=50,  # inferencer.py L219: num_timesteps=50
     shift=3.0,  # inferencer.py L218: timestep_shift=3.0
     greedy=True,  # inferencer.py L213: do_sample=False
+    # ByteDance's inferencer has no restoration loop (interleave_inference writes one turn, then an image):
+    # a restoration request is read as CLEAR's loop reads it, the only one a BAGEL checkpoint learned
+    tags="text",
+    max_turns=3,
+    turn_tokens=999,  # inferencer.py interleave_inference max_think_token_n=1000, its start token counted
+    system_prompt=None,  # interleave_inference: no system prompt unless think=True (VLM_THINK_SYSTEM_PROMPT)
+    readback="reencode",  # update_context_image(vae=True, vit=True) of inputs; CLEAR's default ViT readback
+    vae_posterior="sample",  # modeling/autoencoder.py DiagonalGaussian(sample=True)
 )
 
 PRESETS: dict[str, BagelPreset] = {p.name: p for p in (CLEAR_RELEASE, BAGEL_UPSTREAM)}

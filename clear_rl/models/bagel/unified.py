@@ -2,10 +2,15 @@
 
 The restoration branch is the LLM itself: `velocity` runs a noised latent block through the
 generation expert attending to the prefix's per-layer keys and values (a `BagelCache`), and the
-bridge is a clean latent block through the same expert (`BagelModel.bridge`). The CLEAR protocol
-tags are added to the tokenizer as single tokens in the embedding's unused rows (151665.. on
-Qwen2.5's 152064; no resize), and text decoding cuts the logits of the other unused rows, as
-BAGEL does at id 151665, but not the tags'.
+bridge is a clean latent block through the same expert (`BagelModel.bridge`).
+
+The protocol tags are what the model learned. With `tags="text"` (the presets' value for a folder
+that records none: BAGEL-7B-MoT, CLEAR's checkpoints) they stay plain text as CLEAR's release writes
+them, the model restores after a finished turn holding `<image_restore>` (`turn_rules`, turns.py) and
+only the placeholder `<|restored_pad|>` is added. With `tags="tokens"` (clear-rl's protocol: the
+models clear-rl trained) the tags are added as single tokens in the embedding's unused rows (151665..
+on Qwen2.5's 152064; no resize). Text decoding cuts the logits of the other unused rows, as BAGEL
+does at id 151665.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from clear_rl.models.bagel.modeling import BagelModel, LatentSegment
 from clear_rl.models.bagel.presets import BagelPreset, get_preset
 from clear_rl.models.bagel.processing import IMAGE_PLACEHOLDER, BagelProcessor
 from clear_rl.models.bagel.trainable import BagelTrainingMixin
-from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS, ClearTokenIds, add_clear_tokens
+from clear_rl.models.bagel.vae import encode as vae_encode
+from clear_rl.models.chat import ATTRIBUTE as CHAT_ATTRIBUTE
+from clear_rl.models.chat import ChatSettings, saved_chat_settings, saved_tags
+from clear_rl.models.settings import TAGS, Tags
+from clear_rl.models.tokens import (
+    CLEAR_SPECIAL_TOKENS,
+    ClearTokenIds,
+    add_clear_tokens,
+    add_restored_pad,
+    has_tag_tokens,
+)
+from clear_rl.models.turns import TurnRules
 
 DEFAULT_VAE_IMAGE_SIZE = 512  # BAGEL's VAE transform keeps sides in [512, 1024]
 
@@ -61,27 +77,24 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
         tokenizer,
         vae_image_size: int | None = None,
         preset: BagelPreset | str | None = None,
+        tags: Tags | None = None,
     ):
         super().__init__()
         self.bagel = bagel
         self.preset = get_preset(preset).fitted(bagel.config)
+        self.tags: Tags = tags or self.preset.tags
+        self.tags_source = (
+            "given: --tags, model.tags or tags=" if tags else f"the {self.preset.name} preset's"
+        )  # for reports
         self._view: tuple[int, int] | None = None  # (H, W) of the VAE view in force (`vae_view`)
         cfg = bagel.config
         before = len(tokenizer)
-        added = add_clear_tokens(tokenizer)
-        ids = ClearTokenIds.from_tokenizer(tokenizer)
-        tags = [
-            ids.think_start,
-            ids.think_end,
-            ids.answer_start,
-            ids.answer_end,
-            ids.image_restore,
-            ids.restored_pad,
-        ]
+        ids, added = _protocol_ids(tokenizer, self.tags)
+        tags = sorted(i for i in vars(ids).values() if i is not None)
         rows = cfg.llm_json["vocab_size"]
         if max(tags) >= rows:
             raise ClearRLError(
-                f"the CLEAR tags {list(CLEAR_SPECIAL_TOKENS)} need ids {sorted(tags)} but the BAGEL model has "
+                f"the CLEAR tokens {list(CLEAR_SPECIAL_TOKENS)} need ids {tags} but the BAGEL model has "
                 f"{rows} embedding rows: the tokenizer ({before} tokens) leaves too few unused rows"
             )
         self._token_ids = ids
@@ -97,7 +110,7 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
             vae_image_size=size,
             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
             pad_token_id=pad if pad is not None else 0,
-            text_vocab_size=before if added else min(tags),
+            text_vocab_size=before if added else tags[0],
             num_inference_steps=self.preset.steps,
             flow_shift=self.preset.shift,
         )
@@ -121,6 +134,21 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
     @property
     def token_ids(self) -> ClearTokenIds:
         return self._token_ids
+
+    @property
+    def turn_rules(self) -> TurnRules | None:
+        """The release's turn loop (tags "text"); None for clear-rl's single-token protocol."""
+        if self.tags != "text":
+            return None
+        core = self.bagel.config
+        return TurnRules(
+            self.preset.max_turns, self.preset.turn_tokens, core.im_end_id, core.im_start_id, self.tokenizer
+        )
+
+    def encode_view(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> latents as inference reads them: the preset's VAE posterior
+        (`sample`, drawn with `generator`, as BAGEL's autoencoder does; or its `mode`)."""
+        return vae_encode(self.bagel.vae, images, self.preset.vae_posterior, generator)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -191,6 +219,33 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
         return unpatchify_latent(tokens, c, h, w, self.bagel.config.latent_patch_size)
 
 
+def preset_chat(preset: BagelPreset) -> ChatSettings | None:
+    """The chat a preset asks a folder with when the folder records none (None: clear-rl's default)."""
+    if preset.system_prompt is None:
+        return None
+    return ChatSettings(
+        preset.system_prompt,
+        source=f"the {preset.name} preset's: CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT (prompts.py), "
+        "no clear_rl_recipe.yaml beside the model",
+    )
+
+
+def _protocol_ids(tokenizer, tags: Tags) -> tuple[ClearTokenIds, int]:
+    """The tokenizer's protocol ids under `tags` (adding what it lacks) and how many tokens were added."""
+    if tags == "tokens":
+        added = add_clear_tokens(tokenizer)
+        return ClearTokenIds.from_tokenizer(tokenizer), added
+    if tags != "text":
+        raise ClearRLError(f"tags must be one of {list(TAGS)}, got {tags!r}")
+    if has_tag_tokens(tokenizer):
+        raise ClearRLError(
+            "tags 'text' reads <think>, <answer>, <image_restore> as plain text, but this tokenizer holds "
+            "them as tokens of their own (a model trained with clear-rl's protocol): load it with tags='tokens'"
+        )
+    added = add_restored_pad(tokenizer)
+    return ClearTokenIds.text_tags(tokenizer), added
+
+
 def is_bagel_folder(path: str | os.PathLike) -> bool:
     """Whether `path` holds the official BAGEL layout (its two JSON configs, weights, the VAE)."""
     folder = Path(path)
@@ -209,11 +264,14 @@ def load_bagel_unified(
     device: torch.device | str | None = None,
     vae_image_size: int | None = None,
     preset: BagelPreset | str | None = None,
+    tags: Tags | None = None,
     **load_kwargs,
 ) -> tuple[BagelUnifiedModel, BagelProcessor]:
     """An official-layout BAGEL / CLEAR folder as (the protocol's model, its processor), from local
     files only. `dtype="auto"` keeps the file's; `device` defaults to CUDA when there is one;
-    `preset` names the inference preset (models/bagel/presets.py; default clear-release)."""
+    `preset` names the inference preset (models/bagel/presets.py; default clear-release); `tags` how
+    the model writes the protocol tags (default: what the folder records, `saved_tags`, else the
+    preset's)."""
     from clear_rl.models.bagel.io import load_bagel, load_bagel_tokenizer
 
     if isinstance(dtype, str):
@@ -221,6 +279,12 @@ def load_bagel_unified(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bagel = load_bagel(path, dtype=dtype, device=device, **load_kwargs)
     tokenizer = load_bagel_tokenizer(path)
-    model = BagelUnifiedModel(bagel, tokenizer, vae_image_size=vae_image_size, preset=preset).eval()
+    recorded, source = (None, "") if tags else saved_tags(path)
+    model = BagelUnifiedModel(
+        bagel, tokenizer, vae_image_size=vae_image_size, preset=preset, tags=tags or recorded
+    ).eval()
+    if recorded:
+        model.tags_source = f"recorded by {source}"
     model.name_or_path = str(Path(path).resolve())
+    setattr(model, CHAT_ATTRIBUTE, saved_chat_settings(path, preset_chat(model.preset)))
     return model, BagelProcessor(tokenizer, model.preset, vae_image_size=model.config.vae_image_size)
