@@ -26,7 +26,9 @@ import torch
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
+from clear_rl.demo.bridge_align import align_bridge, cache_targets
 from clear_rl.demo.colour_check import colour_check
+from clear_rl.demo.head import cache_contexts, train_head
 from clear_rl.demo.shapes_vqa import (
     ShapesVQAConfig,
     ShapesVQAFiles,
@@ -68,12 +70,16 @@ class DemoConfig:
     vae_images: int = 1024
     vae_steps: int = 300
     vision_steps: int = 300
+    # The bridge aligns on cached targets (demo/bridge_align.py): steps of 32 images.
+    align_steps: int = 900
+    # The restoration head trains on cached contexts (demo/head.py): steps of `head_batch_size` rows.
+    head_steps: int = 1000
+    head_batch_size: int = 32
+    head_learning_rate: float = 1e-3
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
         default_factory=lambda: {
             "base": None,
-            "align": None,
-            "base_head": None,
             "sft": None,
             "bridge": None,
             "grpo": None,
@@ -81,6 +87,9 @@ class DemoConfig:
     )
     # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
     label: str = "probe"
+    # Targets open with the same quality check whatever the label, the decision being the token
+    # after it (data/samples.py's build_target), so `--restore never` is a fair direct baseline.
+    quality_check: str = "describe"
     eval_levels: tuple[str, ...] = ALL_LEVELS
     eval_batch_size: int = 32
     max_new_tokens: int = 64
@@ -100,7 +109,9 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             vision_steps=3,
-            steps={"base": 2, "align": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            align_steps=2,
+            head_steps=2,
+            steps={"base": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
             eval_batch_size=8,
@@ -116,6 +127,7 @@ class _Paths:
         self.base_vlm = root / "data" / "base_vlm"
         self.base_restore = root / "data" / "base_restore"
         self.prepared = root / "data" / "prepared"
+        self.restoring = root / "data" / "restoring"
         self.models = root / "models"
         self.eval = root / "eval"
 
@@ -170,11 +182,42 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
 def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
     """Stage 0's data: direct answers on clean and mild images (the VLM), restorations at every
     level (the head)."""
-    direct = PrepareConfig(seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",))
+    check = config.quality_check
+    direct = PrepareConfig(
+        seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",), quality_check=check
+    )
     prepare_dataset(source, paths.base_vlm, direct)
     levels = ("low", "mid", "high")
-    restore = PrepareConfig(seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",))
+    restore = PrepareConfig(
+        seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",), quality_check=check
+    )
     prepare_dataset(source, paths.base_restore, restore)
+
+
+def build_aligned(config: DemoConfig, paths: _Paths, source: Path) -> None:
+    """The base VLM with its bridge aligned to its own vision path (demo/bridge_align.py), on the
+    training images."""
+    import datasets
+
+    model, processor = load_unified(paths.model("base_vlm"))
+    images = datasets.load_from_disk(str(source))["train"]["image"]
+    latents, targets = cache_targets(model, processor, images)
+    align_bridge(model, latents, targets, config.align_steps, seed=config.seed)
+    save_unified(model, processor, paths.model("aligned"))
+
+
+def build_base_head(config: DemoConfig, paths: _Paths) -> None:
+    """Base: the aligned model with its restoration head trained (demo/head.py) on the restoring rows."""
+    import datasets
+
+    model, processor = load_unified(paths.model("aligned"))
+    rows = datasets.load_from_disk(str(paths.base_restore))["train"]
+    context, clean = cache_contexts(model, processor, rows, system_prompt(config))
+    train_head(
+        model, context, clean, config.head_steps, config.head_batch_size, config.head_learning_rate,
+        seed=config.seed,
+    )  # fmt: skip
+    save_unified(model, processor, paths.model("base"))
 
 
 def system_prompt(config: DemoConfig) -> str | None:
@@ -195,7 +238,9 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
     else:
         labels, labeller = {"label": "rule", "restore_levels": ("mid", "high")}, None
     # Clean rows among the degraded ones keep the model's clean accuracy.
-    prepared = PrepareConfig(seed=config.seed + 2, levels=ALL_LEVELS, **labels)
+    prepared = PrepareConfig(
+        seed=config.seed + 2, levels=ALL_LEVELS, quality_check=config.quality_check, **labels
+    )
     prepare_dataset(source, paths.prepared, prepared, labeller)
 
 
@@ -211,6 +256,17 @@ def stage_overrides(
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
     return overrides
+
+
+def prepare_restoring_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
+    """Stage 2's data: every row restores, at every level (clean included), so the model learns to
+    read its own restorations beside the degraded view, where they help and where they do not."""
+    levels = ALL_LEVELS
+    restoring = PrepareConfig(
+        seed=config.seed + 4, levels=levels, restore_levels=levels, splits=("train",),
+        quality_check=config.quality_check,
+    )  # fmt: skip
+    prepare_dataset(source, paths.restoring, restoring)
 
 
 def train_stage(config: DemoConfig, paths: _Paths, recipe: str, overrides: list[str]) -> None:
@@ -310,14 +366,12 @@ def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
         paths,
     )
     runner.step(
-        "base_data", "stage 0: base data", {}, ("data",), [paths.base_vlm, paths.base_restore],
+        "base_data", "stage 0: base data", {"check": config.quality_check}, ("data",), [paths.base_vlm, paths.base_restore],
         prepare_base_data, config, source, paths,
     )  # fmt: skip
     stages = [
         # key, label, recipe, model from, data, parents
         ("base_vlm", "stage 0: base VLM", "base", "init", paths.base_vlm, ("init", "base_data")),
-        ("aligned", "stage 0: bridge alignment", "align", "base_vlm", source, ("base_vlm", "data")),
-        ("base", "stage 0: base restoration head", "base_head", "aligned", paths.base_restore, ("aligned", "base_data")),
     ]  # fmt: skip
     for key, label, recipe, model_from, data_path, parents in stages:
         overrides = stage_overrides(config, paths, recipe, paths.model(model_from), data_path, key)
@@ -325,9 +379,19 @@ def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
             key, label, _recipe_settings(config, recipe, overrides), parents, [paths.model(key)],
             train_stage, config, paths, recipe, overrides,
         )  # fmt: skip
+    runner.step(
+        "aligned", "stage 0: bridge alignment", {"steps": config.align_steps}, ("base_vlm", "data"),
+        [paths.model("aligned")], build_aligned, config, paths, source,
+    )  # fmt: skip
+    head = {"steps": config.head_steps, "batch": config.head_batch_size, "lr": config.head_learning_rate}
+    runner.step(
+        "base", "stage 0: restoration head", {**head, "prompt": system_prompt(config)}, ("aligned", "base_data"),
+        [paths.model("base")], build_base_head, config, paths,
+    )  # fmt: skip
     base = paths.model("base")
     labelling = {
         "label": config.label,
+        "check": config.quality_check,
         "max_new_tokens": config.max_new_tokens,
         "prompt": system_prompt(config),
     }
@@ -335,13 +399,17 @@ def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
         "prepared", "prepare: corruption-aware data", labelling, ("data", "base"), [paths.prepared],
         prepare_training_data, config, source, paths, base,
     )  # fmt: skip
+    runner.step(
+        "restoring", "prepare: stage 2 data", {"check": config.quality_check}, ("data",), [paths.restoring],
+        prepare_restoring_data, config, source, paths,
+    )  # fmt: skip
     stages = [
-        ("sft", "stage 1: SFT", "sft", "base", ("base", "prepared")),
-        ("bridge", "stage 2: bridge", "bridge", "sft", ("sft", "prepared")),
-        ("grpo", "stage 3: Interleaved GRPO", "grpo", "bridge", ("bridge", "prepared")),
+        ("sft", "stage 1: SFT", "sft", "base", paths.prepared, ("base", "prepared")),
+        ("bridge", "stage 2: bridge", "bridge", "sft", paths.restoring, ("sft", "restoring")),
+        ("grpo", "stage 3: Interleaved GRPO", "grpo", "bridge", paths.prepared, ("bridge", "prepared")),
     ]
-    for key, label, recipe, model_from, parents in stages:
-        overrides = stage_overrides(config, paths, recipe, paths.model(model_from), paths.prepared, key)
+    for key, label, recipe, model_from, data_path, parents in stages:
+        overrides = stage_overrides(config, paths, recipe, paths.model(model_from), data_path, key)
         runner.step(
             key, label, _recipe_settings(config, recipe, overrides), parents, [paths.model(key)],
             train_stage, config, paths, recipe, overrides,
