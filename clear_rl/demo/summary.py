@@ -230,16 +230,19 @@ def targets(m: Measures, seeds: Sequence[Measures] = ()) -> list[Target]:
         )  # fmt: skip
     )
     table = m.per_corruption
-    rho = spearman(table["gain"], table["trigger"]) if {"gain", "trigger"} <= set(table.columns) else math.nan
+    measured_both = {"gain", "trigger"} <= set(table.columns) and table[
+        ["gain", "trigger"]
+    ].notna().any().all()
+    rho = spearman(table["gain"], table["trigger"]) if measured_both else math.nan
     measured = f"Spearman {rho:.2f} over {len(table)} corruptions"
-    if math.isnan(rho) and len(table):
+    if math.isnan(rho) and measured_both:
         measured = "undefined: CLEAR-RL's trigger rate (or the gain) is the same on every corruption"
     out.append(
         Target(
             f"Adaptive: Spearman(per-corruption gain of {ANALYSED}, CLEAR-RL's per-corruption trigger rate) "
             f">= {SPEARMAN_MIN:g} at High",
-            None if not len(table) else (not math.isnan(rho) and rho >= SPEARMAN_MIN),
-            measured if len(table) else "not measured in this run",
+            (not math.isnan(rho) and rho >= SPEARMAN_MIN) if measured_both else None,
+            measured if measured_both else "not measured in this run",
         )
     )
     return out + diagnostics(m)
