@@ -30,7 +30,7 @@ def _smoke(folder: Path, reuse: bool = False) -> Path:
 def test_demo_smoke_hands_every_stage_a_loadable_model_reports_and_reproduces(tmp_path):
     summary = _smoke(tmp_path / "demo")
     models = tmp_path / "demo" / "models"
-    for stage in ("init", "base_vlm", "aligned", "base", "sft", "bridge", "grpo"):
+    for stage in ("init", "base_vlm", "head", "base", "sft", "bridge", "grpo"):
         model, processor = load_unified(models / stage)
         assert model.num_restored_tokens > 0 and processor.tokenizer is not None, stage
         # Stages run through `clear-rl train` save their recipe; stage 0's own loops do not.

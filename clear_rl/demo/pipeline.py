@@ -194,30 +194,32 @@ def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
     prepare_dataset(source, paths.base_restore, restore)
 
 
-def build_aligned(config: DemoConfig, paths: _Paths, source: Path) -> None:
-    """The base VLM with its bridge aligned to its own vision path (demo/bridge_align.py), on the
-    training images."""
+def build_base(config: DemoConfig, paths: _Paths, source: Path) -> None:
+    """Base: the model with its head trained and its bridge aligned to its own vision path
+    (demo/bridge_align.py), on the training images."""
     import datasets
 
-    model, processor = load_unified(paths.model("base_vlm"))
+    model, processor = load_unified(paths.model("head"))
     images = datasets.load_from_disk(str(source))["train"]["image"]
     latents, targets = cache_targets(model, processor, images)
     align_bridge(model, latents, targets, config.align_steps, seed=config.seed)
-    save_unified(model, processor, paths.model("aligned"))
+    save_unified(model, processor, paths.model("base"))
 
 
-def build_base_head(config: DemoConfig, paths: _Paths) -> None:
-    """Base: the aligned model with its restoration head trained (demo/head.py) on the restoring rows."""
+def build_head(config: DemoConfig, paths: _Paths) -> None:
+    """The base VLM with its restoration head trained (demo/head.py) on the restoring rows. The
+    head's context ends at `<image_restore>`, before anything the bridge makes, so the head trains
+    before the bridge is aligned and a change of alignment does not retrain it."""
     import datasets
 
-    model, processor = load_unified(paths.model("aligned"))
+    model, processor = load_unified(paths.model("base_vlm"))
     rows = datasets.load_from_disk(str(paths.base_restore))["train"]
     context, clean = cache_contexts(model, processor, rows, system_prompt(config))
     train_head(
         model, context, clean, config.head_steps, config.head_batch_size, config.head_learning_rate,
         seed=config.seed,
     )  # fmt: skip
-    save_unified(model, processor, paths.model("base"))
+    save_unified(model, processor, paths.model("head"))
 
 
 def system_prompt(config: DemoConfig) -> str | None:
@@ -366,29 +368,16 @@ def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
         paths,
     )
     runner.step(
-        "base_data", "stage 0: base data", {"check": config.quality_check}, ("data",), [paths.base_vlm, paths.base_restore],
-        prepare_base_data, config, source, paths,
+        "base_data", "stage 0: base data", {"check": config.quality_check}, ("data",),
+        [paths.base_vlm, paths.base_restore], prepare_base_data, config, source, paths,
     )  # fmt: skip
-    stages = [
-        # key, label, recipe, model from, data, parents
-        ("base_vlm", "stage 0: base VLM", "base", "init", paths.base_vlm, ("init", "base_data")),
-    ]  # fmt: skip
-    for key, label, recipe, model_from, data_path, parents in stages:
-        overrides = stage_overrides(config, paths, recipe, paths.model(model_from), data_path, key)
-        runner.step(
-            key, label, _recipe_settings(config, recipe, overrides), parents, [paths.model(key)],
-            train_stage, config, paths, recipe, overrides,
-        )  # fmt: skip
+    overrides = stage_overrides(config, paths, "base", paths.model("init"), paths.base_vlm, "base_vlm")
     runner.step(
-        "aligned", "stage 0: bridge alignment", {"steps": config.align_steps}, ("base_vlm", "data"),
-        [paths.model("aligned")], build_aligned, config, paths, source,
+        "base_vlm", "stage 0: base VLM", _recipe_settings(config, "base", overrides), ("init", "base_data"),
+        [paths.model("base_vlm")], train_stage, config, paths, "base", overrides,
     )  # fmt: skip
-    head = {"steps": config.head_steps, "batch": config.head_batch_size, "lr": config.head_learning_rate}
-    runner.step(
-        "base", "stage 0: restoration head", {**head, "prompt": system_prompt(config)}, ("aligned", "base_data"),
-        [paths.model("base")], build_base_head, config, paths,
-    )  # fmt: skip
-    base = paths.model("base")
+    # Probing answers directly, so the base VLM labels the rows as Base would: head and bridge
+    # changes below do not relabel them.
     labelling = {
         "label": config.label,
         "check": config.quality_check,
@@ -396,8 +385,17 @@ def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
         "prompt": system_prompt(config),
     }
     runner.step(
-        "prepared", "prepare: corruption-aware data", labelling, ("data", "base"), [paths.prepared],
-        prepare_training_data, config, source, paths, base,
+        "prepared", "prepare: corruption-aware data", labelling, ("data", "base_vlm"), [paths.prepared],
+        prepare_training_data, config, source, paths, paths.model("base_vlm"),
+    )  # fmt: skip
+    head = {"steps": config.head_steps, "batch": config.head_batch_size, "lr": config.head_learning_rate}
+    runner.step(
+        "head", "stage 0: restoration head", {**head, "prompt": system_prompt(config)}, ("base_vlm", "base_data"),
+        [paths.model("head")], build_head, config, paths,
+    )  # fmt: skip
+    runner.step(
+        "base", "stage 0: bridge alignment", {"steps": config.align_steps}, ("head", "data"),
+        [paths.model("base")], build_base, config, paths, source,
     )  # fmt: skip
     runner.step(
         "restoring", "prepare: stage 2 data", {"check": config.quality_check}, ("data",), [paths.restoring],

@@ -131,7 +131,14 @@ def machine() -> str:
     import torch
 
     kernels = torch.backends.cpu.get_cpu_capability()
-    return f"{model}; {' '.join(vectors) or 'no AVX2'}; {os.cpu_count()} cores; torch kernels: {kernels}"
+    # Kernel sets capped by the user (e.g. to compare with a machine without AVX-512).
+    capped = [
+        f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ
+    ]
+    return (
+        f"{model}; {' '.join(vectors) or 'no AVX2'}; {os.cpu_count()} cores; torch {torch.__version__} kernels: "
+        f"{kernels}" + (f" ({', '.join(capped)})" if capped else "")
+    )
 
 
 def write_seeds_summary(root: Path, seeds: Sequence[int]) -> Path:
