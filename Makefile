@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch
 LATEST_VENV ?= .venv-latest
 TORCH_LATEST ?= torch==$(shell sed -n 's/^torch==//p' $(LOCK))
 
-.PHONY: install test test-fast test-latest latest-venv lock lint format bench demo demo-smoke
+.PHONY: install test test-fast test-latest latest-venv lock lint format bench demo demo-seeds demo-smoke
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench:
 # locally, so nothing (not even TRL's start-of-training telemetry) reaches the network.
 demo:
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --out demo_out
+
+# The demo over three seeds: demo_seeds_out/seed_<n>/ each, and one SUMMARY.md of every cell's
+# mean, min and max (the targets are judged on the mean). SEEDS=0,1,2,3 for more.
+SEEDS ?= 0,1,2
+demo-seeds:
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/clear-rl demo --seeds $(SEEDS) --out demo_seeds_out
 
 # A few steps per stage: every stage hands a loadable model to the next and the report is written.
 demo-smoke:

@@ -17,6 +17,8 @@ from pathlib import Path
 VECTOR_FLAGS = (
     "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
 )  # fmt: skip
+# Environment variables that cap the kernels torch, oneDNN and MKL pick below what the CPU offers.
+KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 PACKAGES = ("torch", "transformers", "trl", "peft", "diffusers", "accelerate")
 
 
@@ -74,6 +76,10 @@ def describe_machine(cpuinfo: str | None = None) -> str:
 
     extensions = " ".join(vector_extensions(cpuinfo)) or "no AVX"
     kernels = torch.backends.cpu.get_cpu_capability()
+    # Kernel sets capped by the user, e.g. to compare with a CPU without AVX-512.
+    capped = [f"{k}={os.environ[k]}" for k in KERNEL_CAPS if k in os.environ]
+    if capped:
+        kernels += f", capped by {' '.join(capped)}"
     return (
         f"{cpu_model(cpuinfo)} ({extensions}; torch CPU kernels: {kernels}), {os.cpu_count()} cores, "
         f"{_gpu()}; {package_versions()}"

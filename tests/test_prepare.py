@@ -230,3 +230,22 @@ def test_an_unknown_corruption_backend_is_refused_before_any_work(tmp_path):
     with pytest.raises(ClearRLError, match="unknown corruption backend 'cuda'"):
         prepare_dataset(tmp_path / "missing", tmp_path / "out", PrepareConfig(backend="cuda"))
     assert not (tmp_path / "out").exists()
+
+
+def test_describe_quality_check_shares_the_check_and_leaves_the_decision_to_one_token(source, tmp_path):
+    from clear_rl.data.samples import build_target
+
+    restore = build_target("restore", "gaussian_noise", "high", "red", quality_check="describe")
+    direct = build_target("direct", "gaussian_noise", "high", "red", quality_check="describe")
+    check = "<think>The image has severe gaussian noise.</think>"
+    assert restore.startswith(check + "<image_restore><think>") and direct.startswith(check + "<think>")
+    assert direct.endswith("<answer>red</answer>") and "<image_restore>" not in direct
+    # The default keeps the decision in the check's words.
+    assert "I restore it first" in build_target("restore", "gaussian_noise", "high", "red")
+    out = tmp_path / "described"
+    config = PrepareConfig(levels=("high",), restore_levels=("high",), quality_check="describe")
+    prepare_dataset(source.dataset_dir, out, config)
+    targets = datasets.load_from_disk(str(out))["train"]["target"]
+    assert all(t.startswith("<think>The image has severe ") and "</think><image_restore>" in t for t in targets)
+    with pytest.raises(DataError, match="quality_check"):
+        PrepareConfig(quality_check="explain")

@@ -2,6 +2,8 @@
 
   clear-rl demo                 # the full demo (about 20 minutes on 2 CPU cores), into demo_out/
   clear-rl demo --smoke         # a few steps per stage: checks every stage hands a model on
+  clear-rl demo --seeds 0,1,2   # one run per seed into OUT/seed_<n>/, OUT/SUMMARY.md over the seeds
+  clear-rl demo --reuse         # rerun only the steps whose settings or recipes changed
 
 Stages: ShapesVQA, stage 0 (a competent tiny base), prepare (probe labels), SFT, bridge,
 Interleaved GRPO (recipes/demo/*.yaml), then evaluation of Base, CLEAR-SFT and CLEAR-RL at
@@ -20,6 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage (CI)")
     parser.add_argument("--recipes", default="recipes/demo", help="folder of the demo recipes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="several seeds, e.g. 0,1,2: one run each into OUT/seed_<n>/, and OUT/SUMMARY.md with every "
+        "cell's mean, min and max (targets judged on the mean)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the steps OUT already holds from a run with the same settings and recipes "
+        "(rerun only what changed; run without it after changing clear-rl's code)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,5 +51,12 @@ def run(args: argparse.Namespace) -> int:
     config.recipes_dir, config.seed = args.recipes, args.seed
     if args.out:
         config.out_dir = args.out
-    run_demo(config)
+    if args.seeds is not None:
+        from clear_rl.demo.seeds import parse_seeds, run_seeds
+
+        if args.seed != 0:
+            raise ClearRLError("give --seed or --seeds, not both")
+        run_seeds(config, parse_seeds(args.seeds), reuse=args.reuse)
+        return 0
+    run_demo(config, reuse=args.reuse)
     return 0

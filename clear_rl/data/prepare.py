@@ -155,7 +155,9 @@ def _chunk_records(
             "intensity": float(intensity),
             "seed": int(seed),
             "label": label,
-            "target": build_target(label, corruption, severity, row.answer, row.options, row.reasoning),
+            "target": build_target(
+                label, corruption, severity, row.answer, row.options, row.reasoning, config.quality_check
+            ),
         }
         for key, value in record.items():
             columns[key].append(value)

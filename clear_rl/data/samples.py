@@ -32,6 +32,8 @@ from clear_rl.parallel import check_workers
 from clear_rl.seeds import derive_seed
 
 LABELS = ("restore", "direct")
+QualityCheck = Literal["decide", "describe"]
+QUALITY_CHECKS = ("decide", "describe")  # how a target's quality check reads (build_target)
 OPTION_COLUMNS = ("A", "B", "C", "D")
 SEVERITY_WORDS = {"low": "mild", "mid": "moderate", "high": "severe"}
 CLEAN = "clean"  # a level without corruption (corruption "none"): clean rows in a prepared set
@@ -134,11 +136,30 @@ def build_target(
     answer: str,
     options: Mapping[str, str] | None = None,
     reasoning: str | None = None,
+    quality_check: QualityCheck = "decide",
 ) -> str:
-    """The assistant text of one sample in the token protocol (no `<|restored_pad|>` placeholders)."""
+    """The assistant text of one sample in the token protocol (no `<|restored_pad|>` placeholders).
+
+    `quality_check` "decide" (default): the check states the decision in words ("..., which hides
+    details the question needs; I restore it first" / "..., but the details ... are visible"), and
+    a direct answer's reasoning shares its think block. "describe": both labels open with the same
+    check, `<think>The image has severe noise.</think>`, and the decision is the next token alone:
+    `<image_restore>` or the reasoning's own `<think>`. A model forced not to restore
+    (`--restore never`) then continues as its direct answers do, instead of after a check that
+    announced a restoration, so never vs always compares the two paths fairly.
+    """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+    if quality_check not in QUALITY_CHECKS:
+        raise ValueError(f"quality_check must be one of {QUALITY_CHECKS}, got {quality_check!r}")
     damage = describe(corruption, severity)
+    if quality_check == "describe":
+        check = f"{THINK_START}The image has {damage}.{THINK_END}"
+        if label == "restore":
+            reason = reasoning or f"In the restored image, {answer_sentence(answer, options)}"
+            return f"{check}{IMAGE_RESTORE}{THINK_START}{reason}{THINK_END}{ANSWER_START}{answer}{ANSWER_END}"
+        reason = reasoning or answer_sentence(answer, options).capitalize()
+        return f"{check}{THINK_START}{reason}{THINK_END}{ANSWER_START}{answer}{ANSWER_END}"
     if label == "restore":
         check = f"The image has {damage}, which hides details the question needs; I restore it first."
         reason = reasoning or f"In the restored image, {answer_sentence(answer, options)}"
@@ -168,8 +189,11 @@ def template_corpus() -> list[str]:
     for corruption in CORRUPTIONS:
         for severity in SEVERITY_WORDS:
             for label in LABELS:
-                texts.append(build_target(label, corruption, severity, "A", {"A": "red"}))
-                texts.append(build_target(label, corruption, severity, "3"))
+                for check in QUALITY_CHECKS:
+                    texts.append(
+                        build_target(label, corruption, severity, "A", {"A": "red"}, quality_check=check)
+                    )
+                    texts.append(build_target(label, corruption, severity, "3", quality_check=check))
     return texts
 
 
@@ -200,6 +224,7 @@ class PrepareConfig:
     max_samples: int | None = None  # per split, the first rows
     test_fraction: float = 0.0  # a one-split source: hold out this fraction as `test`
     reasoning_column: str | None = "reasoning"
+    quality_check: QualityCheck = "decide"  # how targets' quality checks read (build_target)
     chunk_size: int = 64  # rows decoded, degraded and probed at once
     workers: int = 0  # processes corrupting chunks (0: one per core if worth it); not in the manifest
     # Corruption backend: auto (torch on a GPU, else OpenCV) | opencv | torch; checked when the
@@ -217,6 +242,10 @@ class PrepareConfig:
             raise DataError(f"level_weights needs one weight per level {list(self.levels)}")
         if self.label == "probe" and self.probe is None:
             raise DataError("probe labelling needs a model: pass --probe-model PATH (a saved clear-rl model)")
+        if self.quality_check not in QUALITY_CHECKS:
+            raise DataError(
+                f"quality_check must be one of {list(QUALITY_CHECKS)}, got {self.quality_check!r}"
+            )
         if self.label not in ("rule", "probe"):
             raise DataError(f"label must be 'rule' or 'probe', got {self.label!r}")
         if not 0.0 <= self.test_fraction < 1.0:

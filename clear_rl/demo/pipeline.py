@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -25,11 +26,21 @@ import torch
 from clear_rl.data.prepare import prepare_dataset
 from clear_rl.data.samples import PrepareConfig, ProbeSettings, template_corpus
 from clear_rl.degrade import LEVELS, choose_corruptions, corrupt_images
+from clear_rl.demo.bridge_align import align_bridge, cache_targets
 from clear_rl.demo.colour_check import colour_check
-from clear_rl.demo.shapes_vqa import ShapesVQAConfig, build_shapes_vqa, generate_shapes_vqa, shapes_vqa_corpus
+from clear_rl.demo.head import cache_contexts, train_head
+from clear_rl.demo.shapes_vqa import (
+    ShapesVQAConfig,
+    ShapesVQAFiles,
+    build_shapes_vqa,
+    generate_shapes_vqa,
+    shapes_vqa_corpus,
+)
+from clear_rl.demo.steps import StepLedger, fingerprint
 from clear_rl.demo.summary import write_summary
 from clear_rl.demo.vae import train_vae
 from clear_rl.demo.vision import warm_up_vision
+from clear_rl.eval.gallery import slug
 from clear_rl.eval.runner import EvalConfig, evaluate
 from clear_rl.eval.scoring import LEVELS as ALL_LEVELS  # clean, low, mid, high
 from clear_rl.io.atomic import write_text
@@ -59,12 +70,16 @@ class DemoConfig:
     vae_images: int = 1024
     vae_steps: int = 300
     vision_steps: int = 300
+    # The bridge aligns on cached targets (demo/bridge_align.py): steps of 32 images.
+    align_steps: int = 900
+    # The restoration head trains on cached contexts (demo/head.py): steps of `head_batch_size` rows.
+    head_steps: int = 1000
+    head_batch_size: int = 32
+    head_learning_rate: float = 1e-3
     # Stage counts override the recipes' max_steps when set (None: the recipe's own).
     steps: dict[str, int | None] = field(
         default_factory=lambda: {
             "base": None,
-            "align": None,
-            "base_head": None,
             "sft": None,
             "bridge": None,
             "grpo": None,
@@ -72,6 +87,9 @@ class DemoConfig:
     )
     # How the corruption-aware data is labelled: by probing the base model (the paper) or by rule.
     label: str = "probe"
+    # Targets open with the same quality check whatever the label, the decision being the token
+    # after it (data/samples.py's build_target), so `--restore never` is a fair direct baseline.
+    quality_check: str = "describe"
     eval_levels: tuple[str, ...] = ALL_LEVELS
     eval_batch_size: int = 32
     max_new_tokens: int = 64
@@ -91,7 +109,9 @@ class DemoConfig:
             vae_images=32,
             vae_steps=3,
             vision_steps=3,
-            steps={"base": 2, "align": 2, "base_head": 2, "sft": 2, "bridge": 2, "grpo": 2},
+            align_steps=2,
+            head_steps=2,
+            steps={"base": 2, "sft": 2, "bridge": 2, "grpo": 2},
             label="rule",  # an untrained base answers nothing right: probe labels would all be equal
             eval_levels=("clean", "high"),
             eval_batch_size=8,
@@ -107,6 +127,7 @@ class _Paths:
         self.base_vlm = root / "data" / "base_vlm"
         self.base_restore = root / "data" / "base_restore"
         self.prepared = root / "data" / "prepared"
+        self.restoring = root / "data" / "restoring"
         self.models = root / "models"
         self.eval = root / "eval"
 
@@ -161,11 +182,44 @@ def build_base_init(config: DemoConfig, paths: _Paths) -> Path:
 def prepare_base_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
     """Stage 0's data: direct answers on clean and mild images (the VLM), restorations at every
     level (the head)."""
-    direct = PrepareConfig(seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",))
+    check = config.quality_check
+    direct = PrepareConfig(
+        seed=config.seed, levels=("clean", "low"), restore_levels=(), splits=("train",), quality_check=check
+    )
     prepare_dataset(source, paths.base_vlm, direct)
     levels = ("low", "mid", "high")
-    restore = PrepareConfig(seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",))
+    restore = PrepareConfig(
+        seed=config.seed + 1, levels=levels, restore_levels=levels, splits=("train",), quality_check=check
+    )
     prepare_dataset(source, paths.base_restore, restore)
+
+
+def build_base(config: DemoConfig, paths: _Paths, source: Path) -> None:
+    """Base: the model with its head trained and its bridge aligned to its own vision path
+    (demo/bridge_align.py), on the training images."""
+    import datasets
+
+    model, processor = load_unified(paths.model("head"))
+    images = datasets.load_from_disk(str(source))["train"]["image"]
+    latents, targets = cache_targets(model, processor, images)
+    align_bridge(model, latents, targets, config.align_steps, seed=config.seed)
+    save_unified(model, processor, paths.model("base"))
+
+
+def build_head(config: DemoConfig, paths: _Paths) -> None:
+    """The base VLM with its restoration head trained (demo/head.py) on the restoring rows. The
+    head's context ends at `<image_restore>`, before anything the bridge makes, so the head trains
+    before the bridge is aligned and a change of alignment does not retrain it."""
+    import datasets
+
+    model, processor = load_unified(paths.model("base_vlm"))
+    rows = datasets.load_from_disk(str(paths.base_restore))["train"]
+    context, clean = cache_contexts(model, processor, rows, system_prompt(config))
+    train_head(
+        model, context, clean, config.head_steps, config.head_batch_size, config.head_learning_rate,
+        seed=config.seed,
+    )  # fmt: skip
+    save_unified(model, processor, paths.model("head"))
 
 
 def system_prompt(config: DemoConfig) -> str | None:
@@ -186,23 +240,44 @@ def prepare_training_data(config: DemoConfig, source: Path, paths: _Paths, base:
     else:
         labels, labeller = {"label": "rule", "restore_levels": ("mid", "high")}, None
     # Clean rows among the degraded ones keep the model's clean accuracy.
-    prepared = PrepareConfig(seed=config.seed + 2, levels=ALL_LEVELS, **labels)
+    prepared = PrepareConfig(
+        seed=config.seed + 2, levels=ALL_LEVELS, quality_check=config.quality_check, **labels
+    )
     prepare_dataset(source, paths.prepared, prepared, labeller)
 
 
-def train_stage(
+def stage_overrides(
     config: DemoConfig, paths: _Paths, recipe: str, model_from: Path, data: Path, output: str
-) -> Path:
-    """Run one recipe of recipes/demo with this run's folders (and step count, if set), behind one
-    progress bar labelled with the recipe's name."""
-    out = paths.model(output)
-    overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
+) -> list[str]:
+    """The recipe overrides of one stage: this run's folders (and step count, if set)."""
+    overrides = [
+        f"model.path={model_from}",
+        f"data.path={data}",
+        f"training.output_dir={paths.model(output)}",
+    ]
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
-    # The demo rebuilds every stage's input, so a second demo into the same folder starts over.
+    return overrides
+
+
+def prepare_restoring_data(config: DemoConfig, source: Path, paths: _Paths) -> None:
+    """Stage 2's data: every row restores, at every level (clean included), so the model learns to
+    read its own restorations beside the degraded view, where they help and where they do not."""
+    levels = ALL_LEVELS
+    restoring = PrepareConfig(
+        seed=config.seed + 4, levels=levels, restore_levels=levels, splits=("train",),
+        quality_check=config.quality_check,
+    )  # fmt: skip
+    prepare_dataset(source, paths.restoring, restoring)
+
+
+def train_stage(config: DemoConfig, paths: _Paths, recipe: str, overrides: list[str]) -> None:
+    """Run one recipe of recipes/demo with `overrides`, behind one progress bar labelled with the
+    recipe's name."""
+    # The demo rebuilds every step it runs, so a rerun into the same folder (or a step --reuse
+    # cannot keep) starts that step's model over.
     loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides, overwrite=True)
     stage_module(loaded.stage).train(loaded, callbacks=[StageProgressCallback(f"{recipe} ({loaded.stage})")])
-    return out
 
 
 def quiet_libraries() -> None:
@@ -222,62 +297,125 @@ def quiet_libraries() -> None:
     )
 
 
-def run_demo(config: DemoConfig) -> Path:
-    """Run every step; returns the summary file. Each step's outputs land under `out_dir`."""
+class _Runner:
+    """Runs the demo's steps in order: timed (wall and CPU seconds), skipped where `--reuse` finds
+    them finished with the same fingerprint (steps.py)."""
+
+    def __init__(self, root: Path, reuse: bool):
+        self.ledger = StepLedger(root, reuse)
+        self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.prints: dict[str, str] = {}
+        self.reused: list[str] = []
+
+    def step(self, key: str, label: str, settings, parents: tuple[str, ...], outputs, fn, *args):
+        """Run `fn(*args)` as step `key` unless reusable; returns the step's fingerprint."""
+        print_ = fingerprint(settings, [self.prints[p] for p in parents])
+        self.prints[key] = print_
+        _banner(label)
+        began, cpu = time.perf_counter(), time.process_time()
+        _, ran = self.ledger.run(key, print_, outputs, fn, *args)
+        if not ran:
+            self.reused.append(label)
+            print(f"--- {label}: reused (finished earlier with the same settings)", flush=True)
+            return print_
+        self.timings[label] = time.perf_counter() - began
+        self.cpu[label] = time.process_time() - cpu
+        print(f"--- {label}: {self.timings[label]:.0f}s (CPU {self.cpu[label]:.0f}s)", flush=True)
+        return print_
+
+
+def _recipe_settings(config: DemoConfig, recipe: str, overrides: list[str]) -> dict:
+    """What a training step depends on: its recipe's text and the overrides it runs with (folders
+    relative to the run's, so a copied run folder is reused as well)."""
+    text = (Path(config.recipes_dir) / f"{recipe}.yaml").read_text(encoding="utf-8")
+    return {"recipe": text, "overrides": [o.replace(str(Path(config.out_dir)), "OUT") for o in overrides]}
+
+
+def run_demo(config: DemoConfig, reuse: bool = False) -> Path:
+    """Run every step; returns the summary file. Each step's outputs land under `out_dir`.
+
+    With `reuse`, steps finished earlier in `out_dir` with the same settings (and the same
+    settings upstream) are not run again (steps.py)."""
     quiet_libraries()
     paths = _Paths(Path(config.out_dir))
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def timed(name: str, fn, *args):
-        _banner(name)
-        began = time.perf_counter()
-        result = fn(*args)
-        timings[name] = time.perf_counter() - began
-        print(f"--- {name}: {timings[name]:.0f}s", flush=True)
-        return result
-
+    paths.root.mkdir(parents=True, exist_ok=True)
+    runner = _Runner(paths.root, reuse)
+    started, started_cpu = time.perf_counter(), time.process_time()
     shapes = shapes_config(config)
-    files = timed(
-        "data: ShapesVQA",
-        build_shapes_vqa,
-        paths.shapes,
-        config.num_train,
-        config.num_test,
-        config.seed,
-        shapes,
-    )
+    files = ShapesVQAFiles.at(paths.shapes)
+    data = {
+        "seed": config.seed,
+        "num_train": config.num_train,
+        "num_test": config.num_test,
+        "shapes": asdict(shapes),
+    }
+    runner.step(
+        "data", "data: ShapesVQA", data, (), [files.dataset_dir, *files.tsv.values()],
+        build_shapes_vqa, paths.shapes, config.num_train, config.num_test, config.seed, shapes,
+    )  # fmt: skip
     source = files.dataset_dir
-    timed("stage 0: tiny model + VAE", build_base_init, config, paths)
-    timed("stage 0: base data", prepare_base_data, config, source, paths)
-    timed(
-        "stage 0: base VLM",
-        train_stage,
+    init = {
+        "model": config.model, "vision_steps": config.vision_steps, "vae_steps": config.vae_steps,
+        "vae_images": config.vae_images, "image_size": config.image_size,
+    }  # fmt: skip
+    runner.step(
+        "init",
+        "stage 0: tiny model + VAE",
+        init,
+        ("data",),
+        [paths.model("init")],
+        build_base_init,
         config,
         paths,
-        "base",
-        paths.model("init"),
-        paths.base_vlm,
-        "base_vlm",
     )
-    timed(
-        "stage 0: bridge alignment",
-        train_stage, config, paths, "align", paths.model("base_vlm"), source, "aligned",
+    runner.step(
+        "base_data", "stage 0: base data", {"check": config.quality_check}, ("data",),
+        [paths.base_vlm, paths.base_restore], prepare_base_data, config, source, paths,
     )  # fmt: skip
-    base = timed(
-        "stage 0: base restoration head",
-        train_stage, config, paths, "base_head", paths.model("aligned"), paths.base_restore, "base",
+    overrides = stage_overrides(config, paths, "base", paths.model("init"), paths.base_vlm, "base_vlm")
+    runner.step(
+        "base_vlm", "stage 0: base VLM", _recipe_settings(config, "base", overrides), ("init", "base_data"),
+        [paths.model("base_vlm")], train_stage, config, paths, "base", overrides,
     )  # fmt: skip
-    timed("prepare: corruption-aware data", prepare_training_data, config, source, paths, base)
-    sft = timed("stage 1: SFT", train_stage, config, paths, "sft", base, paths.prepared, "sft")
-    bridge = timed("stage 2: bridge", train_stage, config, paths, "bridge", sft, paths.prepared, "bridge")
-    rl = timed(
-        "stage 3: Interleaved GRPO", train_stage, config, paths, "grpo", bridge, paths.prepared, "grpo"
-    )
-    # CLEAR-SFT: every supervised stage done (1 and 2), the model GRPO starts from.
-    models = {
-        name: load_unified(path) for name, path in (("Base", base), ("CLEAR-SFT", bridge), ("CLEAR-RL", rl))
+    # Probing answers directly, so the base VLM labels the rows as Base would: head and bridge
+    # changes below do not relabel them.
+    labelling = {
+        "label": config.label,
+        "check": config.quality_check,
+        "max_new_tokens": config.max_new_tokens,
+        "prompt": system_prompt(config),
     }
+    runner.step(
+        "prepared", "prepare: corruption-aware data", labelling, ("data", "base_vlm"), [paths.prepared],
+        prepare_training_data, config, source, paths, paths.model("base_vlm"),
+    )  # fmt: skip
+    head = {"steps": config.head_steps, "batch": config.head_batch_size, "lr": config.head_learning_rate}
+    runner.step(
+        "head", "stage 0: restoration head", {**head, "prompt": system_prompt(config)}, ("base_vlm", "base_data"),
+        [paths.model("head")], build_head, config, paths,
+    )  # fmt: skip
+    runner.step(
+        "base", "stage 0: bridge alignment", {"steps": config.align_steps}, ("head", "data"),
+        [paths.model("base")], build_base, config, paths, source,
+    )  # fmt: skip
+    runner.step(
+        "restoring", "prepare: stage 2 data", {"check": config.quality_check}, ("data",), [paths.restoring],
+        prepare_restoring_data, config, source, paths,
+    )  # fmt: skip
+    stages = [
+        ("sft", "stage 1: SFT", "sft", "base", paths.prepared, ("base", "prepared")),
+        ("bridge", "stage 2: bridge", "bridge", "sft", paths.restoring, ("sft", "restoring")),
+        ("grpo", "stage 3: Interleaved GRPO", "grpo", "bridge", paths.prepared, ("bridge", "prepared")),
+    ]
+    for key, label, recipe, model_from, data_path, parents in stages:
+        overrides = stage_overrides(config, paths, recipe, paths.model(model_from), data_path, key)
+        runner.step(
+            key, label, _recipe_settings(config, recipe, overrides), parents, [paths.model(key)],
+            train_stage, config, paths, recipe, overrides,
+        )  # fmt: skip
+    # CLEAR-SFT: every supervised stage done (1 and 2), the model GRPO starts from.
+    folders = {"Base": "base", "CLEAR-SFT": "bridge", "CLEAR-RL": "grpo"}
     eval_config = EvalConfig(
         system_prompt=system_prompt(config),
         levels=config.eval_levels,
@@ -285,18 +423,65 @@ def run_demo(config: DemoConfig) -> Path:
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
         restoration_metrics=[colour_check(config.image_size)],
+        resume=True,  # each model's predictions are kept while its fingerprint holds (below)
     )
     test = [files.tsv["test"]]
-    report = timed("eval: Base, CLEAR-SFT, CLEAR-RL", evaluate, models, test, paths.eval, eval_config)
-    # What restoring gains, how good the restorations are, what the bridge loses of a clean image.
-    analysis_config = replace(eval_config, restore="never,always,oracle")
-    analysis = timed(
-        "eval: CLEAR-SFT never / always / oracle",
-        evaluate, {"CLEAR-SFT": models["CLEAR-SFT"]}, test, paths.eval / "restoration", analysis_config,
-        paths.eval / "degraded",
+    settings = {
+        "levels": list(config.eval_levels),
+        "max_new_tokens": config.max_new_tokens,
+        "prompt": eval_config.system_prompt,
+    }
+    report = _evaluate(
+        runner, "eval", "eval: Base, CLEAR-SFT, CLEAR-RL", folders, settings, test, paths.eval, eval_config
+    )
+    # What restoring gains, how good the restorations are, what the bridge loses of a perfect image.
+    analysis = _evaluate(
+        runner, "analysis", "eval: CLEAR-SFT never / always / oracle", {"CLEAR-SFT": "bridge"}, settings,
+        test, paths.eval / "restoration", replace(eval_config, restore="never,always,oracle"), paths.eval / "degraded",
     )  # fmt: skip
-    timings["total"] = time.perf_counter() - started
+    runner.timings["total"] = time.perf_counter() - started
+    runner.cpu["total"] = time.process_time() - started_cpu
     write_text(paths.root / "demo_config.json", json.dumps(asdict(config), indent=2))
-    summary = write_summary(report, paths.root / "SUMMARY.md", timings, analysis)
+    summary = write_summary(
+        report,
+        paths.root / "SUMMARY.md",
+        runner.timings,
+        analysis,
+        cpu_timings=runner.cpu,
+        reused=runner.reused,
+    )
     print(summary.read_text(encoding="utf-8"), flush=True)
     return summary
+
+
+def _evaluate(
+    runner: _Runner, key: str, label: str, folders: dict[str, str], settings: dict, test: list[Path],
+    out: Path, config: EvalConfig, degraded_dir: Path | None = None,
+) -> dict[str, Path]:  # fmt: skip
+    """One evaluation of several models, each model's predictions kept from an earlier run only
+    while the model's fingerprint (and the evaluation's settings) are unchanged."""
+    paths = _Paths(runner.ledger.path.parent)
+    stale = []
+    for name, folder in folders.items():
+        step = f"{key}:{name}"
+        print_ = fingerprint({**settings, "restore": config.restore}, [runner.prints[folder]])
+        runner.prints[step] = print_
+        if not runner.ledger.finished(step, print_, [out / "predictions"]):
+            stale.append(name)
+            runner.ledger.forget(step)
+            for predictions in (out / "predictions").glob("*"):
+                if predictions.name == name or predictions.name.startswith(f"{slug(name)}_"):
+                    shutil.rmtree(predictions)
+    if not stale:
+        runner.reused.append(label)
+    _banner(label + ("" if stale else ": reusing every model's predictions"))
+    began, cpu = time.perf_counter(), time.process_time()
+    models = {name: load_unified(paths.model(folder)) for name, folder in folders.items()}
+    report = evaluate(models, test, out, config, degraded_dir)
+    if stale:
+        runner.timings[label] = time.perf_counter() - began
+        runner.cpu[label] = time.process_time() - cpu
+        print(f"--- {label}: {runner.timings[label]:.0f}s (CPU {runner.cpu[label]:.0f}s)", flush=True)
+    for name in folders:
+        runner.ledger.record(f"{key}:{name}", runner.prints[f"{key}:{name}"])
+    return report

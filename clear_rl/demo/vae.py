@@ -25,6 +25,7 @@ def train_vae(
     learning_rate: float = 1e-3,
     kl_weight: float = 1e-6,
     detail_weight: float = 10.0,
+    contrast_weight: float = 0.0,
     seed: int = 0,
 ) -> list[float]:
     """Fit `model.vae` to reconstruct `images` ((N, 3, S, S) in [-1, 1]); returns the loss curve.
@@ -45,6 +46,10 @@ def train_vae(
         reconstruction = vae.decode(posterior.sample(generator=None)).sample
         weight = 1 + detail_weight * (batch - batch.mean((2, 3), keepdim=True)).norm(dim=1, keepdim=True)
         error = (weight * (reconstruction - batch) ** 2).mean() / weight.mean()
+        if contrast_weight:
+            # Relative to each image's own contrast: dark and washed-out images keep their colours.
+            spread = batch.var(dim=(2, 3), keepdim=True).mean(1, keepdim=True) + 1e-2
+            error = error + contrast_weight * ((reconstruction - batch) ** 2 / spread).mean()
         loss = error + kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

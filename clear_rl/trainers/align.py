@@ -72,6 +72,11 @@ def _standardised_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return ((student.float() - teacher.float()).pow(2) / var).mean()
 
 
+def token_terms(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(standardised MSE, 1 - mean cosine) between bridged tokens and the vision path's tokens."""
+    return _standardised_mse(student, teacher), 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
+
+
 def vision_targets(model: ComposedUnifiedModel, inputs: Mapping[str, Any]) -> torch.Tensor:
     """The vision path's tokens of each image, laid on the bridge's grid: (B, N_bridge, D)."""
     vlm_inputs = {k: v for k, v in inputs.items() if k != "vae_pixel_values"}
@@ -99,8 +104,7 @@ def alignment_terms(
         teacher = vision_targets(model, inputs).float()
         latents = model.encode_latents(inputs["vae_pixel_values"])
     student = model.bridge(latents).float()
-    mse = _standardised_mse(student, teacher)
-    cosine = 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
+    mse, cosine = token_terms(student, teacher)
     hidden = None
     if with_hidden:
         with torch.no_grad():

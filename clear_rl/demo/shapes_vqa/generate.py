@@ -372,6 +372,17 @@ class ShapesVQAFiles:
     tsv: dict[str, Path]  # split -> VLMEvalKit TSV
     manifest: Path  # seed, sizes and config used, as JSON
 
+    @classmethod
+    def at(cls, root: str | Path, splits: Sequence[str] = ("train", "test")) -> ShapesVQAFiles:
+        """Where `build_shapes_vqa(root, ...)` writes its outputs (whether or not it has yet)."""
+        root = Path(root)
+        return cls(
+            root=root,
+            dataset_dir=root / "dataset",
+            tsv={split: root / f"ShapesVQA_{split}.tsv" for split in splits},
+            manifest=root / "shapes_vqa.json",
+        )
+
 
 def records_to_dataset(records: Sequence[dict]):
     """A `datasets.Dataset` with the Image feature for the image column (PNG, lossless)."""
@@ -425,12 +436,7 @@ def build_shapes_vqa(
     root = Path(out_dir)
     splits = {"train": generate_shapes_vqa(num_train, seed, config, "train")}
     splits["test"] = generate_shapes_vqa(num_test, seed, config, "test")
-    files = ShapesVQAFiles(
-        root=root,
-        dataset_dir=root / "dataset",
-        tsv={split: root / f"ShapesVQA_{split}.tsv" for split in splits},
-        manifest=root / "shapes_vqa.json",
-    )
+    files = ShapesVQAFiles.at(root, list(splits))
     dataset = datasets.DatasetDict({split: records_to_dataset(records) for split, records in splits.items()})
     with atomic_path(files.dataset_dir, is_dir=True) as tmp:
         dataset.save_to_disk(str(tmp))
