@@ -35,6 +35,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.positions import positions_for_forward
+from clear_rl.models.same_work import with_idle_work
 from clear_rl.models.tokens import ClearTokenIds, up_to_last
 
 
@@ -116,6 +117,8 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     training_readbacks: tuple[str, ...] = ("bridge", "reencode")  # reencode replays restored_embeds
+    # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
+    same_work: bool = False
 
     @property
     def decoder_class(self) -> type:
@@ -445,6 +448,9 @@ class ComposedUnifiedModel(PreTrainedModel):
         positions = positions_for_forward(self, input_ids, attention_mask, kwargs)
         if positions is not None:
             kwargs["position_ids"] = positions
+        idle = []  # under `same_work`, the parts this batch leaves out run on an idle row
+        if self.same_work and not self._bridges(input_ids, restored_embeds):
+            idle.append(self.bridge(torch.zeros(1, *self.latent_shape, device=self.device)))
         with self.bridged_embeddings(input_ids, restored_latents, restored_embeds):
             outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
@@ -459,7 +465,22 @@ class ComposedUnifiedModel(PreTrainedModel):
                 flow_rows,
                 degraded_latents,
             )
+        if self.same_work and not _runs_head(flow_latents, flow_rows):
+            idle.append(self._idle_velocity())
+        if idle:
+            outputs["logits"] = with_idle_work(outputs.logits, idle)
         return outputs
+
+    def _bridges(self, input_ids: torch.Tensor, restored_embeds: torch.Tensor | None) -> bool:
+        """Whether a forward of `input_ids` runs the bridge (slots to fill, and no re-encoded tokens)."""
+        return restored_embeds is None and bool(self.restored_token_mask(input_ids).any())
+
+    def _idle_velocity(self) -> torch.Tensor:
+        """The head on one all-zero input and context: the same-work rule's idle head pass."""
+        latents = torch.zeros(1, *self.latent_shape, device=self.device)
+        hidden = torch.zeros(1, 1, self.config.get_text_config().hidden_size, device=self.device)
+        context = RestorationContext(hidden, torch.ones(1, 1, dtype=torch.bool, device=self.device), latents)
+        return self.velocity(latents, torch.zeros(1, device=self.device), context)
 
     def _flow_velocity(
         self, input_ids, attention_mask, hidden_states, latents, timesteps, rows, degraded_latents
@@ -484,6 +505,11 @@ class ComposedUnifiedModel(PreTrainedModel):
         out = out.to(velocity.dtype)
         out[rows] = velocity.view(-1, steps, *latents.shape[2:])
         return out
+
+
+def _runs_head(flow_latents: torch.Tensor | None, flow_rows: torch.Tensor | None) -> bool:
+    """Whether a forward given these flow arguments runs the restoration head."""
+    return flow_latents is not None and (flow_rows is None or bool(flow_rows.any()))
 
 
 AutoConfig.register(ComposedUnifiedConfig.model_type, ComposedUnifiedConfig, exist_ok=True)

@@ -33,12 +33,16 @@ def denoised_latents(
     restore = inputs["restore"].bool()
     latents = torch.zeros(restore.shape[0], *model.latent_shape, device=degraded_latents.device)
     rows = restore.nonzero().squeeze(1)
-    if len(rows) == 0:
+    idle = len(rows) == 0
+    if idle and not getattr(model, "same_work", False):
         return latents
+    if idle:  # sharded: restore row 0 as another rank restores its rows, and discard it (same_work.py)
+        rows = torch.zeros(1, dtype=torch.long, device=restore.device)
     student, _ = split_inputs(inputs)
     context = model.teacher_forced_context(forward, student, degraded_latents, rows)
     sample = restore_latents(model, context, config.restoration_sampling, generator=generator)
-    latents[rows] = sample.latents.to(latents.dtype)
+    if not idle:
+        latents[rows] = sample.latents.to(latents.dtype)
     return latents
 
 

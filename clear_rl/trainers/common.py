@@ -170,7 +170,7 @@ def start_run(recipe: Recipe) -> Path:
 def finish(trainer, processor, recipe: Recipe) -> None:
     """Save the final model and processor into output_dir (main process), beside the resolved
     recipe `start_run` saved."""
-    trainer.save_model(trainer.args.output_dir)
+    trainer.save_whole_model(trainer.args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
 
@@ -225,6 +225,23 @@ class UnifiedCheckpointMixin:
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=True,
             )
+
+    def save_whole_model(self, output_dir: str) -> None:
+        """The final model as one loadable folder, whatever the checkpoints' layout.
+
+        Trainer's `save_model` writes nothing under FSDP's sharded state dicts and a DeepSpeed
+        checkpoint under ZeRO-3 without 16-bit gathering; the weights are gathered whole here
+        (every process takes part, the main process writes).
+        """
+        from clear_rl.trainers.sharding import is_sharded
+
+        if not is_sharded(self.accelerator):
+            return self.save_model(output_dir)
+        if self.is_deepspeed_enabled:
+            state_dict = self.model_wrapped._zero3_consolidated_16bit_state_dict()
+        else:
+            state_dict = self.accelerator.get_state_dict(self.model)
+        self._save(output_dir, state_dict=state_dict)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Trainer's save, but a unified model that is no `PreTrainedModel` (BAGEL) writes its own

@@ -40,7 +40,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_adapter
 
 from clear_rl.answering import answer_batch
@@ -64,6 +64,7 @@ from clear_rl.trainers.common import (
     unified_core,
 )
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
+from clear_rl.trainers.sharding import any_rank, full_weights, turn_on_same_work
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
@@ -237,6 +238,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
         # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
         self._scoring: FlowRollout | None = None
+        turn_on_same_work(self)
 
     def _unified_model(self):
         return unified_core(self.model)
@@ -308,7 +310,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             degraded_view=args.degraded_view,
             restoration=args.restoration_sampling,
         )
-        with unwrap_model_for_generation(
+        with full_weights(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
         ) as generator_model:
             answered = answer_batch(
@@ -397,21 +399,22 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             i for i, row in enumerate(inputs) if row["restored"] and row.get("clean_image") is not None
         ]
         clean_latents: list[torch.Tensor | None] = [None] * len(inputs)
-        if restoring:
+        if any_rank(self.accelerator, bool(restoring)):  # a sharded model gathers on every rank
             with (
-                unwrap_model_for_generation(
+                full_weights(
                     self.model_wrapped,
                     self.accelerator,
                     gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 ) as model,
                 torch.no_grad(),
             ):
-                pixels = vae_pixel_values(
-                    [inputs[i]["clean_image"] for i in restoring], model.config.vae_image_size
-                )
-                encoded = model.encode_latents(pixels.to(self.accelerator.device)).float().cpu()
-            for i, latent in zip(restoring, encoded):
-                clean_latents[i] = latent
+                if restoring:
+                    pixels = vae_pixel_values(
+                        [inputs[i]["clean_image"] for i in restoring], model.config.vae_image_size
+                    )
+                    encoded = model.encode_latents(pixels.to(self.accelerator.device)).float().cpu()
+                    for i, latent in zip(restoring, encoded):
+                        clean_latents[i] = latent
         for row, latent in zip(inputs, clean_latents):
             row["clean_latents"] = latent
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -426,7 +429,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             self._scoring = None
         if rollout is None or len(rollout) != output["completion_ids"].shape[0]:
             raise RuntimeError("TRL returned completions this trainer's rollout did not make")
-        if bool(rollout.restored.any()):
+        restoring = bool(rollout.restored.any())
+        if any_rank(self.accelerator, restoring):  # under sharding, ranks without restorations score too
             if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
                 velocity = self._score_flow_steps(self.model, rollout, output)
                 rollout.old_log_probs = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape)
@@ -435,7 +439,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                     velocity = self._score_flow_steps(reference, rollout, output)
                 mean = self._flow_step(rollout, velocity).mean
                 rollout.reference_means = mean.view(*rollout.t.shape, *mean.shape[1:])
-        else:  # nothing to score: the loss masks every step
+        if not restoring:  # nothing to score: the loss masks every step
             rollout.old_log_probs = torch.zeros_like(rollout.t) if "old_per_token_logps" in output else None
             rollout.reference_means = torch.zeros_like(rollout.x_t) if self.beta != 0.0 else None
         output["rollout"] = rollout.rows()  # TRL shuffles and slices lists with the batch

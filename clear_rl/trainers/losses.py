@@ -172,11 +172,14 @@ def loss_terms(
             model, input_ids, attention_mask, labels, rows, vit_token_dropout, generator
         )
         student = {**student, "attention_mask": attention_mask}
+    # Under sharding a rank without restoring rows still runs what one with them runs (the degraded
+    # encode, stage 2's restorations, the teacher pass): models/same_work.py.
+    restores = len(rows) > 0 or getattr(model, "same_work", False)
     with torch.no_grad():  # the VAE never trains
         clean_latents = model.encode_latents(inputs["clean_vae_pixel_values"]).float()
-        need_degraded = (with_mse or restored_latents is not None) and len(rows) > 0
+        need_degraded = (with_mse or restored_latents is not None) and restores
         degraded_latents = model.encode_latents(inputs["vae_pixel_values"]).float() if need_degraded else None
-    slot = restored_latents(degraded_latents) if restored_latents is not None and len(rows) else clean_latents
+    slot = restored_latents(degraded_latents) if restored_latents is not None and restores else clean_latents
     flow, target = {}, None
     if with_mse and len(rows):  # the head runs in the same pass, through the model's flow arguments
         shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
@@ -206,9 +209,10 @@ def loss_terms(
     mse = distill = None
     if flow:
         mse = (out["flow_velocity"][rows, 0].float() - target).pow(2).mean()
-    if with_distill and len(rows):
+    if with_distill and restores:
         with torch.no_grad():
             teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    if with_distill and len(rows):
         distill = distill_loss(
             model,
             out,

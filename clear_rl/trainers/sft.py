@@ -26,6 +26,7 @@ from clear_rl.trainers.common import (
 )
 from clear_rl.trainers.losses import LossTerms, loss_terms
 from clear_rl.trainers.sft_config import ClearSFTConfig
+from clear_rl.trainers.sharding import turn_on_same_work
 
 CONFIG_CLASS = ClearSFTConfig
 
@@ -39,6 +40,7 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
+        turn_on_same_work(self)
         self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
 
     # -- the stage's loss terms ---------------------------------------------------------------

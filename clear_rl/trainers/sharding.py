@@ -1,0 +1,108 @@
+"""What the trainers do when accelerate shards the model (FSDP2, DeepSpeed ZeRO-3).
+
+A sharded model gathers each part's weights from every rank when the part runs, so every rank must
+run the same parts in the same order (models/same_work.py). Three things keep it so:
+
+- `turn_on_same_work`: the backbone runs the bridge and the restoration head in every forward (an
+  idle row where the batch has none), and the stages run their optional passes (the degraded
+  encode, the teacher pass, stage 2's restorations) on every rank;
+- `any_rank`: a pass that runs only when some row restores (GRPO's flow scoring, the reward-time
+  encode) is decided by all ranks together;
+- `full_weights`: rollouts run on gathered weights (DeepSpeed through TRL's unwrapping, FSDP2 by
+  unsharding every unit once), so that sampling, where ranks restore different rows and stop at
+  different lengths, makes no collective call at all.
+
+Unsharded runs (one process, DDP) take none of these paths and compute exactly what they did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from trl.models.utils import unwrap_model_for_generation
+
+from clear_rl.trainers.common import unified_core
+
+logger = logging.getLogger(__name__)
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether `accelerator` shards parameters across ranks: FSDP, or DeepSpeed ZeRO stage 3."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def turn_on_same_work(trainer) -> None:
+    """Set the backbone's `same_work` when the trainer's accelerator shards it (after Trainer's init)."""
+    if is_sharded(trainer.accelerator):
+        unified_core(trainer.model).same_work = True
+        logger.info("sharded model: every rank runs the bridge, the restoration head and every pass")
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """`flag` on this rank, or, under sharding, whether it holds on any rank (one small all-reduce)."""
+    if not is_sharded(accelerator):
+        return flag
+    local = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(local, reduction="sum").item() > 0)
+
+
+@contextlib.contextmanager
+def full_weights(model_wrapped, accelerator, gather_deepspeed3_params: bool = True) -> Iterator:
+    """The unwrapped model with every weight whole on this rank, for sampling and the reward encode.
+
+    TRL's `unwrap_model_for_generation` gathers ZeRO-3's parameters and removes its hooks; FSDP2's
+    units are unsharded once here. Inside, the model makes no collective call, so ranks may run it
+    differently (and `same_work` is off); entering and leaving are collective: call on every rank.
+    """
+    with unwrap_model_for_generation(
+        model_wrapped, accelerator, gather_deepspeed3_params=gather_deepspeed3_params
+    ) as model:
+        unified = unified_core(model)
+        same_work, unified.same_work = unified.same_work, False
+        try:
+            with _fsdp_unsharded(model_wrapped):
+                yield model
+        finally:
+            unified.same_work = same_work
+
+
+@contextlib.contextmanager
+def _fsdp_unsharded(model) -> Iterator[None]:
+    """Every FSDP2 unit of `model` unsharded (one all-gather each, in module order) and left so.
+
+    FSDP2's own hooks would reshard each unit after its forward and gather it again at the next
+    call, a collective per token. While its units are in the state FSDP uses to recompute
+    activations in backward (`PRE_BACKWARD`), its hooks neither gather, reshard nor record the
+    forward order (which backward prefetching reads). No public FSDP2 call keeps a whole model
+    gathered across many forwards, hence the private state; `reshard` at the end is public.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    states = list({id(s): s for s in (unit._get_fsdp_state() for unit in units)}.values())
+    for unit in units:
+        unit.unshard()
+    before = [state._training_state for state in states]
+    for state in states:
+        state._training_state = TrainingState.PRE_BACKWARD
+    try:
+        yield
+    finally:
+        for state, previous in zip(states, before):
+            state._training_state = previous
+        for unit in units:
+            unit.reshard()
