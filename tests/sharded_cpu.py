@@ -17,8 +17,10 @@ Two more test switches, by environment variable:
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 
 
@@ -71,6 +73,7 @@ def sharded_launch() -> bool:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where a hung rank waits
     if sharded_launch():
         shard_cpu_processes()
     if os.environ.get("CLEAR_RL_TEST_LOG"):

@@ -35,7 +35,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.positions import positions_for_forward
-from clear_rl.models.same_work import with_idle_work
+from clear_rl.models.same_work import SameWork, with_idle_work
 from clear_rl.models.tokens import ClearTokenIds, up_to_last
 
 
@@ -118,7 +118,7 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_attention_backend = True
     training_readbacks: tuple[str, ...] = ("bridge", "reencode")  # reencode replays restored_embeds
     # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
-    same_work: bool = False
+    same_work: SameWork | None = None
 
     @property
     def decoder_class(self) -> type:
@@ -361,9 +361,39 @@ class ComposedUnifiedModel(PreTrainedModel):
         (the decode + re-encode readback, see models/readback.py).
         """
         pad_mask = self.restored_token_mask(input_ids)
-        if not bool(pad_mask.any()):
+        pads, work = bool(pad_mask.any()), self.same_work
+        idle = work is not None and work.needs_idle("bridge", pads and restored_embeds is None)
+        if not pads and not idle:
             yield
             return
+        embeds = self._slot_embeddings(pad_mask, restored_latents, restored_embeds) if pads else None
+        # The same-work rule's idle bridge joins the embeddings (weight zero) where a real one would,
+        # so that backward runs through the same layers on every rank (models/same_work.py).
+        zero = self.bridge(torch.zeros(1, *self.latent_shape, device=self.device)) if idle else None
+        expected = pad_mask.shape
+
+        def substitute(module, args, output):
+            ids = args[0] if args else None
+            if ids is None or ids.shape != expected:
+                return output
+            if embeds is not None:
+                mask = (ids == self.config.restored_pad_token_id).unsqueeze(-1)
+                output = output.masked_scatter(mask, embeds.to(output.dtype))
+            return output if zero is None else with_idle_work(output, [zero])
+
+        handle = self.get_input_embeddings().register_forward_hook(substitute)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _slot_embeddings(
+        self,
+        pad_mask: torch.Tensor,
+        restored_latents: torch.Tensor | None,
+        restored_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(R, N, D) what fills the `<|restored_pad|>` positions of the R rows that have them."""
         filled = restored_embeds if restored_embeds is not None else restored_latents
         if filled is None:
             raise ValueError(
@@ -376,24 +406,10 @@ class ComposedUnifiedModel(PreTrainedModel):
             raise ValueError(
                 f"each restoring row needs a multiple of {slot} <|restored_pad|> tokens, got {per_row.tolist()}"
             )
-        if filled.shape[0] != input_ids.shape[0]:
+        if filled.shape[0] != pad_mask.shape[0]:
             name = "restored_embeds" if restored_embeds is not None else "restored_latents"
             raise ValueError(f"{name} must have one (possibly unused) entry per batch row")
-        embeds = restored_embeds[rows] if restored_embeds is not None else self.bridge(restored_latents[rows])
-        expected = pad_mask.shape
-
-        def substitute(module, args, output):
-            ids = args[0] if args else None
-            if ids is None or ids.shape != expected:
-                return output
-            mask = (ids == self.config.restored_pad_token_id).unsqueeze(-1)
-            return output.masked_scatter(mask, embeds.to(output.dtype))
-
-        handle = self.get_input_embeddings().register_forward_hook(substitute)
-        try:
-            yield
-        finally:
-            handle.remove()
+        return restored_embeds[rows] if restored_embeds is not None else self.bridge(restored_latents[rows])
 
     def forward(
         self,
@@ -448,9 +464,6 @@ class ComposedUnifiedModel(PreTrainedModel):
         positions = positions_for_forward(self, input_ids, attention_mask, kwargs)
         if positions is not None:
             kwargs["position_ids"] = positions
-        idle = []  # under `same_work`, the parts this batch leaves out run on an idle row
-        if self.same_work and not self._bridges(input_ids, restored_embeds):
-            idle.append(self.bridge(torch.zeros(1, *self.latent_shape, device=self.device)))
         with self.bridged_embeddings(input_ids, restored_latents, restored_embeds):
             outputs = self.vlm(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
@@ -465,15 +478,14 @@ class ComposedUnifiedModel(PreTrainedModel):
                 flow_rows,
                 degraded_latents,
             )
-        if self.same_work and not _runs_head(flow_latents, flow_rows):
-            idle.append(self._idle_velocity())
-        if idle:
-            outputs["logits"] = with_idle_work(outputs.logits, idle)
+        work = self.same_work  # the head on an idle row where this batch runs none (same_work.py)
+        if work is not None and work.needs_idle("head", _runs_head(flow_latents, flow_rows)):
+            outputs["logits"] = with_idle_work(outputs.logits, [self._idle_velocity()])
         return outputs
 
-    def _bridges(self, input_ids: torch.Tensor, restored_embeds: torch.Tensor | None) -> bool:
-        """Whether a forward of `input_ids` runs the bridge (slots to fill, and no re-encoded tokens)."""
-        return restored_embeds is None and bool(self.restored_token_mask(input_ids).any())
+    def same_work_parts(self) -> dict[str, torch.nn.Module]:
+        """The parts the same-work rule runs idle (models/same_work.py), by `SameWork.parts` name."""
+        return {"bridge": self.latent_bridge, "head": self.restoration_head}
 
     def _idle_velocity(self) -> torch.Tensor:
         """The head on one all-zero input and context: the same-work rule's idle head pass."""

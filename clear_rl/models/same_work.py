@@ -6,16 +6,42 @@ same order, and each trainable parameter of those parts must get a gradient on e
 FSDP2 assumes SPMD code; ZeRO-3 hangs when ranks fetch different submodules). A CLEAR batch breaks
 that on its own: a rank whose rows do not restore would skip the bridge and the restoration head.
 
-So, when a backbone's `same_work` is on (the trainers turn it on for sharded models only, see
-trainers/sharding.py), each forward runs every part that another rank's forward may run, on a
-one-row "idle" input where this batch has nothing for it, and adds the result to the logits with
-weight zero: the values are unchanged and the parts' parameters get (zero) gradients, as DDP's
-`find_unused_parameters` would have given them. Unsharded runs (one process, DDP) never do this.
+So, when a backbone's `same_work` is set (trainers/sharding.py sets it for sharded models), each
+forward runs every part in `SameWork.parts` that this batch leaves out, on an all-zero one-row
+"idle" input, and adds the result to the logits with weight zero: the values are unchanged and the
+part's parameters get (zero) gradients, which is what DDP's reduction gives a part some rank did
+not use. A part that no rank ran for real before an optimizer step loses those zero gradients
+again (trainers/sharding.py), so the optimizer leaves it alone, as it does without sharding.
+With `passes`, the stages also run their optional passes on every rank (the degraded image's
+encode, the distill teacher's pass, stage 2's restorations).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+
+@dataclass
+class SameWork:
+    """A backbone's same-work settings, and the parts it ran for real since the last optimizer step."""
+
+    parts: tuple[str, ...] = ("bridge", "head")  # run idle where a batch has nothing for them
+    passes: bool = True  # the stages' optional passes run on every rank too
+    ran: set[str] = field(default_factory=set)  # parts that ran on real rows with gradients on
+
+    def needs_idle(self, part: str, runs: bool) -> bool:
+        """Whether `part`, which this forward runs for real iff `runs`, must run on an idle row."""
+        if runs and torch.is_grad_enabled():
+            self.ran.add(part)
+        return part in self.parts and not runs
+
+
+def runs_every_pass(model) -> bool:
+    """Whether the stages run their optional passes even where no row of this rank needs them."""
+    work = getattr(model, "same_work", None)
+    return work is not None and work.passes
 
 
 def with_idle_work(logits: torch.Tensor, idle: list[torch.Tensor]) -> torch.Tensor:

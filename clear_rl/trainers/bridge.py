@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from clear_rl.data.collate import split_inputs
+from clear_rl.models.same_work import SameWork, runs_every_pass
 from clear_rl.recipe import Recipe
 from clear_rl.restoration import restore_latents
 from clear_rl.trainers.bridge_config import BridgeConfig
@@ -34,7 +35,7 @@ def denoised_latents(
     latents = torch.zeros(restore.shape[0], *model.latent_shape, device=degraded_latents.device)
     rows = restore.nonzero().squeeze(1)
     idle = len(rows) == 0
-    if idle and not getattr(model, "same_work", False):
+    if idle and not runs_every_pass(model):
         return latents
     if idle:  # sharded: restore row 0 as another rank restores its rows, and discard it (same_work.py)
         rows = torch.zeros(1, dtype=torch.long, device=restore.device)
@@ -51,6 +52,12 @@ class BridgeTrainer(ClearSFTTrainer):
 
     _tag_names = ["trl", "sft", "clear-rl", "clear-bridge"]
     _name = "CLEAR bridge"
+
+    def unsharded_same_work(self) -> SameWork | None:
+        """Without `restore_rows_only`, a batch may hold no restoring row, and then nothing of a
+        bridge-only run takes part in the loss: the bridge runs on an idle row so that every process
+        still has a gradient to reduce (zero, and dropped when no process restored)."""
+        return None if self.args.restore_rows_only else SameWork(parts=("bridge",), passes=False)
 
     def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
         args = self.args

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
 from clear_rl.models.backbone import TrainableBackbone
+from clear_rl.models.same_work import runs_every_pass
 
 DistillMode = Literal["per_layer_kl", "pooled_mse"]
 
@@ -174,7 +175,7 @@ def loss_terms(
         student = {**student, "attention_mask": attention_mask}
     # Under sharding a rank without restoring rows still runs what one with them runs (the degraded
     # encode, stage 2's restorations, the teacher pass): models/same_work.py.
-    restores = len(rows) > 0 or getattr(model, "same_work", False)
+    restores = len(rows) > 0 or runs_every_pass(model)
     with torch.no_grad():  # the VAE never trains
         clean_latents = model.encode_latents(inputs["clean_vae_pixel_values"]).float()
         need_degraded = (with_mse or restored_latents is not None) and restores

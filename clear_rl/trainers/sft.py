@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
+from clear_rl.models.same_work import SameWork
 from clear_rl.recipe import Recipe
 from clear_rl.seeds import generator_for
 from clear_rl.trainers.common import (
@@ -40,8 +41,12 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
-        turn_on_same_work(self)
+        turn_on_same_work(self, self.unsharded_same_work())
         self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
+
+    def unsharded_same_work(self) -> SameWork | None:
+        """The same-work rule an unsharded run of the stage needs (models/same_work.py): none here."""
+        return None
 
     # -- the stage's loss terms ---------------------------------------------------------------
     def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:

@@ -22,8 +22,10 @@ import logging
 from collections.abc import Iterator
 
 import torch
+from transformers import TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
+from clear_rl.models.same_work import SameWork
 from clear_rl.trainers.common import unified_core
 
 logger = logging.getLogger(__name__)
@@ -40,11 +42,42 @@ def is_sharded(accelerator) -> bool:
     return False
 
 
-def turn_on_same_work(trainer) -> None:
-    """Set the backbone's `same_work` when the trainer's accelerator shards it (after Trainer's init)."""
-    if is_sharded(trainer.accelerator):
-        unified_core(trainer.model).same_work = True
-        logger.info("sharded model: every rank runs the bridge, the restoration head and every pass")
+def turn_on_same_work(trainer, unsharded: SameWork | None = None) -> None:
+    """Give the backbone a `SameWork` when the trainer's accelerator shards it (call after Trainer's
+    init), else `unsharded` (a stage whose batches may leave every trained part out), and drop
+    the zero gradients of parts no rank ran before each optimizer step."""
+    work = SameWork() if is_sharded(trainer.accelerator) else unsharded
+    if work is None:
+        return
+    unified_core(trainer.model).same_work = work
+    trainer.add_callback(_DropIdleGradients(trainer))
+    logger.info("same-work rule on: %s run on every rank (models/same_work.py)", ", ".join(work.parts))
+
+
+class _DropIdleGradients(TrainerCallback):
+    """Before each optimizer step, parts that no rank ran for real since the last one lose the zero
+    gradients of their idle runs, so the optimizer leaves them alone (no momentum step), as it
+    does when a part goes unused without the rule. DeepSpeed keeps gradients in its own buffers:
+    under ZeRO-3 such a part keeps its zero gradient, as any unused parameter does there."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        unified = unified_core(trainer.model)
+        work, parts = unified.same_work, unified.same_work_parts()
+        names = [name for name in work.parts if name in parts]
+        ran = torch.tensor([float(name in work.ran) for name in names], device=trainer.accelerator.device)
+        work.ran.clear()
+        if trainer.is_deepspeed_enabled or not names:
+            return
+        if trainer.accelerator.num_processes > 1:
+            ran = trainer.accelerator.reduce(ran, reduction="sum")
+        for name, count in zip(names, ran.tolist()):
+            if count == 0:
+                for parameter in parts[name].parameters():
+                    parameter.grad = None
 
 
 def any_rank(accelerator, flag: bool) -> bool:
@@ -67,7 +100,7 @@ def full_weights(model_wrapped, accelerator, gather_deepspeed3_params: bool = Tr
         model_wrapped, accelerator, gather_deepspeed3_params=gather_deepspeed3_params
     ) as model:
         unified = unified_core(model)
-        same_work, unified.same_work = unified.same_work, False
+        same_work, unified.same_work = unified.same_work, None
         try:
             with _fsdp_unsharded(model_wrapped):
                 yield model
