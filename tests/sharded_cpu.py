@@ -34,6 +34,16 @@ def shard_cpu_processes() -> None:
 
     os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
     PartialState._prepare_backend = gloo_backend
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        skip_deepspeed_shm_build()
+
+
+def skip_deepspeed_shm_build() -> None:
+    """DeepSpeed's CPU accelerator compiles a shared-memory all-reduce kernel (a C++ toolchain, tens
+    of seconds) when it starts its process group; training's collectives go through gloo anyway."""
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (not `torch` itself)
 
 
 def write_log_history(path: str) -> None:

@@ -478,21 +478,11 @@ class ComposedUnifiedModel(PreTrainedModel):
                 flow_rows,
                 degraded_latents,
             )
-        work = self.same_work  # the head on an idle row where this batch runs none (same_work.py)
-        if work is not None and work.needs_idle("head", _runs_head(flow_latents, flow_rows)):
-            outputs["logits"] = with_idle_work(outputs.logits, [self._idle_velocity()])
         return outputs
 
     def same_work_parts(self) -> dict[str, torch.nn.Module]:
         """The parts the same-work rule runs idle (models/same_work.py), by `SameWork.parts` name."""
         return {"bridge": self.latent_bridge, "head": self.restoration_head}
-
-    def _idle_velocity(self) -> torch.Tensor:
-        """The head on one all-zero input and context: the same-work rule's idle head pass."""
-        latents = torch.zeros(1, *self.latent_shape, device=self.device)
-        hidden = torch.zeros(1, 1, self.config.get_text_config().hidden_size, device=self.device)
-        context = RestorationContext(hidden, torch.ones(1, 1, dtype=torch.bool, device=self.device), latents)
-        return self.velocity(latents, torch.zeros(1, device=self.device), context)
 
     def _flow_velocity(
         self, input_ids, attention_mask, hidden_states, latents, timesteps, rows, degraded_latents
@@ -500,8 +490,13 @@ class ComposedUnifiedModel(PreTrainedModel):
         batch, steps = latents.shape[:2]
         rows = torch.ones(batch, dtype=torch.bool, device=latents.device) if rows is None else rows.bool()
         out = torch.zeros_like(latents)
-        if not bool(rows.any()):
+        restoring, work = bool(rows.any()), self.same_work
+        idle = work is not None and work.needs_idle("head", restoring)
+        if not restoring and not idle:
             return out
+        if idle:  # the same-work rule: row 0 runs the head, its result joins `out` with weight zero
+            rows = torch.zeros_like(rows)
+            rows[0] = True
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.dim() == 4:  # per-query (B, 1, Q, K): the head reads what `<image_restore>` reads
@@ -515,13 +510,10 @@ class ComposedUnifiedModel(PreTrainedModel):
         chosen = latents[rows].flatten(0, 1)
         velocity = self.velocity(chosen, timesteps[rows].flatten(), context.select(index))
         out = out.to(velocity.dtype)
+        if idle:
+            return with_idle_work(out, [velocity])
         out[rows] = velocity.view(-1, steps, *latents.shape[2:])
         return out
-
-
-def _runs_head(flow_latents: torch.Tensor | None, flow_rows: torch.Tensor | None) -> bool:
-    """Whether a forward given these flow arguments runs the restoration head."""
-    return flow_latents is not None and (flow_rows is None or bool(flow_rows.any()))
 
 
 AutoConfig.register(ComposedUnifiedConfig.model_type, ComposedUnifiedConfig, exist_ok=True)

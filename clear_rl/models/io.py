@@ -98,9 +98,22 @@ def load_unified(
             release_4bit_notices()
         model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         _one_dtype_per_part(model)
+        _keep_used_conversions(model)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
+
+
+def _keep_used_conversions(model: ComposedUnifiedModel) -> None:
+    """Keep only the key renamings loading applied, so that saving reverses exactly those.
+
+    transformers' ZeRO-3 loading path (`zero.Init`) keeps every renaming it knows for the VLM,
+    used or not, where its normal path keeps the used ones; reversed on save, the unused ones
+    renamed keys a second time (`vlm.language_model.model.model.*`), and the folder did not load.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if c.was_used()]
 
 
 def _one_dtype_per_part(model: ComposedUnifiedModel) -> None:

@@ -148,7 +148,8 @@ class _RolloutScorer:
         part, keep = self.rollout.select(rows), self.keep
         restoring = bool(part.restored.any())
         flow = {}
-        if self.flow and restoring:
+        # Sharded, every rank runs the head in every chunk (idle where none restores, same_work.py).
+        if self.flow and (restoring or unified_core(self.model).same_work is not None):
             flow = {"flow_latents": part.x_t, "flow_timesteps": part.t, "flow_rows": part.restored}
         masks = {"attention_mask": attention_mask}
         if self.drop_view and restoring:
@@ -430,7 +431,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         if rollout is None or len(rollout) != output["completion_ids"].shape[0]:
             raise RuntimeError("TRL returned completions this trainer's rollout did not make")
         restoring = bool(rollout.restored.any())
-        if any_rank(self.accelerator, restoring):  # under sharding, ranks without restorations score too
+        scored = any_rank(self.accelerator, restoring)  # under sharding, ranks without restorations score too
+        if scored:
             if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
                 velocity = self._score_flow_steps(self.model, rollout, output)
                 rollout.old_log_probs = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape)
@@ -439,7 +441,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                     velocity = self._score_flow_steps(reference, rollout, output)
                 mean = self._flow_step(rollout, velocity).mean
                 rollout.reference_means = mean.view(*rollout.t.shape, *mean.shape[1:])
-        if not restoring:  # nothing to score: the loss masks every step
+        if not scored:  # nothing to score: the loss masks every step
             rollout.old_log_probs = torch.zeros_like(rollout.t) if "old_per_token_logps" in output else None
             rollout.reference_means = torch.zeros_like(rollout.x_t) if self.beta != 0.0 else None
         output["rollout"] = rollout.rows()  # TRL shuffles and slices lists with the batch

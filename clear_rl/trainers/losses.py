@@ -182,15 +182,16 @@ def loss_terms(
         degraded_latents = model.encode_latents(inputs["vae_pixel_values"]).float() if need_degraded else None
     slot = restored_latents(degraded_latents) if restored_latents is not None and restores else clean_latents
     flow, target = {}, None
-    if with_mse and len(rows):  # the head runs in the same pass, through the model's flow arguments
-        shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
-        x_t, t, target = flow_matching_sample(
-            model, clean_latents[rows], degraded_latents[rows], shift, generator
-        )
-        flow_latents = x_t.new_zeros(restore.shape[0], 1, *x_t.shape[1:])
-        flow_latents[rows, 0] = x_t
-        timesteps = t.new_zeros(restore.shape[0], 1)
-        timesteps[rows, 0] = t
+    if with_mse and restores:  # the head runs in the same pass, through the model's flow arguments
+        flow_latents = clean_latents.new_zeros(restore.shape[0], 1, *clean_latents.shape[1:])
+        timesteps = clean_latents.new_zeros(restore.shape[0], 1)
+        if len(rows):
+            shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
+            x_t, t, target = flow_matching_sample(
+                model, clean_latents[rows], degraded_latents[rows], shift, generator
+            )
+            flow_latents[rows, 0] = x_t
+            timesteps[rows, 0] = t
         flow = {
             "flow_latents": flow_latents,
             "flow_timesteps": timesteps,
@@ -208,20 +209,24 @@ def loss_terms(
     )
     ce_sum, ce_tokens, ce_correct = token_cross_entropy(out.logits, labels, positions)
     mse = distill = None
-    if flow:
+    if flow and len(rows):
         mse = (out["flow_velocity"][rows, 0].float() - target).pow(2).mean()
+    elif flow:  # the same-work rule: the idle head's result, weight zero (models/same_work.py)
+        mse = 0.0 * out["flow_velocity"].float().sum()
     if with_distill and restores:
         with torch.no_grad():
             teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-    if with_distill and len(rows):
-        distill = distill_loss(
-            model,
-            out,
-            input_ids,
-            teacher_out,
-            teacher["input_ids"],
-            rows,
-            distill_mode,
-            teacher.get("image_grid_thw"),
-        )
+        if len(rows):
+            distill = distill_loss(
+                model,
+                out,
+                input_ids,
+                teacher_out,
+                teacher["input_ids"],
+                rows,
+                distill_mode,
+                teacher.get("image_grid_thw"),
+            )
+        else:  # the same-work rule: row 0's layer states, as the distill reads them, weight zero
+            distill = 0.0 * model.image_token_states(out, input_ids, 0).float().sum()
     return LossTerms(ce_sum, ce_tokens, ce_correct, mse, distill, len(rows))
