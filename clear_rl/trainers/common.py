@@ -249,20 +249,18 @@ class UnifiedCheckpointMixin:
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
-        if (
-            isinstance(model, PreTrainedModel | PeftModel)
-            or self.is_fsdp_enabled
-            or self.is_deepspeed_enabled
-        ):
+        if isinstance(model, PreTrainedModel | PeftModel):
             # peft looks for the adapters' base folder's config.json to tell whether the vocabulary
             # was resized; BAGEL's folder has none and its vocabulary never resizes (the tags use
             # unused rows), so peft's "will assume that the vocabulary was not modified" is right.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Could not find a config file in")
                 return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, state_dict=state_dict)  # gathered whole, when sharded
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
@@ -271,6 +269,8 @@ class UnifiedCheckpointMixin:
         model = self.model if model is None else model
         folder = Path(resume_from_checkpoint)
         own = self.accelerator.unwrap_model(model)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own sharded checkpoints
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if not isinstance(own, PreTrainedModel | PeftModel) and hasattr(own, "load_saved_weights"):
             own.load_saved_weights(folder)  # what `_save` wrote in the model's own layout (BAGEL's)
             return
