@@ -23,9 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clear_rl.distributed import check_launch
     from clear_rl.recipe import load_recipe, stage_module
 
     recipe = load_recipe(args.recipe, args.overrides, check_inputs=True)
+    check_launch(recipe.training)  # an FSDP / DeepSpeed / multi-process launch accelerate would not honour
     trainer = stage_module(recipe.stage).train(recipe)
     # Tear the process group down while the interpreter is alive: a gloo group left to interpreter
     # finalisation can abort the process (SIGABRT) when its worker threads free tensors after the
