@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 # The CPU build of torch is installed first so that pip does not pull a multi-GB CUDA build
 # as a dependency of the project. On a GPU machine: `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
+# DeepSpeed (ZeRO-3; its tests run on CPU processes) imports torch in its setup: it is built
+# against the torch installed here (no isolated build env, which would fetch a CUDA torch) and
+# without its C++ ops (DS_BUILD_OPS=0).
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
 .PHONY: install test test-fast lint format bench demo demo-smoke
 
@@ -13,6 +17,8 @@ install:
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --no-build-isolation "$(DEEPSPEED_SPEC)"
 
 test:
 	$(BIN)/python -m pytest -q
