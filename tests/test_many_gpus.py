@@ -231,7 +231,8 @@ def test_fsdp2_trains_tiny_bagel_grpo_restoring_on_one_rank_and_saves_its_offici
         "training.beta=0", "training.max_steps=1", "training.gradient_accumulation_steps=1",
         "training.per_device_train_batch_size=2", "training.num_generations=2", "training.max_completion_length=4",
         "training.restoration_steps=2", "training.save_strategy=no", "training.logging_steps=1",
-        "training.learning_rate=1e-3", f"rewards=[{{path: {inputs['root'] / 'rewards.py'}:brevity}}]",
+        "training.learning_rate=1e-3", "training.warmup_steps=0", "training.lr_scheduler_type=constant",
+        f"rewards=[{{path: {inputs['root'] / 'rewards.py'}:brevity}}]",
         restoring_ranks="0",
     )  # fmt: skip
     assert restoring(history, "restore_rate") == [0.5] and restoring(history, "flow/loss")
