@@ -78,6 +78,7 @@ def launch(tmp_path: Path, config: str | None, recipe: str, *overrides: str, res
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "DS_ACCELERATOR": "cpu", "CLEAR_RL_TEST_LOG": str(history), "CLEAR_RL_TEST_RESTORING_RANKS": restoring_ranks,
+        "CLEAR_RL_TEST_SHARES": str(tmp_path),  # rank-<i>.json: what each rank holds
     }  # fmt: skip
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -110,6 +111,14 @@ def assert_same_losses(got: list[dict], expected: list[dict]) -> None:
 
 def restoring(history: list[dict], key: str) -> list[float]:
     return [h[key] for h in history if key in h]
+
+
+def assert_each_rank_holds_half(folder: Path) -> None:
+    """Each of the 2 ranks holds half the parameters and half the optimizer's state."""
+    for rank in (0, 1):
+        held = json.loads((folder / f"rank-{rank}.json").read_text())
+        for what in ("parameters", "trainable parameters", "optimizer state"):
+            assert held[what] == pytest.approx(0.5, abs=0.01), (rank, what, held[what])
 
 
 # -- the runs -------------------------------------------------------------------------------------
@@ -187,6 +196,7 @@ def test_fsdp2_sft_with_restoring_rows_on_one_rank_equals_ddp(tmp_path, inputs, 
     _, history = launch(tmp_path, FSDP, "recipes/demo/sft.yaml", *stage_overrides(inputs, tmp_path / "sft"))
     assert_same_losses(history, ddp["sft"][1])
     assert restoring(history, "restore_fraction") == [0.5, 0.5] and restoring(history, "mse_loss")
+    assert_each_rank_holds_half(tmp_path)
     assert_loads_with_weights_of(tmp_path / "sft", ddp["sft"][0], atol=1e-5)
 
 
@@ -250,6 +260,7 @@ def test_zero3_loads_a_saved_folder_and_trains_sft_and_grpo_with_mixed_restorati
     # The model folder loads under zero.Init (transformers' ZeRO-3 loading); the run equals DDP's.
     _, history = launch(tmp_path, ZERO3, "recipes/demo/sft.yaml", *stage_overrides(inputs, tmp_path / "sft"))
     assert_same_losses(history, ddp["sft"][1])
+    assert_each_rank_holds_half(tmp_path)
     assert_loads_with_weights_of(tmp_path / "sft", ddp["sft"][0], atol=1e-5)
     overrides = [*grpo_overrides(inputs, tmp_path / "grpo"), "training.save_strategy=no"]
     _, history = launch(tmp_path, ZERO3, "recipes/demo/grpo.yaml", *overrides, restoring_ranks="0")
