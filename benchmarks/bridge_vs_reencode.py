@@ -182,7 +182,7 @@ def main() -> None:
             f"{decoded['tokens'].shape[1]}; with the per-patch map the ratio is {slow_total / t_patch:,.0f}x, "
             f"with BAGEL's single linear map {slow_total / t_linear:,.0f}x. The default bridge mixes "
             "tokens across the grid because an LLM never trained on VAE latents reads a per-patch map "
-            "as noise (README, 'Bridge alignment').",
+            "as noise (docs/recipes.md, 'Bridge alignment').",
             machine_line(),
         ]
     )

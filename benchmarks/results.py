@@ -6,7 +6,6 @@ benchmarks can be re-run one at a time without losing the others' figures.
 
 from __future__ import annotations
 
-import platform
 import re
 from datetime import date
 from pathlib import Path
@@ -14,16 +13,18 @@ from pathlib import Path
 import torch
 
 from clear_rl.io.atomic import write_text
+from clear_rl.machine import describe_machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Benchmark results\n\nWritten by `make bench` (each section by its own script).\n"
 
 
 def machine_line() -> str:
-    """One line describing where the figures were measured."""
+    """One line describing where the figures were measured (CPU model and vector extensions,
+    cores, GPU, versions: the same code gives other figures on other kernels)."""
     return (
-        f"Measured {date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}."
+        f"Measured {date.today().isoformat()} on {describe_machine()}; "
+        f"{torch.get_num_threads()} torch threads."
     )
 
 

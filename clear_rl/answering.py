@@ -8,6 +8,7 @@ settings (greedy or sampled, the restore policy, the readback) and in what they 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class AnsweredBatch:
     output: InterleavedOutput  # ids, masks, restorations, trajectories
     prompt_ids: torch.Tensor  # (B, L) left-padded prompt ids
     prompt_mask: torch.Tensor  # (B, L)
-    vae_pixel_values: torch.Tensor  # (B, 3, S, S) in [-1, 1]: the images as the VAE saw them
+    vae_pixel_values: torch.Tensor  # (B, 3, H, W) in [-1, 1]: the images as the VAE saw them
     seconds: float  # wall time of the generation itself (not the encoding), for latency figures
 
 
@@ -54,23 +55,49 @@ def answer_batch(
     batch = encode_prompts(
         processor, images, prompts, system_prompt, chat_template_kwargs=chat_template_kwargs
     ).to(device)
-    pixels = vae_pixel_values(images, model.config.vae_image_size).to(device)
+    pixels = vae_view_pixels(model, processor, images).to(device)
     vlm_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     began = time.perf_counter()
-    out = generate_interleaved(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        config,
-        vae_pixel_values=pixels,
-        generator=generator,
-        image_processor=processor if config.readback == "reencode" else None,
-        oracle_latents=oracle_latents,
-        **vlm_inputs,
-    )
+    with _view_of(model, pixels):
+        out = generate_interleaved(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            config,
+            vae_pixel_values=pixels,
+            generator=generator,
+            image_processor=processor if config.readback == "reencode" else None,
+            oracle_latents=oracle_latents,
+            **vlm_inputs,
+        )
     seconds = time.perf_counter() - began
     texts = processor.tokenizer.batch_decode(
         [ids[mask.bool()] for ids, mask in zip(out.completion_ids, out.completion_mask)],
         skip_special_tokens=True,
     )
     return AnsweredBatch(texts, out, batch["input_ids"], batch["attention_mask"], pixels, seconds)
+
+
+def vae_view_pixels(model, processor, images: Sequence[Image.Image]) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1]: the VAE's view of `images`, as the processor sizes it where it has its
+    own (BAGEL: aspect ratio kept, one size per batch), else the model's square `vae_image_size`."""
+    if hasattr(processor, "vae_pixel_values"):
+        return processor.vae_pixel_values(images)
+    return vae_pixel_values(images, model.config.vae_image_size)
+
+
+def vae_view_groups(processor, images: Sequence[Image.Image]) -> list[list[int]]:
+    """Indices of `images` grouped by VAE view size, each group in order (one group where every
+    view is the same size): answer each group as one batch."""
+    if not hasattr(processor, "vae_size"):
+        return [list(range(len(images)))] if images else []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(processor.vae_size(image), []).append(i)
+    return list(groups.values())
+
+
+def _view_of(model, pixels: torch.Tensor):
+    """The model's VAE view set to the batch's (BAGEL restores at the input's VAE size)."""
+    view = getattr(model, "vae_view", None)
+    return view(tuple(pixels.shape[-2:])) if view is not None else contextlib.nullcontext()

@@ -20,3 +20,7 @@ class RecipeError(ClearRLError):
 
 class RewardError(ClearRLError):
     """A reward plugin that cannot be loaded, raises, or returns the wrong thing."""
+
+
+class DependencyError(ClearRLError):
+    """An installed package whose API differs from the versions clear-rl is tested with."""

@@ -8,13 +8,18 @@ normal again (a translation: log-probs and step KLs are unchanged by it).
 
 The schedule comes from diffusers' `FlowMatchEulerDiscreteScheduler` (same shift formula, same
 Euler update). The SDE step with a Gaussian log-prob is ours: diffusers has no stochastic flow
-sampler that returns densities, and Flow-GRPO needs one (Liu et al., "Flow-GRPO", eq. 9).
+sampler that returns densities, and Flow-GRPO needs one (Liu et al., "Flow-GRPO", eq. 9). Two noise
+schedules: Flow-GRPO's (`flow_grpo`, std a * sqrt(t / (1 - t))) and CLEAR's released one
+(`constant`: a constant sigma, the score smoothed below t = 0.1 and clamped to +-50, as
+haoxiangzhao12138/CLEAR train/grpo/bagel_interleave_grpo_trainer.py `_compute_loss` @411d6bd scores
+its stored transitions). Both take the step mean x - (v + std^2 / 2 * (x + (1 - t) v) / t) dt.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +40,10 @@ def sample_training_timesteps(
 
 
 def sampling_schedule(num_steps: int, shift: float = 3.0) -> torch.Tensor:
-    """The N+1 noise levels of sampling: shift(linspace(1, 0, N+1)), from 1 down to 0 (float32)."""
+    """The N+1 noise levels of N Euler steps: shift(linspace(1, 0, N+1)), from 1 down to 0 (float32).
+
+    clear-rl counts steps (network evaluations) everywhere; BAGEL's `num_timesteps=M` is this
+    schedule with N = M - 1 (`clear_rl.models.bagel.presets.timesteps_to_steps`)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
@@ -65,6 +73,10 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Te
     return x + dt.to(x.dtype) * v
 
 
+NoiseSchedule = Literal["flow_grpo", "constant"]
+NOISE_SCHEDULES = ("flow_grpo", "constant")
+
+
 @dataclass
 class SDEStep:
     """One stochastic step: the next sample, its Gaussian mean and std, and log p(next)."""
@@ -85,6 +97,7 @@ def sde_step(
     generator: torch.Generator | None = None,
     next_sample: torch.Tensor | None = None,
     source_mean: torch.Tensor | None = None,
+    noise_schedule: NoiseSchedule = "flow_grpo",
 ) -> SDEStep:
     """One step of Flow-GRPO's reverse SDE with the Gaussian log-density of the next sample.
 
@@ -95,13 +108,17 @@ def sde_step(
     With `noise_level` 0 the step is the ODE step and `log_prob` is zero (no density exists).
     `source_mean` (the degraded latent of a `flow_source: degraded` restoration): the step is taken
     on y = x - t * source_mean, whose source is standard normal, and translated back.
+    `noise_schedule="constant"`: CLEAR's released SDE, std = `noise_level` (sigma) at every t (see the
+    module docstring); its log-prob differs from the release's by constants only, so ratios agree.
     """
+    if noise_schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"noise_schedule must be one of {list(NOISE_SCHEDULES)}, got {noise_schedule!r}")
     if source_mean is not None:
         m = source_mean.float()
         t_, t_next_ = _per_row(t, m), _per_row(t_next, m)
         step = sde_step(
             x.float() - t_ * m, v.float() - m, t, t_next, noise_level, t_max, generator,
-            None if next_sample is None else next_sample.float() - t_next_ * m,
+            None if next_sample is None else next_sample.float() - t_next_ * m, None, noise_schedule,
         )  # fmt: skip
         return SDEStep(
             sample=(step.sample.float() + t_next_ * m).to(x.dtype),
@@ -112,9 +129,12 @@ def sde_step(
     x32, v32 = x.float(), v.float()
     t_ = _per_row(t, x32)
     dt = _per_row(t_next, x32) - t_
-    std = noise_level * torch.sqrt(t_ / (1.0 - torch.where(t_ >= 1.0, torch.full_like(t_, t_max), t_)))
-    mean = x32 * (1.0 + std**2 / (2.0 * t_) * dt) + v32 * (1.0 + std**2 * (1.0 - t_) / (2.0 * t_)) * dt
-    step_std = std * torch.sqrt(-dt)
+    if noise_schedule == "constant":
+        mean, step_std = _constant_sigma_mean(x32, v32, t_, dt, noise_level)
+    else:
+        std = noise_level * torch.sqrt(t_ / (1.0 - torch.where(t_ >= 1.0, torch.full_like(t_, t_max), t_)))
+        mean = x32 * (1.0 + std**2 / (2.0 * t_) * dt) + v32 * (1.0 + std**2 * (1.0 - t_) / (2.0 * t_)) * dt
+        step_std = std * torch.sqrt(-dt)
     if next_sample is None:
         device = generator.device if generator is not None else x32.device
         eps = torch.randn(x32.shape, generator=generator, device=device, dtype=torch.float32).to(x32.device)
@@ -130,6 +150,21 @@ def sde_step(
             - 0.5 * math.log(2.0 * math.pi)
         ).mean(dim=reduce_dims)
     return SDEStep(sample=next_sample.to(x.dtype), mean=mean, std=step_std.expand_as(mean), log_prob=log_prob)
+
+
+def _constant_sigma_mean(
+    x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLEAR's released SDE step (dt < 0): the mean x - (v + sigma^2 / 2 * s) |dt| with the score term
+    s = (x + (1 - t) v) / t, blended below t = 0.1 towards (1 - t) v (weight t / 0.1) and clamped to
+    +-50, as its trainer computes it; the step's std sigma * sqrt(|dt|)."""
+    t_safe = t.clamp(min=1e-4)
+    standard = (x + (1.0 - t_safe) * v) / t_safe
+    weight = t / 0.1
+    smoothed = weight * (1.0 - t) * v + (1.0 - weight) * standard
+    score = torch.where(t < 0.1, smoothed, standard).clamp(-50.0, 50.0)
+    mean = x - (v + sigma**2 / 2.0 * score) * (-dt)
+    return mean, sigma * torch.sqrt(-dt)
 
 
 def step_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.answering import answer_batch
+from clear_rl.answering import answer_batch, vae_view_groups
 from clear_rl.data.prompts import format_question
 from clear_rl.data.samples import ProbeSettings
 from clear_rl.data.sources import SourceRow
@@ -53,21 +53,25 @@ class Prober:
         """Whether the greedy answer on each image scores >= 0.5 against its row's answer."""
         if self.model is None:
             self._load()
-        verdicts: list[bool] = []
+        verdicts: dict[int, bool] = {}
         size = self.settings.batch_size
         for start in range(0, len(rows), size):
-            part = rows[start : start + size]
-            answered = answer_batch(
-                self.model,
-                self.processor,
-                images[start : start + size],
-                [format_question(r.question, r.options) for r in part],
-                self.generation,
-                system_prompt=self.chat.system_prompt,
-                chat_template_kwargs=self.chat.chat_template_kwargs,
-            )
-            verdicts += [score_answer(t, r.answer, r.options) >= 0.5 for t, r in zip(answered.texts, part)]
-        return verdicts
+            batch = list(range(start, min(start + size, len(rows))))
+            # One VAE view size per generation (BAGEL keeps each image's aspect ratio).
+            for group in vae_view_groups(self.processor, [images[i] for i in batch]):
+                picked = [batch[g] for g in group]
+                answered = answer_batch(
+                    self.model,
+                    self.processor,
+                    [images[i] for i in picked],
+                    [format_question(rows[i].question, rows[i].options) for i in picked],
+                    self.generation,
+                    system_prompt=self.chat.system_prompt,
+                    chat_template_kwargs=self.chat.chat_template_kwargs,
+                )
+                for i, text in zip(picked, answered.texts):
+                    verdicts[i] = score_answer(text, rows[i].answer, rows[i].options) >= 0.5
+        return [verdicts[i] for i in range(len(rows))]
 
     def labels(self, rows: Sequence[SourceRow], degraded: Sequence[Image.Image]) -> list[str]:
         """`restore` where the degraded image is answered wrongly (and the clean one rightly)."""

@@ -95,10 +95,22 @@ def _forward_logs(logs: Any) -> None:
             logger.handle(record)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker the moment its parent dies, SIGKILL included
+    (prctl PR_SET_PDEATHSIG); elsewhere `_start_worker`'s watch thread notices within 0.2 s."""
+    with contextlib.suppress(Exception):  # no libc prctl (not Linux): the watch thread does it
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+
+
 def _start_worker(parent: int, logs: Any, level: int) -> None:
     """Initializer of a worker: one thread for every runtime, its records sent to the parent,
-    Ctrl-C left to the parent (which stops the pool), and an exit of its own if the parent is
-    killed outright."""
+    Ctrl-C left to the parent (which stops the pool), and an exit of its own as soon as the
+    parent is killed outright."""
+    _die_with_parent(parent)
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -116,7 +128,7 @@ def _start_worker(parent: int, logs: Any, level: int) -> None:
 
     def watch_parent() -> None:  # a SIGKILLed parent leaves its workers blocked on the task queue
         while os.getppid() == parent:
-            time.sleep(1.0)
+            time.sleep(0.2)
         os._exit(1)
 
     threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
@@ -171,6 +183,18 @@ def _first_then_choose(
     return 1
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate a pool's worker processes. `ProcessPoolExecutor.terminate_workers` exists from
+    Python 3.14; before it, the processes are only reachable through the pool's `_processes`."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 def _in_pool(
     function: Callable[[T], R], source: Iterator[tuple[C, T]], workers: int
 ) -> Iterator[tuple[C, R]]:
@@ -213,8 +237,10 @@ def _in_pool(
     finally:
         # Every result taken: the workers exit now, their last records forwarded. Stopped early
         # (an error, Ctrl-C, the consumer closed the iterator): queued tasks are dropped and the
-        # running ones end in the background, the forwarder draining their records meanwhile.
+        # running ones are stopped, so no worker outlives the command.
         pool.shutdown(wait=not pending, cancel_futures=True)
+        if pending:
+            _stop_workers(pool)
         if not pending:
             logs.put(None)
             forwarder.join(timeout=10)  # a worker killed mid-record could leave the queue locked

@@ -20,7 +20,6 @@ import dataclasses
 import difflib
 import enum
 import importlib
-import logging
 import os
 import re
 import types
@@ -35,7 +34,7 @@ import yaml
 from clear_rl import __version__
 from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.settings import BACKBONES, PARTS, LoraSettings
+from clear_rl.models.settings import BACKBONES, BAGEL_PRESETS, PARTS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
@@ -47,7 +46,6 @@ STAGES: dict[str, str] = {
     "grpo": "clear_rl.trainers.grpo",
 }
 RESOLVED_RECIPE_NAME = "clear_rl_recipe.yaml"
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +55,9 @@ class ModelConfig:
     path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters), or BAGEL's
     # Which implementation `path` loads as: auto (by the folder's layout), composed, or bagel.
     backbone: Literal[BACKBONES] = "auto"
+    # A BAGEL-family folder's inference preset (image views, restoration CFG, steps;
+    # docs/bagel-release.md); None: its default, clear-release.
+    preset: Literal[BAGEL_PRESETS] | None = None
     vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
     vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
     vae_subfolder: str | None = None
@@ -83,6 +84,8 @@ class ModelConfig:
             raise ValueError("model.vlm_path and model.vae_path go together")
         if self.backbone == "bagel" and self.path is None:
             raise ValueError("model.backbone: bagel loads an official-layout BAGEL folder: set model.path")
+        if self.preset is not None and self.path is None:
+            raise ValueError("model.preset sets a BAGEL-family folder's inference values: set model.path")
 
 
 @dataclass
@@ -112,20 +115,25 @@ class Recipe:
     rewards: list[Any] = field(default_factory=list)  # RewardSpec list (stage 3)
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the merged YAML, overrides applied
+    # Start over in an output folder that holds a run (`clear-rl train --overwrite`, see runs.py).
+    overwrite: bool = False
 
-    def save_resolved(self, output_dir: str | os.PathLike) -> Path:
-        """Write the merged recipe beside the outputs, so a run can be reproduced exactly.
-
-        Reward plugins given by file are written with their absolute paths: the saved copy
-        loads the same plugins from wherever it is used."""
-        path = Path(output_dir) / RESOLVED_RECIPE_NAME
+    def resolved_raw(self) -> dict[str, Any]:
+        """The merged recipe with reward plugins given by file under their absolute paths: the
+        same plugins load from wherever the copy is used."""
         raw = copy.deepcopy(self.raw)
         for spec in self.rewards:
             entry = raw["rewards"][spec.position] if spec.position is not None else None
             if isinstance(entry, dict) and entry.get("path") is not None and spec.path is not None:
                 entry["path"] = spec.path  # absolute once parsed, for a file; a dotted path as given
+        return raw
+
+    def save_resolved(self, output_dir: str | os.PathLike) -> Path:
+        """Write the merged recipe (`resolved_raw`) beside the outputs, so a run can be reproduced
+        exactly."""
+        path = Path(output_dir) / RESOLVED_RECIPE_NAME
         header = f"# resolved by clear-rl {__version__} from {self.source}\n"
-        write_text(path, header + yaml.safe_dump(raw, sort_keys=False))
+        write_text(path, header + yaml.safe_dump(self.resolved_raw(), sort_keys=False))
         return path
 
 
@@ -291,8 +299,7 @@ def _renamed(renames: dict[str, str], data: dict[str, Any], where: str) -> dict[
         if new in out:
             raise RecipeError(f"{where}: '{old}' and '{new}' are the same setting; keep '{new}' only")
         message = f"{where}.{old} is deprecated and will be removed in the next release: use '{new}'"
-        warnings.warn(message, FutureWarning, stacklevel=4)
-        logger.warning(message)
+        warnings.warn(message, FutureWarning, stacklevel=4)  # shown once; a log line would repeat it
         out[new] = out.pop(old)
     return out
 
@@ -331,14 +338,19 @@ def _read(path: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def load_recipe(
-    path: str | os.PathLike, overrides: list[str] | None = None, check_inputs: bool = False
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    check_inputs: bool = False,
+    overwrite: bool = False,
 ) -> Recipe:
     """Read, override and validate a recipe file.
 
     Everything but the values of `training:` is checked before TRL is imported (see
     `recipe_schema`), so a wrong key, type or section is refused in well under a second; with
-    `check_inputs`, so are missing files, data and model folders (`preflight.check_inputs`).
-    Then the stage's config class is built, which checks the values themselves.
+    `check_inputs`, so are missing files, data and model folders, weights files, reward plugins
+    and the output folder (`preflight.check_inputs`). Then the stage's config class is built,
+    which checks the values themselves. `overwrite`: the run may start over in an output folder
+    that holds a run (`runs.py`).
     """
     path = Path(path)
     raw = _read(path, list(overrides or []))
@@ -363,7 +375,7 @@ def load_recipe(
         rewards = parse_reward_specs(raw["rewards"], base_dir=path.parent)
     elif stage == "grpo":
         raise RecipeError(f"{path}: the grpo stage needs a `rewards:` section")
-    recipe = Recipe(stage, model, data, None, rewards, source=path, raw=raw)
+    recipe = Recipe(stage, model, data, None, rewards, source=path, raw=raw, overwrite=overwrite)
     if check_inputs:
         from clear_rl.preflight import check_inputs as check
 

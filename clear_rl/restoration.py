@@ -5,11 +5,16 @@ interleaved generation (rollouts and evaluation), by stage 2 (whose restored slo
 the head itself denoised) and by stage 3. The ODE sampler is for evaluation; the SDE sampler
 keeps per-step log-probs for Flow-GRPO.
 
+Steps: `steps=N` (`restoration_steps: N`) is N Euler steps, N network evaluations, for every backbone
+and stage: the schedule has N + 1 noise levels from 1 to 0. BAGEL's own code counts timesteps instead
+(`num_timesteps=N` is `linspace(1, 0, N)`, N - 1 steps); its presets translate (models/bagel/presets.py).
+
 Classifier-free guidance (`RestorationGuidance`, BAGEL's): where the backbone's context offers the
-two unconditional contexts (BAGEL: the prefix without the last text, and without the images), the
-ODE sampler combines three velocities per step inside the guidance interval. CLEAR's evaluation
-settings are the defaults; the SDE sampler (GRPO rollouts) never guides, and a backbone whose
-context offers no such contexts (the composed model) samples unguided.
+two unconditional contexts (BAGEL: without text, built as `contexts` says, and without the images),
+the ODE sampler combines three velocities per step inside the guidance interval. CLEAR's evaluation
+settings are the defaults (a BAGEL model's preset sets them in eval); the SDE sampler (GRPO
+rollouts) never guides, and a backbone whose context offers no such contexts (the composed model)
+samples unguided.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Literal
 
 import torch
 
-from clear_rl.flow import ode_step, sampling_schedule, sde_step
+from clear_rl.flow import NOISE_SCHEDULES, NoiseSchedule, ode_step, sampling_schedule, sde_step
 from clear_rl.models.backbone import RestorationContextLike, UnifiedBackbone
+from clear_rl.models.bagel.presets import CFG_CONTEXTS, CfgContexts, PresetGuidance
 
 Sampler = Literal["ode", "sde"]
 SAMPLERS = ("ode", "sde")
@@ -37,7 +43,9 @@ class RestorationGuidance:
     (`channel`; `text_channel` renorms v_text before the image step) or over the whole latent
     (`global`), clamped below at `renorm_min`. Guidance applies for t in (interval[0], interval[1]];
     a scale of 1.0 switches its branch off, and as in BAGEL image guidance applies only with text
-    guidance on (cfg_text > 1). Defaults: CLEAR's evaluation settings.
+    guidance on (cfg_text > 1). `contexts` says which text the text-unconditional context drops
+    (models/bagel/guidance.py): `drop-thought` (CLEAR's eval), `drop-tag` (CLEAR's
+    `consider_think=False`) or `upstream` (ByteDance's inferencer). Defaults: CLEAR's evaluation.
     """
 
     cfg_text: float = 3.0
@@ -46,8 +54,25 @@ class RestorationGuidance:
     renorm_min: float = 0.0
     interval: tuple[float, float] = (0.4, 1.0)
     token_patch: int = 2  # latent patch of one token (BAGEL's latent_patch_size), for per-token norms
+    contexts: CfgContexts = "drop-thought"
+
+    @classmethod
+    def from_preset(cls, values: PresetGuidance) -> RestorationGuidance:
+        """The guidance a BAGEL preset sets (`BagelPreset.guidance`)."""
+        return cls(
+            cfg_text=values.cfg_text,
+            cfg_img=values.cfg_img,
+            renorm=values.renorm,
+            renorm_min=values.renorm_min,
+            interval=tuple(values.interval),
+            contexts=values.contexts,
+        )
 
     def __post_init__(self) -> None:
+        if self.contexts not in CFG_CONTEXTS:
+            raise ValueError(
+                f"restoration guidance contexts must be one of {list(CFG_CONTEXTS)}, got {self.contexts!r}"
+            )
         if self.renorm not in RENORMS:
             raise ValueError(
                 f"restoration guidance renorm must be one of {list(RENORMS)}, got {self.renorm!r}"
@@ -102,10 +127,11 @@ class RestorationSampling:
     `restoration_noise_level` keys of a stage's `training:` section (see `RestorationSamplingArguments`).
     """
 
-    steps: int | None = None  # denoising steps (CLEAR: 30)
+    steps: int | None = None  # Euler steps (network evaluations); None: the model's
     shift: float | None = None  # timestep shift of the sampling schedule (CLEAR: 3.0)
     sampler: Sampler = "ode"  # "sde": Flow-GRPO's SDE, with per-step log-probs
-    noise_level: float = 0.7  # Flow-GRPO's `a` of the SDE sampler
+    noise_level: float = 0.7  # the SDE's noise: Flow-GRPO's `a`, or the constant sigma
+    noise_schedule: NoiseSchedule = "flow_grpo"  # or "constant": CLEAR's released SDE (flow.py)
     # Restoration CFG where the backbone offers the unconditional contexts (BAGEL), ODE only;
     # None: off.
     guidance: RestorationGuidance | None = field(default_factory=RestorationGuidance)
@@ -117,6 +143,10 @@ class RestorationSampling:
             raise ValueError(f"restoration sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.noise_level < 0:
             raise ValueError(f"restoration noise level must be >= 0, got {self.noise_level}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(
+                f"restoration noise schedule must be one of {list(NOISE_SCHEDULES)}, got {self.noise_schedule!r}"
+            )
 
     def resolved(self, model: UnifiedBackbone) -> RestorationSampling:
         """These settings with the model's defaults filled in."""
@@ -174,6 +204,7 @@ def restore_latents(
                 t_max=float(timesteps[1]),
                 generator=generator,
                 source_mean=mean,
+                noise_schedule=sampling.noise_schedule,
             )
             x, log_prob = step.sample, step.log_prob
         else:

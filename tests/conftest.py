@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 # Tests build every model, tokenizer and dataset in code. Offline mode makes any Hub call fail
@@ -14,6 +15,12 @@ from PIL import Image  # noqa: E402
 
 from clear_rl.models import build_tiny_model  # noqa: E402
 from clear_rl.models.processing import prompt_texts, vae_pixel_values  # noqa: E402
+
+
+def pytest_report_header(config) -> str:
+    """The versions the suite runs on: the lock's under make test, the newest under make test-latest."""
+    names = ("torch", "transformers", "trl", "peft", "diffusers", "accelerate", "datasets")
+    return "versions: " + ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
 
 
 @pytest.fixture(scope="session")

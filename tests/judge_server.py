@@ -79,3 +79,71 @@ def silent_judge():
             connection.close()
         server.close()
         judge._cached_score.cache_clear()
+
+
+class EchoJudge(BaseHTTPRequestHandler):
+    """A judge that echoes the request's Authorization header into every field of its reply, in
+    the next scripted way (status, kind): kind `no_content` (a 200 without a message content;
+    `null_content`: content null),
+    `content` (the header as the content), `not_json` (the header as plain text), `error` (an
+    error document, for 4xx / 5xx), `redirect` (a 302 to the same server, header in the URL)."""
+
+    script: list = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        auth = self.headers.get("Authorization", "")
+        echo = {"headers": dict(self.headers.items()), "authorization": auth}
+        status, kind = EchoJudge.script.pop(0) if EchoJudge.script else (200, "no_content")
+        if kind in ("no_content", "null_content"):
+            message = {"role": auth, "refusal": auth, **({"content": None} if kind == "null_content" else {})}
+            body = {
+                "id": auth,
+                "object": auth,
+                "model": auth,
+                "echo": echo,
+                "choices": [{"index": 0, "message": message}],
+            }
+        elif kind == "content":
+            body = {
+                "id": auth,
+                "echo": echo,
+                "choices": [{"message": {"role": "assistant", "content": auth}}],
+            }
+        elif kind == "error":
+            body = {
+                "error": {"message": f"bad request from {auth}", "type": auth, "code": auth},
+                "echo": echo,
+            }
+        else:
+            body = None
+        data = (json.dumps(body) if body is not None else f"echo: {auth} {echo}").encode()
+        self.send_response(status)
+        if kind == "redirect":
+            self.send_header("Location", f"/v1/chat/completions?key={auth}")
+        self.send_header("X-Echo", auth)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def echo_judge(script=()):
+    """Serve EchoJudge on a free port of 127.0.0.1; yield the base URL."""
+    from clear_rl.eval import judge
+
+    EchoJudge.script = list(script)
+    judge._cached_score.cache_clear()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), EchoJudge)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        judge._cached_score.cache_clear()

@@ -11,7 +11,7 @@ from clear_rl.answering import answer_batch
 from clear_rl.errors import ClearRLError
 from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.backbone import Decoder, UnifiedBackbone
-from clear_rl.models.bagel import BagelUnifiedModel, VitResize, build_tiny_bagel, load_bagel_unified
+from clear_rl.models.bagel import BagelUnifiedModel, build_tiny_bagel, load_bagel_unified
 from clear_rl.models.io import load_unified
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
 from clear_rl.restoration import RestorationGuidance, RestorationSampling
@@ -33,7 +33,8 @@ def bagel(folder):
     return load_bagel_unified(folder, device="cpu")
 
 
-def _answer(model, processor, oracle=None, guidance=None, sampler="ode", seed=0, size=(40, 28), **config):
+def _answer(model, processor, oracle=None, guidance=None, sampler="ode", seed=0, size=(40, 36), **config):
+    """Two rows whose VAE views share a size (both 32 x 32 on the tiny model: one batch)."""
     sampling = RestorationSampling(steps=3, sampler=sampler, guidance=guidance)
     cfg = InterleavedGenerationConfig(
         **{"max_new_tokens": 8, "do_sample": False, "restoration": sampling, **config}
@@ -84,14 +85,6 @@ def test_prompts_are_framed_as_bagel_frames_them(bagel):
     assert (batch.input_ids == model.config.image_token_id).sum() == 1
 
 
-def test_vit_resize_follows_bagels_rules():
-    resize = VitResize()  # 980 / 224 / 14
-    assert resize.size(2000, 1000) == (980, 490)
-    assert resize.size(100, 100) == (224, 224)
-    w, h = resize.size(300, 4000)  # the short-side floor would push the long side past the cap
-    assert w % 14 == 0 and h % 14 == 0 and max(w, h) <= 980
-
-
 @pytest.mark.parametrize("restore", ["never", "always"])
 def test_kv_cached_greedy_decoding_equals_full_forwards(bagel, restore):
     model, processor = bagel
@@ -124,9 +117,8 @@ def test_reencode_reads_the_decoded_restoration_back_as_a_vit_block(bagel):
     bridged = _answer(model, processor, restore="model", max_new_tokens=4).output
     cached = _answer(model, processor, restore="model", max_new_tokens=4, readback="reencode").output
     full = _answer(model, processor, restore="model", max_new_tokens=4, readback="reencode", use_cache=False)
-    # The decoded restoration is resized like an input image and read as ViT patches.
-    side = model.config.vae_image_size
-    width, height = processor.vit_resize.size(side, side)
+    # The decoded restoration (the input's VAE view size) is read as an input image's ViT view.
+    height, width = processor.vit_view(make_images(1, size=40, seed=1)[0]).shape[1:]
     patch = model.bagel.config.vit_json["patch_size"]
     vit_tokens = (width // patch) * (height // patch)
     for row in range(2):
@@ -222,6 +214,8 @@ def test_folders_are_detected_and_backbones_checked(folder, tiny, tmp_path):
     save_unified(*tiny, tmp_path / "composed")
     with pytest.raises(ClearRLError, match="llm_config.json"):
         load_unified(tmp_path / "composed", backbone="bagel")
+    with pytest.raises(ClearRLError, match="preset 'clear-release' is an inference preset of BAGEL"):
+        load_unified(tmp_path / "composed", preset="clear-release")
 
 
 def test_recipes_choose_the_backbone_with_a_checked_key():
@@ -235,3 +229,9 @@ def test_recipes_choose_the_backbone_with_a_checked_key():
         build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "backbone": "bagle"}, "model")
     with pytest.raises(Exception, match="model.path"):
         build_dataclass(ModelConfig, {"tiny": {}, "backbone": "bagel"}, "model")
+    preset = build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "preset": "bagel-upstream"}, "model")
+    assert preset.preset == "bagel-upstream"
+    with pytest.raises(Exception, match="preset"):
+        build_dataclass(ModelConfig, {"path": "/models/CLEAR-RL", "preset": "clear-relase"}, "model")
+    with pytest.raises(Exception, match="model.path"):
+        build_dataclass(ModelConfig, {"tiny": {}, "preset": "clear-release"}, "model")

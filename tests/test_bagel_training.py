@@ -470,7 +470,7 @@ def test_two_process_ddp_runs_the_bagel_grpo_recipe(tmp_path, folder, data):
 @pytest.mark.parametrize(
     "name", ["sft-lora.yaml", "bridge-lora.yaml", "grpo-lora.yaml", "grpo-qlora-24gb.yaml"]
 )
-def test_bagel_recipes_parse_and_validate(name):
+def test_bagel_recipes_parse_and_validate(name):  # the clear-rl defaults (LoRA, one GPU)
     recipe = load_recipe(RECIPES / name)
     lora = recipe.model.lora
     if name.startswith("bridge"):  # from stage 1's adapters, which keep training
@@ -500,3 +500,48 @@ def test_the_bagel_recipes_run_one_step_on_the_tiny_folder(tmp_path, folder, dat
             "training.num_generations=2"]  # fmt: skip
     assert _train(RECIPES / "grpo-lora.yaml", *grpo, *tiny) == 0
     assert (tmp_path / "grpo" / "adapter_config.json").exists()
+
+
+# The released training and the paper's, value for value (docs/bagel-release.md); full fine-tunes.
+RELEASED = {
+    "sft-release.yaml": {"learning_rate": 1e-5, "max_steps": 8000, "warmup_steps": 500, "lambda_mse": 1.0,
+                         "lambda_distill": 0.4, "vit_token_dropout": 0.4, "weight_decay": 0.01,
+                         "adam_beta2": 0.95, "adam_epsilon": 1e-15, "seed": 4396},
+    "grpo-release.yaml": {"loss_type": "dr_grpo", "beta": 0.0, "num_generations": 8,
+                          "gradient_accumulation_steps": 32, "learning_rate": 5e-6, "max_steps": 400,
+                          "restoration_steps": 19, "restoration_noise_level": 0.3,
+                          "restoration_noise_schedule": "constant", "flow_loss_weight": 0.5,
+                          "flow_step_selection": "round_robin", "max_completion_length": 16384},
+    "sft-paper.yaml": {"learning_rate": 2e-5, "num_train_epochs": 3, "lambda_mse": 0.5, "lambda_distill": 0.1,
+                       "vit_token_dropout": 0.4},
+    "grpo-paper.yaml": {"loss_type": "grpo", "num_generations": 4, "learning_rate": 1e-6, "epsilon": 0.2,
+                        "restoration_steps": 30, "flow_loss_weight": 0.3, "flow_step_selection": "random"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_release_and_paper_recipes_hold_their_values(name):
+    recipe = load_recipe(RECIPES / name)
+    assert recipe.model.lora is None and recipe.model.preset == "clear-release"
+    for key, value in RELEASED[name].items():
+        assert getattr(recipe.training, key) == value, key
+    if name == "grpo-release.yaml":  # only accuracy and format are on, at the release's weights
+        assert [(r.name, r.weight) for r in recipe.rewards] == [("accuracy", 0.75), ("format", 0.10)]
+    if name == "grpo-paper.yaml":
+        assert [r.name for r in recipe.rewards] == ["accuracy", "format", "decision", "latent_quality"]
+
+
+def test_the_release_and_paper_recipes_run_one_step_on_the_tiny_folder(tmp_path, folder, data):
+    tiny = ["training.max_steps=1", "training.gradient_accumulation_steps=1", "training.report_to=none",
+            "training.save_strategy=no", "training.use_cpu=true", f"data.path={data}"]  # fmt: skip
+    for stage in ("release", "paper"):
+        sft_out = tmp_path / f"sft-{stage}"
+        sft = [f"model.path={folder}", f"training.output_dir={sft_out}", "training.num_train_epochs=1"]
+        assert _train(RECIPES / f"sft-{stage}.yaml", *sft, *tiny) == 0
+        assert (sft_out / "model.safetensors").exists()  # a full fine-tune: the official layout
+        grpo = [f"model.path={sft_out}", f"training.output_dir={tmp_path / f'grpo-{stage}'}",
+                "training.restoration_steps=2", "training.max_completion_length=4",
+                "training.per_device_train_batch_size=2", "training.num_generations=2",
+                "training.restore_policy=always"]  # fmt: skip
+        assert _train(RECIPES / f"grpo-{stage}.yaml", *grpo, *tiny) == 0
+        assert (tmp_path / f"grpo-{stage}" / "model.safetensors").exists()

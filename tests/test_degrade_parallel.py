@@ -167,3 +167,46 @@ def test_negative_workers_are_an_error(tsv, tmp_path, capsys):
     assert main(["prepare", str(tsv), "--out", str(tmp_path / "p"), "--workers", "-1"]) == 2
     assert "workers must be 0 (automatic" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_no_worker_outlives_a_killed_or_interrupted_degrade(tmp_path, signal_name):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    cells = [encode_base64_image(image) for image in _images(60)]
+    big = tmp_path / "Big.tsv"  # 1200 rows, every corruption at every level: minutes of work
+    rows = [f"{k}\t{cells[k % len(cells)]}\tq {k}?\tA\n" for k in range(1200)]
+    big.write_text("index\timage\tquestion\tanswer\n" + "".join(rows), encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "clear_rl", "degrade", str(big), "--out", str(tmp_path / "out"),
+               "--workers", "2", "--mode", "full", "--backend", "torch"]  # fmt: skip
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            workers = [
+                c
+                for c in psutil.Process(process.pid).children(recursive=True)
+                if "spawn" in " ".join(c.cmdline())
+            ]
+        assert len(workers) == 2, "the workers never started"
+        time.sleep(1.0)  # they are at work on a chunk
+        process.send_signal(getattr(signal, signal_name))
+        process.wait(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=1.5)
+        assert alive == [], f"{len(alive)} worker(s) still running 1.5 s after the command ended"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for child in psutil.Process().children(recursive=True):
+            if child.pid != process.pid and "spawn" in " ".join(child.cmdline()):
+                child.kill()

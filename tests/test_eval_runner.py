@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +104,19 @@ def test_cli_evaluates_saved_models_and_prints_the_tables(tiny, tmp_path, capsys
     assert code == 0
     printed = capsys.readouterr().out
     assert "Base" in printed and (tmp_path / "out" / "report.md").exists()
+
+
+def test_resume_says_which_rows_it_reused_and_its_bar_counts_them(tiny, tmp_path, caplog, capsys):
+    tsv = _tsv(tmp_path / "ShapesVQA_test.tsv")
+    out = tmp_path / "out"
+    config = EvalConfig(levels=["clean"], restore="never", **SMALL)
+    evaluate({"tiny": tiny}, [tsv], out, config)
+    predictions = out / "predictions" / "tiny" / "ShapesVQA_test.jsonl"
+    predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:4]))  # killed after 4
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="clear_rl"):
+        evaluate(
+            {"tiny": tiny}, [tsv], out, EvalConfig(levels=["clean"], restore="never", resume=True, **SMALL)
+        )
+    assert "4 of 6 rows answered by an earlier run, reused (--resume)" in caplog.text
+    assert "6/6" in capsys.readouterr().err  # the bar ends full, reused rows counted

@@ -32,7 +32,7 @@ CHOICE_CASES = [
     ("It is a red car", "C"),  # "red car" wins over its substring "car"
     ("I think B", "B"),  # "I" is a pronoun, not an option
     ("B, C", None),  # two letters claimed
-    ("Option A is wrong, so the answer is B", None),  # two letters claimed
+    ("Option A is wrong, so the answer is B", "B"),  # A is named to reject it
     ("The answer is E", None),  # not one of the options
     ("a cat or a dog", None),  # two options' texts
     ("nothing useful", None),
@@ -45,19 +45,45 @@ def test_extract_choice(text, expected):
     assert extract_choice(text, OPTIONS) == expected
 
 
-# Messy answers met in practice, each with the reading a user relies on: a text that commits to
-# two options or only repeats them gives None (the judge decides); a leading claim beats option
-# text in the explanation after it.
+# Messy answers met in practice, each with the reading a user relies on: a text that names two
+# options without committing to one, or only repeats them, gives None (the judge decides); a text
+# that commits to one and names the others only to reject them gives the one it commits to; a
+# leading claim beats option text in the explanation after it.
 ANIMALS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
 MESSY_CASES = [
-    # Two letters named: never a guess.
+    # Two letters named without a commitment: never a guess.
     ("I think A or B", None),
-    ("A is right, B is wrong", None),
     ("Both A and B are wrong", None),
     ("A and B", None),
     ("A or B? I'd say B", None),
-    ("C is correct, unlike A", None),
-    ("Option A is wrong, so the answer is B", None),
+    ("Neither A nor B", None),
+    ("Not A", None),
+    ("B is wrong", None),
+    ("A\nB", None),  # two letters on their own lines: a list, not an answer
+    ("A\nB\nC", None),
+    ("**A** or **B**", None),
+    ("The answer is A, or maybe B", None),
+    ("A is right, but so is B", None),
+    ("B\nThe answer is A", None),  # two commitments
+    # One letter committed to, the others named only to reject them: what a careful reader scores.
+    ("A is right, B is wrong", "A"),
+    ("C is correct, unlike A", "C"),
+    ("Option A is wrong, so the answer is B", "B"),
+    ("B, not A", "B"),
+    ("B (not A)", "B"),
+    ("C, not A or B", "C"),
+    ("B rather than A", "B"),
+    ("B because A is wrong", "B"),
+    ("B, because A is incorrect", "B"),
+    ("D because options A, B and C are wrong", "D"),
+    ("The answer is C. A is ruled out by the colour.", "C"),
+    ("**B**. A is a cat, so not A.", "B"),  # the letter in bold
+    ("The answer is **C**; A and B are wrong", "C"),
+    ("**D** (A can't be: no whiskers)", "D"),
+    ("B\nA would be a cat, but the ears say otherwise.", "B"),  # a letter on its own line, then why
+    ("(C)\nOption A shows a cat and option B a dog, neither flies.", "C"),
+    ("B. dog\nThe shape is close to A at first glance.", "B"),
+    ("The dog; option C is unlikely", "B"),  # the option's text, another option rejected
     # Echoes of the option list are not claims; a claim after the echo still counts.
     ("A. cat B. dog C. bird D. fish", None),
     ("A. cat\nB. dog\nC. bird\nD. fish", None),
@@ -103,7 +129,7 @@ MESSY_CASES = [
     ("A fish.", "D"),
     ("The answer is a dog", "B"),
     ("cat, dog, bird or fish", None),
-    ("The dog; option C is unlikely", None),  # option text and another option's letter
+    ("The dog; option C fits too", None),  # option text and another option's letter
     # Nothing to read.
     ("E", None),
     ("Neither", None),
@@ -128,6 +154,8 @@ SCORE_CASES = [
     ("<answer>A</answer>", "B", OPTIONS, 0.0),
     ("<answer>dog</answer>", "dog", OPTIONS, 1.0),  # reference given as the option's text
     ("<answer>B or C</answer>", "B", OPTIONS, 0.0),  # ambiguous -> no credit
+    ("<answer>**B**, not A</answer>", "B", OPTIONS, 1.0),  # committed, the other rejected
+    ("<answer>B\nA is a cat.</answer>", "B", OPTIONS, 1.0),
     ("The answer is B", "B", None, 1.0),  # letter reference without option columns
     ("3.0", "3", None, 1.0),
     ("1,000", "1000", None, 1.0),
@@ -177,3 +205,20 @@ def test_answer_block_and_normalization():
 def test_empty_reference_is_an_error():
     with pytest.raises(ValueError, match="non-empty reference"):
         score_answer("B", "  ")
+
+
+def test_the_runner_scores_committed_answers_with_rejected_alternatives():
+    """compute_hits (the benchmark runner's scoring) reads them as the regression table does."""
+    import pandas as pd
+
+    from clear_rl.eval.scoring import compute_hits
+
+    frame = pd.DataFrame(
+        {
+            "prediction": ["<answer>**B**, not A</answer>", "<answer>C\nNot A: no whiskers.</answer>",
+                           "<answer>A or B</answer>"],
+            "answer": ["B", "C", "B"],
+            **{letter: [text] * 3 for letter, text in ANIMALS.items()},
+        }
+    )  # fmt: skip
+    assert compute_hits(frame).tolist() == [1.0, 1.0, 0.0]

@@ -133,3 +133,73 @@ def test_a_degraded_source_restores_a_latent_the_degradation_left_alone(fresh_ti
     )
     torch.testing.assert_close(sample.latents, degraded, atol=1e-5, rtol=0)
     assert not torch.allclose(sample.trajectory[:, 0], degraded)  # it started from noise around d
+
+
+# -- CLEAR's released SDE (constant sigma) ------------------------------------------------------------
+def _released_transition(x_t, x_next, v, t_val, dt_val, sde_sigma):
+    """The release's scoring of a stored transition, transcribed from haoxiangzhao12138/CLEAR
+    train/grpo/bagel_interleave_grpo_trainer.py `_compute_loss` @411d6bd (dt > 0): (mu, log_p)."""
+    t_safe = max(t_val, 1e-4)
+    if t_val < 0.1:
+        weight = t_val / 0.1
+        score_neg_standard = (x_t + (1 - t_safe) * v) / t_safe
+        score_neg_smoothed = (1 - t_val) * v
+        score_neg = weight * score_neg_smoothed + (1 - weight) * score_neg_standard
+    else:
+        score_neg = (x_t + (1 - t_safe) * v) / t_safe
+    score_neg = torch.clamp(score_neg, min=-50.0, max=50.0)
+    drift = v + (sde_sigma**2 / 2) * score_neg
+    mu_new = x_t - drift * dt_val
+    variance = sde_sigma**2 * dt_val
+    sq_error = torch.clamp((x_next - mu_new) ** 2 / variance, min=-1e8, max=1e8)
+    return mu_new, -0.5 * sq_error.mean()
+
+
+@pytest.mark.parametrize(("t", "t_next"), [(1.0, 0.95), (0.5, 0.45), (0.08, 0.02), (0.03, 0.0)])
+def test_constant_sigma_sde_is_the_releases_step(t, t_next):
+    g = torch.Generator().manual_seed(3)
+    x, v, v_other = (torch.randn(1, 4, 6, 6, generator=g) for _ in range(3))
+    step = sde_step(x, v, t, t_next, 0.3, t_max=0.95, generator=g, noise_schedule="constant")
+    mu, released = _released_transition(x, step.sample, v, t, t - t_next, 0.3)
+    torch.testing.assert_close(step.mean, mu, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(step.std, torch.full_like(mu, 0.3 * math.sqrt(t - t_next)))
+    # Log-probs differ from the release's by constants only: the policy ratios are the same.
+    other = sde_step(
+        x, v_other, t, t_next, 0.3, t_max=0.95, next_sample=step.sample, noise_schedule="constant"
+    )
+    _, released_other = _released_transition(x, step.sample, v_other, t, t - t_next, 0.3)
+    torch.testing.assert_close(
+        other.log_prob - step.log_prob, (released_other - released).reshape(1), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_constant_sigma_without_noise_is_the_ode_step_and_schedules_are_checked():
+    x, v = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    step = sde_step(x, v, 0.6, 0.5, 0.0, t_max=0.9, noise_schedule="constant")
+    torch.testing.assert_close(step.sample, ode_step(x, v, torch.tensor(0.6), torch.tensor(0.5)))
+    with pytest.raises(ValueError, match="noise_schedule"):
+        sde_step(x, v, 0.6, 0.5, 0.3, t_max=0.9, noise_schedule="cosine")
+
+
+# -- which stored steps the flow loss re-runs -----------------------------------------------------------
+def test_round_robin_steps_advance_once_per_restoring_rollout():
+    from clear_rl.trainers.flow_steps import choose_flow_steps
+
+    restored = torch.tensor([True, False, True, True])
+    chosen, counter = choose_flow_steps(restored, 5, 1, "round_robin", torch.Generator(), counter=3)
+    assert (
+        chosen[:, 0].tolist() == [3, 0, 4, 0] and counter == 6
+    )  # 5 % 5 wraps; a skipped row keeps the count
+    pairs, _ = choose_flow_steps(torch.tensor([True]), 5, 2, "round_robin", torch.Generator(), counter=4)
+    assert pairs.tolist() == [[0, 4]]  # K consecutive steps from the counter's, sorted
+
+
+def test_random_steps_are_the_seeded_draws_they_always_were():
+    from clear_rl.trainers.flow_steps import choose_flow_steps
+
+    chosen, counter = choose_flow_steps(
+        torch.ones(3, dtype=torch.bool), 6, 2, "random", torch.Generator().manual_seed(7), 9
+    )
+    g = torch.Generator().manual_seed(7)
+    expected = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(3)]).sort(dim=1).values
+    assert torch.equal(chosen, expected) and counter == 9

@@ -1,7 +1,8 @@
 """The shipped Qwen2.5-VL recipes (and the BAGEL QLoRA one) on a CUDA GPU: a 4-bit base with LoRA.
 
-The recipes run as written, only their paths, sizes and step counts overridden, on a tiny VLM and
-VAE saved to folders the way a downloaded Qwen2.5-VL and FLUX VAE sit on disk. Skipped where CUDA
+The chain align -> sft-lora -> bridge-lora -> grpo-qlora runs as written (the aligned model
+quantized to 4 bits as each later stage loads it), only paths, sizes and step counts overridden,
+on a tiny VLM and VAE saved to folders the way a downloaded Qwen2.5-VL and FLUX VAE sit on disk. Skipped where CUDA
 (and so bitsandbytes' 4-bit kernels) is absent; the CPU-only error is tested in test_models.py.
 """
 
@@ -46,16 +47,28 @@ def test_qwen_recipes_train_a_4bit_base_with_lora_through_every_stage(tmp_path):
         "training.report_to=none",
         "training.save_strategy=no",
     ]
-    out = {name: tmp_path / name for name in ("sft", "bridge", "grpo")}
+    out = {name: tmp_path / name for name in ("align", "sft", "bridge", "grpo")}
     stats = {
-        "sft": _run(
-            "sft-lora.yaml",
+        "align": _run(
+            "align.yaml",
             [
                 f"model.vlm_path={vlm_dir}",
                 f"model.vae_path={vae_dir}",
                 "model.vae_subfolder=null",
                 f"model.vae_image_size={model.config.vae_image_size}",
                 "model.head.num_layers=1",
+                f"data.path={data}",
+                f"training.output_dir={out['align']}",
+                "training.max_steps=2",
+                "training.per_device_train_batch_size=4",
+                "training.report_to=none",
+                "training.save_strategy=no",
+            ],
+        ),
+        "sft": _run(
+            "sft-lora.yaml",
+            [
+                f"model.path={out['align']}",  # the recipe's default is align.yaml's output folder
                 f"training.output_dir={out['sft']}",
                 "training.max_steps=3",
                 "training.gradient_accumulation_steps=1",
@@ -88,8 +101,9 @@ def test_qwen_recipes_train_a_4bit_base_with_lora_through_every_stage(tmp_path):
             ],
         ),
     }
+    del out["align"]  # the full-precision base the adapters below load onto, quantized as it loads
     for name, folder in out.items():
-        loaded, _ = load_unified(folder)
+        loaded, _ = load_unified(folder, load_in_4bit=True)
         four_bit = [m for m in loaded.modules() if isinstance(m, bnb.nn.Linear4bit)]
         lora = [n for n, _ in loaded.named_parameters() if "lora_" in n]
         assert four_bit and lora, f"{name}: expected a 4-bit base with LoRA adapters"

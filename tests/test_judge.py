@@ -25,7 +25,7 @@ def config_for(url, **kw):
 
 
 def test_scores_and_request_shape(server):
-    FakeJudge.script = [(200, "0.7"), (200, "True")]
+    FakeJudge.script = [(200, "0.7"), (200, "Score: 1.0")]
     config = config_for(server)
     assert judge_score("What colour?", "red", "crimson", config) == pytest.approx(0.7)
     assert judge_score("How many?", "3", "three", config) == 1.0
@@ -74,11 +74,40 @@ def test_unreachable_and_unconfigured():
     assert not judge.judge_configured({})
 
 
-def test_parse_score():
-    assert parse_score("0.5") == 0.5
-    assert parse_score("Correctness: 1.0") == 1.0
-    assert parse_score("false") == 0.0
-    assert parse_score("7") is None and parse_score("n/a") is None
+@pytest.mark.parametrize(
+    "reply, score",
+    [("0.5", 0.5), ("Correctness: 1.0", 1.0), ("Correctness score: 0.3", 0.3), ("Score: 0.4.", 0.4),
+     ("1", 1.0), ("0", 0.0), (" 0.7 |\n", 0.7), (".9", 0.9)],
+)  # fmt: skip
+def test_a_well_formed_reply_is_its_score(reply, score):
+    assert parse_score(reply) == pytest.approx(score)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Sorry, I can't grade that right now (request id req_a1b2).",  # a refusal with a digit in an id
+        "req_1", "id 0", "2024-01-05", "12/03/2024", "Graded at 10:00",  # ids, dates, times
+        "The prediction lists 3 items, so 0.", "I would give it 1.0 because it matches",  # prose
+        "0.7 or 0.8", "7", "1.5", "-0.1", "n/a", "True", "false", "", "Score:",
+    ],
+)  # fmt: skip
+def test_anything_else_is_no_score(reply):
+    assert parse_score(reply) is None
+
+
+def test_a_refusing_judge_scores_nothing_it_fails_or_falls_back_to_the_rules(server, caplog):
+    # The reported case: a refusal with a request id was scored 1.0 on 20 wrong answers.
+    refusal = "Sorry, I can't grade that right now (request id req_a1b2)."
+    FakeJudge.script = [(200, refusal)] * 2
+    with pytest.raises(JudgeError, match="is no score in \\[0, 1\\]"):
+        judge_score("q", "a", "wrong", config_for(server, retries=1))
+    FakeJudge.script = [(200, refusal)] * 40
+    config = config_for(server, retries=1, on_failure="rules")
+    with caplog.at_level(logging.WARNING, logger="clear_rl.eval.judge"):
+        scores = judge_scores(["q"] * 20, ["a"] * 20, [f"wrong {i}" for i in range(20)], config)
+    assert scores == [None] * 20  # the callers keep the rule scores
+    assert "LLM judge failed" in caplog.text and "20 of 20 answers" in caplog.text
 
 
 def test_timeout_retries_and_failure_policy_come_from_the_environment():

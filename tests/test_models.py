@@ -196,6 +196,33 @@ def test_4bit_without_cuda_is_a_clear_error(tiny, tmp_path):
         load_vlm(tmp_path / "nope")
 
 
+def test_a_full_precision_folder_loads_with_its_vlm_quantized_on_request(tiny, tmp_path, monkeypatch):
+    """load_in_4bit on a saved composed model (an aligned one, which later stages start from)
+    quantizes its VLM's language model only; without CUDA it is refused naming the GPU."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    model, processor = tiny
+    save_unified(model, processor, tmp_path / "aligned")
+    if not torch.cuda.is_available():
+        with pytest.raises(ClearRLError, match="CUDA"):
+            load_unified(tmp_path / "aligned", load_in_4bit=True)
+    seen = {}
+
+    def from_pretrained(folder, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop before loading")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ComposedUnifiedModel, "from_pretrained", from_pretrained)
+    with pytest.raises(RuntimeError, match="stop before loading"):
+        load_unified(tmp_path / "aligned", load_in_4bit=True)
+    settings = seen["quantization_config"]
+    assert settings.load_in_4bit and settings.bnb_4bit_quant_type == "nf4"
+    names = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    quantized = {name for name in names if should_convert_module(name, settings.llm_int8_skip_modules)}
+    assert quantized and all(name.startswith("vlm.model.language_model.") for name in quantized)
+
+
 def test_a_4bit_composite_saves_how_to_requantize_its_vlm_only(tiny, tmp_path):
     from transformers import BitsAndBytesConfig
     from transformers.quantizers.quantizers_utils import should_convert_module

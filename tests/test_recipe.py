@@ -1,5 +1,6 @@
 """Recipes: validation before any work, overrides, the resolved copy, and the shipped recipes."""
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -252,3 +253,16 @@ def test_saved_recipe_finds_its_reward_plugins_from_anywhere(tmp_path, monkeypat
     assert again.rewards[-1].path == f"{(tmp_path / 'plugins' / 'mine.py').resolve()}:brevity"
     assert again.rewards[-1].path == recipe.rewards[-1].path
     assert again.raw["training"] == recipe.raw["training"]
+
+
+def test_a_renamed_key_is_announced_once(tmp_path, caplog, recwarn):
+    with caplog.at_level(logging.INFO, logger="clear_rl"):
+        load_recipe(write(tmp_path, with_training(gradient_checkpointing=False)))
+    said = [str(w.message) for w in recwarn if "gradient_checkpointing is deprecated" in str(w.message)]
+    assert len(said) == 1 and "deprecated" not in caplog.text  # one FutureWarning, no log line repeating it
+
+
+def test_the_cli_help_lists_every_stage():
+    from clear_rl.cli import build_parser
+
+    assert "run a training stage (align | sft | bridge | grpo)" in build_parser().format_help()

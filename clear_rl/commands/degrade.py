@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"input not found: {source}")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise DataError(f"--workers must be 0 (automatic) or a number of processes, got {args.workers}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DataError(f"--out: {args.out} is a file, not a folder")
     if args.grid:
         from clear_rl.degrade.grid import corruption_grid
         from clear_rl.io.atomic import atomic_path

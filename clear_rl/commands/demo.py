@@ -25,16 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clear_rl.demo.pipeline import DemoConfig, run_demo
     from clear_rl.errors import ClearRLError
+
+    if not Path(args.recipes, "sft.yaml").exists():  # before the pipeline (torch, TRL) is imported
+        raise ClearRLError(
+            f"demo recipes not found in {args.recipes}; run from the repository root or pass --recipes"
+        )
+    from clear_rl.demo.pipeline import DemoConfig, run_demo
 
     config = DemoConfig.smoke() if args.smoke else DemoConfig()
     config.recipes_dir, config.seed = args.recipes, args.seed
     if args.out:
         config.out_dir = args.out
-    if not Path(config.recipes_dir, "sft.yaml").exists():
-        raise ClearRLError(
-            f"demo recipes not found in {config.recipes_dir}; run from the repository root or pass --recipes"
-        )
     run_demo(config)
     return 0

@@ -20,12 +20,16 @@ several readbacks or an oracle run readback.csv / bridge_fidelity.csv. Several -
 or --readback paths are evaluated side by side, rows labelled `<model> [<policy>, <readback>]`.
 Nothing is written beside the inputs. --resume skips rows already answered by an interrupted run.
 A --model folder in BAGEL's official layout (BAGEL-7B-MoT, CLEAR's checkpoints) loads as the bagel
-backbone; its restorations are guided (--cfg-*, CLEAR's eval settings by default; --no-cfg: off).
+backbone under an inference preset (--preset: clear-release, CLEAR's own eval, by default; or
+bagel-upstream): its image views, restoration CFG and step count, named in report.md. --cfg-* override
+single CFG values, --no-cfg turns guidance off; --steps N is N Euler steps for every backbone (the
+release's num_timesteps 50 is --steps 49, the presets' default).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 HELP = "evaluate models on clean and degraded benchmarks (MMD-Bench protocol)"
 # clear_rl.eval.scoring.LEVELS, spelled out so that building the CLI does not import torch.
@@ -36,6 +40,8 @@ READBACKS = ("bridge", "reencode")
 PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
 BACKBONES = ("auto", "composed", "bagel")  # clear_rl.models.settings.BACKBONES
 RENORMS = ("global", "channel", "text_channel")  # clear_rl.restoration.RENORMS
+PRESETS = ("clear-release", "bagel-upstream")  # clear_rl.models.settings.BAGEL_PRESETS
+CFG_CONTEXTS = ("drop-thought", "drop-tag", "upstream")  # clear_rl.models.bagel.presets.CFG_CONTEXTS
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -117,7 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows per corruption in each run's gallery_<run>.png (0: none; default 2)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=None, help="restoration denoising steps (model default)")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="restoration Euler steps (network evaluations); default: the model's (BAGEL presets: 49, "
+        "the release's num_timesteps 50)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the degraded copies and sampling")
     parser.add_argument("--degraded", default=None, metavar="DIR",
                         help="a folder of degraded copies to read (clear-rl degrade outputs or the released "
@@ -130,38 +140,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone", choices=BACKBONES, default="auto",
         help="how --model folders load: auto (default: BAGEL's official layout is detected), composed, bagel",
     )  # fmt: skip
+    parser.add_argument(
+        "--preset", choices=PRESETS, default=None,
+        help="inference preset of BAGEL-family --model folders: clear-release (default: CLEAR's own eval) "
+        "or bagel-upstream (ByteDance's defaults); see docs/bagel-release.md",
+    )  # fmt: skip
     cfg = parser.add_argument_group(
         "restoration CFG", "BAGEL's classifier-free guidance of restorations (backbones that offer it); "
-        "defaults: CLEAR's eval settings"
+        "each flag overrides one value of the preset's (clear-release: 3.0, 1.5, text_channel, 0.4,1.0, "
+        "drop-thought)"
     )  # fmt: skip
-    cfg.add_argument("--cfg-text", type=float, default=3.0, help="text guidance scale (1: off; default 3.0)")
-    cfg.add_argument("--cfg-img", type=float, default=1.5, help="image guidance scale (1: off; default 1.5)")
-    cfg.add_argument("--cfg-renorm", choices=RENORMS, default="text_channel", help="default text_channel")
-    cfg.add_argument("--cfg-interval", type=_interval, default=(0.4, 1.0), metavar="LOW,HIGH",
-                     help="guided for t in (LOW, HIGH] (default 0.4,1.0)")  # fmt: skip
+    cfg.add_argument("--cfg-text", type=float, default=None, help="text guidance scale (1: off)")
+    cfg.add_argument("--cfg-img", type=float, default=None, help="image guidance scale (1: off)")
+    cfg.add_argument("--cfg-renorm", choices=RENORMS, default=None, help="velocity renorm")
+    cfg.add_argument("--cfg-interval", type=_interval, default=None, metavar="LOW,HIGH",
+                     help="guided for t in (LOW, HIGH]")  # fmt: skip
+    cfg.add_argument(
+        "--cfg-contexts", choices=CFG_CONTEXTS, default=None,
+        help="what the text-unconditional context drops: the thought turn (CLEAR's eval), only the "
+        "<image_restore> tag (CLEAR's consider_think=False), or upstream's (the question and every model turn)",
+    )  # fmt: skip
     cfg.add_argument("--no-cfg", action="store_true", help="restore without guidance")
 
 
 def _named(specs: list[str]) -> dict[str, str]:
+    from clear_rl.errors import ClearRLError
+
     named = {}
     for spec in specs:
         name, _, path = spec.rpartition("=")
-        named[name or path.rstrip("/").split("/")[-1]] = path
+        name = name or path.rstrip("/").split("/")[-1]
+        if name in named:
+            raise ClearRLError(f"--model: two models are named {name!r}; label them, e.g. --model A={path}")
+        named[name] = path
     return named
 
 
+def check_arguments(args: argparse.Namespace) -> dict[str, str]:
+    """Every path and number, before anything heavy is imported: {name: model folder}."""
+    from clear_rl.commands.checks import at_least, existing_file, existing_folder, model_folder, output_folder
+
+    models = _named(args.model)
+    for name, path in models.items():
+        model_folder(path, f"--model {name}", args.backbone)
+    for path in args.data:
+        existing_file(path, "--data", suffix=".tsv")
+    inputs = {f"--model {name}": path for name, path in models.items()}
+    if args.degraded is not None:
+        inputs["--degraded"] = existing_folder(args.degraded, "--degraded")
+    output_folder(args.out, "--out", inputs)
+    for value, minimum, option in ((args.batch_size, 1, "--batch-size"), (args.max_new_tokens, 1, "--max-new-tokens"),
+                                   (args.gallery, 0, "--gallery"), (args.steps, 1, "--steps")):  # fmt: skip
+        at_least(value, minimum, option)
+    if args.judge:  # a missing or malformed CLEAR_RL_JUDGE_* variable, before any model loads
+        from clear_rl.eval.judge import JudgeConfig
+
+        JudgeConfig.from_env()
+    return models
+
+
 def run(args: argparse.Namespace) -> int:
+    named = check_arguments(args)
     from clear_rl.eval.runner import EvalConfig, evaluate
     from clear_rl.models.chat import OWN_PROMPT
     from clear_rl.models.io import load_unified
-    from clear_rl.restoration import RestorationGuidance
 
-    models = {name: load_unified(path, backbone=args.backbone) for name, path in _named(args.model).items()}
-    guidance = None
-    if not args.no_cfg:
-        guidance = RestorationGuidance(
-            cfg_text=args.cfg_text, cfg_img=args.cfg_img, renorm=args.cfg_renorm, interval=args.cfg_interval
-        )
+    models = {
+        name: load_unified(path, backbone=args.backbone, preset=args.preset) for name, path in named.items()
+    }
     config = EvalConfig(
         levels=args.levels,
         restore=args.restore,
@@ -176,9 +222,29 @@ def run(args: argparse.Namespace) -> int:
         gallery=args.gallery,
         protocol=args.protocol,
         system_prompt=OWN_PROMPT if args.system_prompt is None else args.system_prompt,
-        restoration_guidance=guidance,
+        restoration_guidance=_guidance(args),
     )
     files = evaluate(models, args.data, args.out, config, degraded_dir=args.degraded)
     print((files["report.md"]).read_text(encoding="utf-8"))
     print(f"report written to {args.out}/")
     return 0
+
+
+def _guidance(args: argparse.Namespace):
+    """The restoration CFG of the run: off (--no-cfg), the models' presets' ("model"), or the
+    preset's values with the --cfg-* flags given in their place."""
+    from clear_rl.eval.runner import MODEL_GUIDANCE
+    from clear_rl.models.bagel.presets import get_preset
+    from clear_rl.restoration import RestorationGuidance
+
+    if args.no_cfg:
+        return None
+    given = {
+        "cfg_text": args.cfg_text, "cfg_img": args.cfg_img, "renorm": args.cfg_renorm,
+        "interval": args.cfg_interval, "contexts": args.cfg_contexts,
+    }  # fmt: skip
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
+        return MODEL_GUIDANCE
+    preset = RestorationGuidance.from_preset(get_preset(args.preset).guidance)
+    return dataclasses.replace(preset, **given)

@@ -71,15 +71,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_argument(parser)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every path and number, before anything heavy is imported."""
+    from pathlib import Path
+
+    from clear_rl.commands.checks import at_least, model_folder, output_folder
+    from clear_rl.errors import DataError
+
+    source = Path(args.source)
+    if not source.exists():
+        raise DataError(f"source not found: {source} (a datasets folder or a VLMEvalKit .tsv file)")
+    if source.is_file() and source.suffix.lower() != ".tsv":
+        raise DataError(f"{source}: a file source must be a VLMEvalKit .tsv file")
+    output_folder(args.out, "--out", {"SOURCE": source})
+    if args.label == "probe":
+        if not args.probe_model:
+            raise DataError("--label probe needs --probe-model PATH (a saved clear-rl model folder)")
+        model_folder(args.probe_model, "--probe-model")
+    for value, minimum, option in ((args.chunk_size, 1, "--chunk-size"), (args.max_samples, 1, "--max-samples"),
+                                   (args.probe_batch_size, 1, "--probe-batch-size"),
+                                   (args.probe_max_new_tokens, 1, "--probe-max-new-tokens")):  # fmt: skip
+        at_least(value, minimum, option)
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise DataError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from clear_rl.data.prepare import prepare_dataset
     from clear_rl.data.samples import PrepareConfig, ProbeSettings
     from clear_rl.errors import DataError
 
     probe = labeller = None
     if args.label == "probe":
-        if not args.probe_model:
-            raise DataError("--label probe needs --probe-model PATH (a saved clear-rl model folder)")
         probe = ProbeSettings(
             model_path=args.probe_model,
             batch_size=args.probe_batch_size,

@@ -143,9 +143,9 @@ def open_source(
     if os.path.isfile(location):
         if not location.endswith(".tsv"):
             raise DataError(f"{location}: a file source must be a VLMEvalKit .tsv file")
-        from clear_rl.io.tsv import read_tsv
+        from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 
-        frame = read_tsv(location, required=(), filled=REQUIRED_COLUMNS)  # every row needs all three
+        frame = read_benchmark_tsv(location, index_required=False)  # eval's and degrade's rules
         found: dict[str, SourceSplit] = {"train": TsvSplit("train", location, frame, reasoning_column)}
     else:
         import datasets

@@ -43,7 +43,8 @@ from clear_rl.degrade.registry import (
 from clear_rl.degrade.work import JPEG_QUALITY, DegradeChunk, degrade_chunk, engine_settings
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.io.atomic import atomic_path, remove_stale_temporaries, write_text
-from clear_rl.io.tsv import is_image_reference, read_tsv, write_tsv
+from clear_rl.io.benchmark_tsv import read_benchmark_tsv
+from clear_rl.io.tsv import is_image_reference, write_tsv
 from clear_rl.parallel import check_workers, ordered_map
 from clear_rl.seeds import derive_seed
 
@@ -342,7 +343,7 @@ def degrade_tsv(
     """Write MMD-Bench copies of a VLMEvalKit TSV into `out_dir` as `<name>_MMD_<level>.tsv`
     (full mode: `<name>_MMD_<type>_<level>.tsv`) plus `<name>_MMD_manifest.json`."""
     source = Path(source)
-    frame = read_tsv(source, required=("index", "image"))
+    frame = read_benchmark_tsv(source)  # eval's rules: nothing is degraded that eval would refuse
     base = options.name or source.stem
     targets = {spec.name: Path(out_dir) / f"{spec.name}.tsv" for spec in _plan(base, options)}
     manifest = _Manifest(

@@ -76,7 +76,7 @@ class DemoConfig:
     eval_batch_size: int = 32
     max_new_tokens: int = 64
     # The head's flow starts around the degraded latent: at this budget it keeps colours better
-    # than a flow from pure noise (README, "The demo").
+    # than a flow from pure noise (docs/demo.md).
     model: dict = field(
         default_factory=lambda: {"head_layers": 4, "num_inference_steps": 8, "flow_source": "degraded"}
     )
@@ -199,7 +199,8 @@ def train_stage(
     overrides = [f"model.path={model_from}", f"data.path={data}", f"training.output_dir={out}"]
     if config.steps.get(recipe) is not None:
         overrides.append(f"training.max_steps={config.steps[recipe]}")
-    loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides)
+    # The demo rebuilds every stage's input, so a second demo into the same folder starts over.
+    loaded = load_recipe(Path(config.recipes_dir) / f"{recipe}.yaml", overrides, overwrite=True)
     stage_module(loaded.stage).train(loaded, callbacks=[StageProgressCallback(f"{recipe} ({loaded.stage})")])
     return out
 

@@ -3,8 +3,10 @@
 A model's output follows the CLEAR token protocol
 `<think>..</think>[<image_restore>][<think>..</think>]<answer>..</answer>`; only the answer block
 is judged. Multiple-choice answers are reduced to an option letter, and the rules never guess: a
-text that names two option letters ("A or B", "A is right, B is wrong"), or only repeats the
-option list, gives no letter (the LLM judge, when enabled, then decides). Short answers are
+text that names two option letters without committing to one ("A or B", "A and B"), or only
+repeats the option list, gives no letter (the LLM judge, when enabled, then decides). A text that
+commits to one letter and names the others only to reject them ("B, not A", "**C**; A is wrong",
+"B\n(an explanation naming A)") gives the letter it commits to, as a careful reader takes it. Short answers are
 compared after normalisation, numbers with a tolerance (and their unit, when both sides state a
 known one). Written by hand because no installed library does VQA answer matching; the rules
 follow VLMEvalKit's `can_infer` and the VQA normalisation conventions.
@@ -48,10 +50,27 @@ _LEADING_CLAIM = re.compile(
     r"|(?P<p>[A-Za-z])\s*[).:](?![A-Za-z0-9])"
     r"|(?P<w>[A-Za-z])\s*$"
     r"|(?P<n>[A-Z])[ \t]*(?:\n|[,;]|\s-\s)"
-    r"|(?P<v>[A-Z])\s+(?:is|would\s+be|should\s+be|seems|appears|looks)\b"
+    r"|(?P<v>[A-Z])\s+(?:is|would\s+be|should\s+be|seems|appears|looks|because|since)\b"
     r")"
 )
 _BRACKETED = re.compile(r"(?<![A-Za-z0-9])[(\[]\s*([A-Za-z])\s*[)\]]")
+# A letter set in bold ("**B**", "__(c)__"): an answer's commitment, as markdown writes it.
+_BOLD = re.compile(r"(\*\*|__)\s*[(\[]?\s*([A-Za-z])\s*[)\].:]?\s*\1")
+# What makes a named letter a rejection: "not A", "rather than (B)", "unlike A", "rule out C" before
+# it ("not A or B" rejects both); "A is wrong", "B isn't", "C can be ruled out", "A and B are
+# incorrect" after it.
+_REJECT_BEFORE = re.compile(
+    r"(?i:\b(?:not|neither|nor|never|rather\s+than|instead\s+of|unlike|other\s+than|than|rules?\s+out"
+    r"|ruled\s+out|eliminat(?:e|es|ed|ing))\s*(?:(?:options?|choices?|answers?)\s*)?"
+    r"(?:[(\[]?\s*[A-Za-z]\s*[)\]]?\s*(?:,|or|and|nor)\s*)*)$"
+)
+_REJECT_AFTER = re.compile(
+    r"^(?i:(?:\s*(?:,|and|or|nor)\s*(?:options?\s*)?(?:[(\[]\s*[a-z]\s*[)\]]|[A-Z](?![A-Za-z0-9'])))*[ \t]*"
+    r"(?:(?:is|are|was|were|seems|seem|looks|appears|(?:would|must|can|could|should)[ \t]+be)[ \t]+"
+    r"(?:not\b|wrong|incorrect|false|unlikely|impossible|ruled[ \t]+out|eliminated|excluded)"
+    r"|isn't|aren't|wasn't|weren't|can't|cannot|doesn't|does[ \t]+not|fails?\b"
+    r"|wrong|incorrect|false|ruled[ \t]+out|eliminated|excluded))"
+)
 _CAPITAL = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
 _NEXT_WORD = re.compile(r"\s+([a-z]+)")
 # Words that follow an option letter but never the article "A" / the pronoun "I": "A or B",
@@ -262,32 +281,79 @@ def _claims(body: str, valid: str) -> set[str]:
     return claims & set(valid)
 
 
-def extract_choice(text: str, options: Mapping[str, str] | None = None) -> str | None:
-    """The option letter a prediction picks, or None when it picks none, names several, or only
-    repeats the options.
+def _rejected(body: str, valid: str) -> set[str]:
+    """Letters the body names to reject ("not A", "B is wrong", "unlike (c)", "A and B are wrong")."""
+    found = set()
+    for pattern in (_BRACKETED, _CAPITAL):
+        for match in pattern.finditer(body):
+            letter = match.group(1).upper()
+            if letter in valid and (
+                _REJECT_BEFORE.search(body[: match.start()]) or _REJECT_AFTER.match(body[match.end() :])
+            ):
+                found.add(letter)
+    return found
 
-    Reading: markdown marks go; a listing of two or more options with their own texts is cut
-    out; then, when the rest names more than one option letter, there is no answer. Otherwise an
-    explicit claim wins (the letter the body opens with, "B", "(b)", "B. dog", "A is the answer",
-    "A" then an explanation; or "the answer is C", "Option (C)", "the correct choice is c)"), even
-    over option texts an explanation mentions; then the one option whose text the body states
-    (in any case), unless a letter of another option is named too; then a lone named letter.
-    Letters are limited to the options' keys when given.
+
+def _on_its_own_line(body: str, letter: str, valid: str, options: Mapping[str, str] | None) -> bool:
+    """Whether the body opens with `letter` alone on its first line (its option text may follow)
+    and no later line commits to another letter (a claim phrase, or a letter alone on its line):
+    what follows is an explanation."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+
+    def alone(line: str, which: str) -> bool:
+        text = str((options or {}).get(which, "")).strip()
+        if text:
+            line = re.sub(re.escape(text), " ", line, flags=re.I)
+        mark = rf"\s*(?i:(?:option|choice|answer)\s*[:=\-]?\s*)?[(\[]?\s*(?i:{which})\s*[)\]]?\s*[.:)\-]?\s*"
+        return re.fullmatch(mark, line) is not None
+
+    if not alone(lines[0], letter):
+        return False
+    for line in lines[1:]:
+        phrased = {_letter_of(m) for m in _PHRASE_CLAIM.finditer(line)} & set(valid)
+        if phrased - {letter} or any(alone(line, other) for other in valid if other != letter):
+            return False
+    return True
+
+
+def extract_choice(text: str, options: Mapping[str, str] | None = None) -> str | None:
+    """The option letter a prediction picks, or None when it picks none, names several without
+    committing to one, or only repeats the options.
+
+    Reading: a listing of two or more options with their own texts is cut out. A commitment is
+    the letter the body opens with ("B", "(b)", "B. dog", "A is the answer", "B\n..."), a claim
+    ("the answer is C", "Option (C)", "the correct choice is c)") or a letter in bold; a letter
+    the body rejects ("not A", "A is wrong", "unlike A", "rather than A") is no commitment. One
+    commitment wins when every other letter named is rejected, or when it stands alone on the
+    first line with only an explanation after it; it also wins over option texts the explanation
+    mentions. Without a commitment: the one option whose text the body states (in any case), unless
+    a letter of another option is named and not rejected; then a lone named letter. Two
+    commitments, or two letters named without one ("A or B", "A and B"), give None. Letters are
+    limited to the options' keys when given.
     """
-    body = _MARKUP.sub("", extract_answer_block(text)).strip()
+    raw = extract_answer_block(text)
     valid = "".join(sorted(options)) if options else LETTERS
-    body = _without_echoed_options(body, options)
+    bold = {m.group(2).upper() for m in _BOLD.finditer(raw)} & set(valid)
+    body = _without_echoed_options(_MARKUP.sub("", raw).strip(), options)
     named = _letters_named(body, valid, options)
-    claims = _claims(body, valid)
-    mentioned = named | claims
-    if len(mentioned) > 1:
+    rejected = _rejected(body, valid)
+    commitments = (_claims(body, valid) | bold) - rejected
+    if len(commitments) > 1:
         return None
-    if claims:
-        return claims.pop()
+    if commitments:
+        letter = next(iter(commitments))
+        if named - {letter} <= rejected or _on_its_own_line(body, letter, valid, options):
+            return letter
+        return None
+    live = named - rejected
+    if len(live) > 1:
+        return None
     by_text = _option_by_text(body, options) if options else None
     if by_text is not None:
-        return by_text if mentioned <= {by_text} else None
-    return mentioned.pop() if mentioned else None
+        return by_text if live <= {by_text} else None
+    return live.pop() if live else None
 
 
 def _answer_letter(answer: str, options: Mapping[str, str]) -> str | None:

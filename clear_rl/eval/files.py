@@ -22,9 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from clear_rl.errors import DataError
 from clear_rl.eval.scoring import DatasetName, parse_dataset_name
 from clear_rl.io.atomic import write_text
+from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class BenchmarkFiles:
     clean: Path | None
     levels: dict[str, Path] = field(default_factory=dict)
     corruptions: list[Path] = field(default_factory=list)
+    # The input files read (and checked) while planning, by path: the runner reuses them.
+    frames: dict[Path, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def all_files(self) -> list[Path]:
         return [*self.levels.values(), *self.corruptions]
@@ -80,7 +85,10 @@ def plan_files(
 ) -> list[BenchmarkFiles]:
     """Every benchmark's files at the wanted `levels`, in the order of `data` (see the module
     docstring); missing mixed levels of a clean file are made under `cache_dir` (reused there
-    when `reuse_cache`). Degraded files at a level not wanted are skipped with a warning."""
+    when `reuse_cache`). Degraded files at a level not wanted are skipped with a warning.
+
+    Every input file is read and checked (`io.benchmark_tsv`) before any level is made, so a bad
+    file is refused with nothing written; the frames read are kept in `BenchmarkFiles.frames`."""
     given: dict[tuple[str, str, str], list[Path]] = {}
     for path in data:
         name = _parsed(path)
@@ -92,10 +100,11 @@ def plan_files(
         group = groups.setdefault(name.base, BenchmarkFiles(name.base, None))
         if _is_clean(name):
             group.clean = _one(given[(name.base, "clean", "")], f"the clean {name.base}")
+    missing_levels: dict[str, list[str]] = {}
     for base, group in groups.items():
         if group.clean is not None and "clean" in levels:
             group.levels["clean"] = group.clean
-        missing = []
+        missing = missing_levels.setdefault(base, [])
         for level in (lv for lv in levels if lv != "clean"):
             key = (base, level, "")
             if key in given:
@@ -104,12 +113,17 @@ def plan_files(
                 group.levels[level] = _one(folder[key], f"{base} at level {level}")
             elif group.clean is not None:
                 missing.append(level)
-        if missing:
-            group.levels.update(make_levels(group.clean, missing, cache_dir, seed, reuse_cache))
         keys = {k for k in [*given, *folder] if k[0] == base and k[2]}
         for key in sorted(keys, key=lambda k: (k[2], levels.index(k[1]) if k[1] in levels else -1)):
             if key[1] in levels:
                 group.corruptions.append(_one(given.get(key) or folder[key], f"{base} {key[2]} at {key[1]}"))
+    for group in groups.values():
+        for path in dict.fromkeys([*([group.clean] if group.clean else []), *group.all_files()]):
+            group.frames[path] = read_benchmark_tsv(path)
+    for base, missing in missing_levels.items():
+        if missing:
+            group = groups[base]
+            group.levels.update(make_levels(group.clean, missing, cache_dir, seed, reuse_cache))
     for key, paths in given.items():
         if key[1] not in levels:
             logger.warning(

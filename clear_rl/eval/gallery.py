@@ -42,14 +42,15 @@ def save_example(
     degraded: Image.Image,
     clean: Image.Image,
     restored: torch.Tensor | None,
-    size: int,
+    size: int | tuple[int, int],
 ) -> Path:
-    """Write `<index>_{degraded,restored,clean}.png` (restored only if given, (3, S, S) in [-1, 1]);
-    returns the common path stem."""
+    """Write `<index>_{degraded,restored,clean}.png` (restored only if given, (3, H, W) in [-1, 1];
+    the other two at `size`, a side or (width, height)); returns the common path stem."""
     stem = folder / slug(str(index))
+    width, height = (size, size) if isinstance(size, int) else size
     for name, image in (("degraded", degraded), ("clean", clean)):
         _save_png(
-            image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), Path(f"{stem}_{name}.png")
+            image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), Path(f"{stem}_{name}.png")
         )
     if restored is not None:
         _save_png(tensor_to_pil(restored.float().add(1.0).div(2.0)), Path(f"{stem}_restored.png"))

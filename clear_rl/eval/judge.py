@@ -5,7 +5,8 @@ file ever holds the key:
 - CLEAR_RL_JUDGE_URL: the server's base URL (`http://host:8000/v1`) or its full
   `.../chat/completions` URL;
 - CLEAR_RL_JUDGE_MODEL: the model name the server expects;
-- CLEAR_RL_JUDGE_API_KEY: optional bearer token; never logged nor put in an error message;
+- CLEAR_RL_JUDGE_API_KEY: optional bearer token; never logged nor put in an error message:
+  everything shown of a reply, a request or an exception goes through `redact`;
 - CLEAR_RL_JUDGE_TIMEOUT: seconds to wait for one reply (default 20): a server that accepts the
   connection and never answers costs this long per attempt;
 - CLEAR_RL_JUDGE_RETRIES: further attempts after a timeout, refusal, HTTP 429/5xx or unusable
@@ -13,6 +14,9 @@ file ever holds the key:
 - CLEAR_RL_JUDGE_ON_FAILURE: `fail` (default) raises JudgeError; `rules` keeps the rule-based
   score for answers the judge could not grade, with a warning in the log that counts them, so a
   judge that goes down does not abort a long training run or evaluation.
+A reply is a score only in the prompt's own format (`parse_score`: the number alone, or after
+"Score:" / "Correctness:"); anything else, a refusal or prose with a number in it, is a failure
+(retried, then handled as CLEAR_RL_JUDGE_ON_FAILURE says), never a score read out of the text.
 The standard library's urllib does the HTTP, so the judge adds no dependency. Answers are cached
 per (prompt style, question, reference, prediction): the one memo of verdicts, through which the
 accuracy and decision rewards (and repeats within a batch) share one request per completion.
@@ -23,6 +27,7 @@ few-shot grading prompt, with which the benchmark's published scores are made.
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import logging
 import os
@@ -90,7 +95,16 @@ of the countries and their actual physical characteristics. | 1.0
 """
 STYLES = ("default", "mmvet")
 
-_SCORE = re.compile(r"(?<![\d.])(?:1(?:\.0+)?|0(?:\.\d+)?|\.\d+)(?![\d.])")
+# The whole reply: a score in [0, 1] as the prompts ask for it, alone or after the label the
+# prompts use ("Correctness score:", MM-Vet's "Correctness" column), with a closing '.' or '|'.
+_SCORE_REPLY = re.compile(
+    r"(?:(?:(?:correctness\s+)?score|correctness)\s*[:=]?\s*)?(1(?:\.0*)?|0(?:\.\d*)?|\.\d+)\s*[.|]?",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
+# An Authorization header's value, as a header dump or a JSON/Python mapping shows it.
+_AUTHORIZATION = re.compile(r"""(authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.IGNORECASE)
+_BEARER = re.compile(r"""(bearer\s+)[^\s"',}]+""", re.IGNORECASE)
 
 
 class JudgeError(ClearRLError):
@@ -134,6 +148,10 @@ class JudgeConfig:
                 f"the LLM judge needs the environment variable(s) {missing} "
                 f"({ENV_URL}=http://host:port/v1, {ENV_MODEL}=<model>, optional {ENV_API_KEY})"
             )
+        api_key = env.get(ENV_API_KEY, "").strip() or None
+        if api_key and any(not (char.isprintable() and not char.isspace()) for char in api_key):
+            # http.client would refuse it with an error that prints the header, key and all.
+            raise JudgeError(f"{ENV_API_KEY} holds a space or a control character; set the key alone")
         settings = {
             "timeout_s": _env_number(env, ENV_TIMEOUT, float, DEFAULT_TIMEOUT_S, "a number of seconds > 0"),
             "retries": _env_number(env, ENV_RETRIES, int, DEFAULT_RETRIES, "a whole number >= 0"),
@@ -142,7 +160,7 @@ class JudgeConfig:
         return cls(
             url=chat_completions_url(url),
             model=model,
-            api_key=env.get(ENV_API_KEY) or None,
+            api_key=api_key,
             **{**settings, **overrides},
         )
 
@@ -186,19 +204,41 @@ def safe_url(url: str) -> str:
 
 
 def parse_score(content: str) -> float | None:
-    """The first score in [0, 1] in a reply ("0.7", "Score: 1.0"), or True/False as 1/0."""
-    text = content.strip()
-    lowered = text.lower()
-    if lowered.startswith("true"):
-        return 1.0
-    if lowered.startswith("false"):
-        return 0.0
-    match = _SCORE.search(text)
-    return float(match.group(0)) if match else None
+    """The score of a well-formed reply ("0.7", "Score: 0.4", "Correctness: 1.0"), else None:
+    a refusal, an id, a date or a number inside prose is no score."""
+    match = _SCORE_REPLY.fullmatch(str(content).strip())
+    return float(match.group(1)) if match else None
 
 
-def _redact(text: str, config: JudgeConfig) -> str:
-    return text.replace(config.api_key, "<redacted>") if config.api_key else text
+def redact(text: str, secret: str | None) -> str:
+    """`text` with the API key (as sent, and as JSON or a URL escapes it) and every bearer token
+    or Authorization header value replaced by <redacted>: what every message showing a judge
+    reply, request or exception is passed through."""
+    text = str(text)
+    if secret:
+        for form in {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe="")}:
+            text = text.replace(form, REDACTED)
+    text = _AUTHORIZATION.sub(lambda m: m.group(1) + REDACTED, text)
+    return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def _shown(text: str, config: JudgeConfig, limit: int = 300) -> str:
+    """A reply or exception for a message: redacted first, then cut (a cut key is not found)."""
+    return redact(text, config.api_key)[:limit]
+
+
+def _failure(config: JudgeConfig, message: str, transient: bool = False) -> JudgeError:
+    return (_TransientJudgeError if transient else JudgeError)(redact(message, config.api_key))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would send the Authorization header to another address."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _post(config: JudgeConfig, payload: dict) -> dict:
@@ -211,30 +251,33 @@ def _post(config: JudgeConfig, payload: dict) -> dict:
     )
     where = safe_url(config.url)
     try:
-        with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
+        with _OPENER.open(request, timeout=config.timeout_s) as response:
             body = response.read().decode("utf-8", errors="replace")
     except urllib.error.HTTPError as exc:
-        detail = _redact(exc.read().decode("utf-8", errors="replace")[:300], config)
-        error = _TransientJudgeError if exc.code in RETRY_STATUS else JudgeError
-        raise error(f"judge at {where} answered HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        reason = _redact(str(getattr(exc, "reason", exc)), config)
-        raise _TransientJudgeError(f"cannot reach the judge at {where}: {reason}") from None
+        detail = _shown(exc.read().decode("utf-8", errors="replace"), config)
+        moved = " (redirects are not followed)" if 300 <= exc.code < 400 else ""
+        message = f"judge at {where} answered HTTP {exc.code}{moved}: {detail}"
+        raise _failure(config, message, transient=exc.code in RETRY_STATUS) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, timed out, torn reply
+        reason = _shown(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", config)
+        raise _failure(config, f"cannot reach the judge at {where}: {reason}", transient=True) from None
     try:
         return json.loads(body)
     except json.JSONDecodeError:
-        raise _TransientJudgeError(
-            f"judge at {where} did not answer JSON: {_redact(body[:300], config)!r}"
-        ) from None
+        message = f"judge at {where} did not answer JSON: {_shown(body, config)!r}"
+        raise _failure(config, message, transient=True) from None
 
 
-def _reply_text(reply: dict, where: str) -> str:
+def _reply_text(reply: dict, config: JudgeConfig) -> str:
     try:
-        return str(reply["choices"][0]["message"]["content"])
+        content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        raise JudgeError(
-            f"judge at {where} answered without choices[0].message.content: {reply!r:.300}"
-        ) from None
+        content = None
+    if not isinstance(content, str):
+        shown = _shown(json.dumps(reply, ensure_ascii=False, default=str), config)
+        message = f"judge at {safe_url(config.url)} answered without choices[0].message.content: {shown}"
+        raise _failure(config, message, transient=True)
+    return content
 
 
 def judge_messages(style: str, question: str, answer: str, prediction: str) -> list[dict]:
@@ -262,7 +305,7 @@ def _cached_score(config: JudgeConfig, style: str, question: str, answer: str, p
         if attempt:
             time.sleep(config.retry_wait_s * 2 ** (attempt - 1))
         try:
-            content = _reply_text(_post(config, payload), where)
+            content = _reply_text(_post(config, payload), config)
         except _TransientJudgeError as exc:
             last_error = str(exc)
             continue
@@ -270,9 +313,10 @@ def _cached_score(config: JudgeConfig, style: str, question: str, answer: str, p
         if score is not None:
             return score
         last_error = (
-            f"judge at {where} replied {_redact(content[:200], config)!r}, which holds no score in [0, 1]"
+            f"judge at {where} replied {_shown(content, config, 200)!r}, which is no score in [0, 1] "
+            "(the reply must be the score alone, e.g. 0.7)"
         )
-    raise JudgeError(f"{last_error} (after {config.retries + 1} attempts)")
+    raise _failure(config, f"{last_error} (after {config.retries + 1} attempts)")
 
 
 def judge_score(

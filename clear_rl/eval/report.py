@@ -188,7 +188,37 @@ def setup_section(protocol: str, runs: Runs | None) -> str:
             for label, run in prompted.items()
         ]  # fmt: skip
         text += "\n" + markdown_table(["Run", "System prompt", "From"], rows)
-    return text
+    return text + preset_section(runs)
+
+
+def preset_section(runs: Runs | None) -> str:
+    """The inference preset of each BAGEL-family run and every value it ran with ("" when none):
+    a value a flag changed is marked *."""
+    preset_runs = {label: run for label, run in (runs or {}).items() if run.get("preset")}
+    if not preset_runs:
+        return ""
+    settings = list(dict.fromkeys(key for run in preset_runs.values() for key in run["inference"]))
+    header = ["Setting", *(f"{label}: `{run['preset']}`" for label, run in preset_runs.items())]
+    rows = [
+        [name, *(_one_line(run["inference"].get(name, "")) + (" *" if name in run.get("changed", ()) else "")
+                 for run in preset_runs.values())]
+        for name in settings
+    ]  # fmt: skip
+    summaries = "".join(
+        f"- `{name}`: {summary}\n"
+        for name, summary in dict.fromkeys(
+            (r["preset"], r.get("preset_summary", "")) for r in preset_runs.values()
+        )
+    )
+    note = (
+        "\n\\* changed from the preset by a flag.\n"
+        if any(r.get("changed") for r in preset_runs.values())
+        else ""
+    )
+    return (
+        "\n### Inference preset (BAGEL-family models)\n\n" + summaries + "\n"
+        + markdown_table(header, rows) + note
+    )  # fmt: skip
 
 
 def unscored_notes(scores: pd.DataFrame) -> str:

@@ -18,14 +18,15 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from clear_rl.answering import answer_batch
+from clear_rl.answering import answer_batch, vae_view_groups, vae_view_pixels
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.eval.files import BenchmarkFiles, plan_files
@@ -35,18 +36,18 @@ from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS, check_protocol, parse_dataset_name
 from clear_rl.generation import InterleavedGenerationConfig
-from clear_rl.io.images import decode_image
-from clear_rl.io.tsv import read_tsv, resolve_image_cells
+from clear_rl.io.benchmark_tsv import read_benchmark_tsv
+from clear_rl.io.images import decode_image, pil_to_tensor
+from clear_rl.io.tsv import resolve_image_cells
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
-from clear_rl.models.processing import vae_pixel_values
 from clear_rl.restoration import RestorationGuidance, RestorationSampling
 from clear_rl.reward_helpers import answer_grades
 
 logger = logging.getLogger(__name__)
-REQUIRED_COLUMNS = ("index", "image", "question", "answer")
 RESTORE_POLICIES = ("model", "always", "never", "oracle")
 READBACKS = ("bridge", "reencode")
 DEGRADED_VIEWS = ("keep", "drop")
+MODEL_GUIDANCE = "model"  # EvalConfig.restoration_guidance: the model's preset's
 
 
 @dataclass
@@ -78,9 +79,9 @@ class EvalConfig:
     # the row's TSV cells and both images (3, S, S) in [-1, 1]; the values land in the predictions.
     restoration_metrics: Sequence[Callable[[dict, torch.Tensor, torch.Tensor], dict]] = ()
     num_inference_steps: int | None = None  # deprecated: the old name of `restoration_steps`
-    # Restoration CFG (CLEAR's eval settings by default), used where the backbone offers the
-    # unconditional contexts (BAGEL); None: off.
-    restoration_guidance: RestorationGuidance | None = field(default_factory=RestorationGuidance)
+    # Restoration CFG, used where the backbone offers the unconditional contexts (BAGEL): "model"
+    # (default) takes the model's inference preset's (CLEAR's eval for BAGEL folders); None: off.
+    restoration_guidance: RestorationGuidance | None | str = "model"
 
     def __post_init__(self) -> None:
         self.protocol = check_protocol(self.protocol)
@@ -161,8 +162,9 @@ def _done_rows(path: Path) -> dict[str, dict]:
     return done
 
 
-def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationConfig:
-    """Greedy text, ODE restoration, under the run's policy, readback and degraded view."""
+def _generation_config(config: EvalConfig, run: Run, model=None) -> InterleavedGenerationConfig:
+    """Greedy text, ODE restoration, under the run's policy, readback and degraded view; guided as
+    the model's preset says unless `config` gives its own guidance."""
     return InterleavedGenerationConfig(
         max_new_tokens=config.max_new_tokens,
         do_sample=False,
@@ -170,9 +172,41 @@ def _generation_config(config: EvalConfig, run: Run) -> InterleavedGenerationCon
         readback=run.readback or "bridge",
         degraded_view=config.degraded_view,
         restoration=RestorationSampling(
-            steps=config.restoration_steps, sampler="ode", guidance=config.restoration_guidance
+            steps=config.restoration_steps, sampler="ode", guidance=restoration_guidance(config, model)
         ),
     )
+
+
+def inference_settings(model, config: EvalConfig) -> dict:
+    """A BAGEL-family model's preset and the values in force under `config` (the preset's, or the
+    flags that replaced them), for the report; {} for a model without presets."""
+    preset = getattr(model, "preset", None)
+    if preset is None:
+        return {}
+    values = dict(preset.rows())
+    guidance = restoration_guidance(config, model)
+    own = RestorationGuidance.from_preset(preset.guidance)
+    if guidance is None:
+        values["CFG text / image scale"] = "off (--no-cfg)"
+    elif guidance != own:
+        values["CFG text / image scale"] = f"{guidance.cfg_text} / {guidance.cfg_img}"
+        values["CFG renorm"] = f"{guidance.renorm} (min {guidance.renorm_min})"
+        values["CFG interval"] = f"t in ({guidance.interval[0]}, {guidance.interval[1]}]"
+        values["CFG contexts"] = guidance.contexts
+    steps = config.restoration_steps
+    if steps is not None and steps != preset.steps:
+        values["restoration steps"] = f"{steps} Euler steps (given; the preset's: {preset.steps})"
+    changed = sorted(k for k, v in values.items() if v != dict(preset.rows()).get(k))
+    return {"preset": preset.name, "preset_summary": preset.summary, "inference": values, "changed": changed}
+
+
+def restoration_guidance(config: EvalConfig, model) -> RestorationGuidance | None:
+    """`config.restoration_guidance`, where "model" means the model's preset's (BAGEL), else CLEAR's
+    evaluation values (which a backbone without guidance contexts ignores)."""
+    if config.restoration_guidance != MODEL_GUIDANCE:
+        return config.restoration_guidance
+    preset = getattr(model, "preset", None)
+    return RestorationGuidance.from_preset(preset.guidance) if preset is not None else RestorationGuidance()
 
 
 def _default_run(config: EvalConfig) -> Run:
@@ -229,7 +263,7 @@ def answer_file(
     if run.restore == "oracle" and clean is None:
         raise ClearRLError(f"{tsv}: restore=oracle needs the clean source of the rows")
     chat = chat_for(config, model)
-    frame = read_tsv(tsv, required=REQUIRED_COLUMNS)
+    frame = read_benchmark_tsv(tsv)
     cells = resolve_image_cells(frame)
     digests = [hashlib.sha1(cell.encode("utf-8")).hexdigest()[:16] for cell in cells]  # MMVP pair checks
     rows = frame.drop(columns=["image"]).to_dict("records")
@@ -243,83 +277,158 @@ def answer_file(
         predictions.unlink(missing_ok=True)
     predictions.parent.mkdir(parents=True, exist_ok=True)
     todo = [i for i, key in enumerate(keys) if key not in done]
+    reused = len(keys) - len(todo)
+    if reused:
+        logger.info("%s: %d of %d rows answered by an earlier run, reused (--resume)", tsv, reused, len(keys))
+        if progress is not None:
+            progress.update(reused)
     is_clean_file = clean is not None and tsv.resolve() == clean.source.resolve()
     # A run that never restores has no restoration to show.
     shows = clean is not None and run.restore != "never"
     gallery = _Gallery(gallery_dir if shows else None, config.gallery, done, corruption_of)
-    generation = _generation_config(config, run)
-    generator = torch.Generator(device=model.device).manual_seed(config.seed)
-    size = model.config.vae_image_size
+    file = _FileRun(
+        config, run, chat, rows, keys, corruptions, digests, mmvet, _generation_config(config, run, model),
+        torch.Generator(device=model.device).manual_seed(config.seed), gallery, is_clean_file,
+    )  # fmt: skip
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         images = [decode_image(cells[i], f"{tsv}: row index={keys[i]}", Path(tsv).parent) for i in chunk]
         clean_images = clean.images([keys[i] for i in chunk]) if clean is not None else None
-        clean_pixels = vae_pixel_values(clean_images, size).to(model.device) if clean_images else None
-        oracle = None
-        if run.restore == "oracle":  # the clean latents are given, not the model's work: not timed
-            oracle = model.encode_latents(clean_pixels).float()
-        answered = answer_batch(
-            model,
-            processor,
-            images,
-            [_prompt_question(rows[i]) for i in chunk],
-            generation,
-            system_prompt=chat.system_prompt,
-            generator=generator,
-            oracle_latents=oracle,
-            chat_template_kwargs=chat.chat_template_kwargs,
-        )
-        out, texts_out, pixels = answered.output, answered.texts, answered.vae_pixel_values
-        latency = answered.seconds / len(chunk)
-        columns = {key: [rows[i].get(key) for i in chunk] for key in rows[chunk[0]]}
-        grades = answer_grades(
-            texts_out, columns["answer"], columns, judge=config.judge,
-            judge_every=mmvet, judge_style="mmvet" if mmvet else "default",
-        )  # fmt: skip
-        restored = out.restored.bool().cpu()
-        quality, where = None, {}
-        if clean_pixels is not None and config.quality and bool(restored.any()):
-            picked = restored.nonzero().squeeze(1)
-            degraded_latents = out.degraded_latents[picked] if out.degraded_latents is not None else None
-            quality = measure_restorations(
-                model,
-                out.restored_latents[picked.to(out.restored_latents.device)],
-                pixels[picked.to(pixels.device)],
-                clean_pixels[picked.to(clean_pixels.device)],
-                degraded_latents=degraded_latents,
-                clean_latents=oracle[picked] if oracle is not None else None,
-                compare_degraded=not is_clean_file,
+        records: dict[int, dict] = {}
+        # Rows are answered in groups of one VAE view size (BAGEL keeps each image's aspect ratio).
+        for group in vae_view_groups(processor, images):
+            part = _Part(
+                [chunk[g] for g in group],
+                [images[g] for g in group],
+                [clean_images[g] for g in group] if clean_images else None,
             )
-            where = {int(j): k for k, j in enumerate(picked.tolist())}
+            records.update(_answer_part(model, processor, part, file))
         with predictions.open("a", encoding="utf-8") as handle:
-            for j, i in enumerate(chunk):
-                record = {
-                    "index": keys[i],
-                    "prediction": texts_out[j],
-                    "hit": grades.scores[j],
-                    "graded_by": grades.graded_by[j],
-                    "restored": bool(restored[j]),
-                    "latency_s": latency,
-                    "num_tokens": int(out.text_mask[j].sum()),
-                    "corruption": corruptions[i],
-                    "image_digest": digests[i],
-                }
-                if j in where:
-                    record.update(quality.record(where[j]))
-                    for metric in config.restoration_metrics:
-                        record.update(metric(rows[i], quality.decoded[where[j]], pixels[j].cpu()))
-                if gallery.wants(corruptions[i], record["restored"]):
-                    decoded = quality.decoded[where[j]] if j in where else None
-                    record["gallery"] = gallery.save(
-                        keys[i], corruptions[i], record["restored"], images[j], clean_images[j], decoded, size
-                    )
-                done[record["index"]] = record
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for i in chunk:
+                done[records[i]["index"]] = records[i]
+                handle.write(json.dumps(records[i], ensure_ascii=False) + "\n")
         if progress is not None:
             progress.update(len(chunk))
     answers = pd.DataFrame([done[key] for key in keys]).drop(columns=["index"])
     results = pd.DataFrame(rows).drop(columns=[c for c in answers.columns if c in rows[0]])
     return pd.concat([results.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
+
+
+@dataclass
+class _Part:
+    """Rows of one chunk answered together: their row numbers, images and clean images."""
+
+    rows: list[int]
+    images: list
+    clean_images: list | None
+
+
+@dataclass
+class _FileRun:
+    """What answering one file's rows needs besides the rows' images."""
+
+    config: EvalConfig
+    run: Run
+    chat: ChatSettings
+    rows: list[dict]
+    keys: list[str]
+    corruptions: list[str]
+    digests: list[str]
+    mmvet: bool
+    generation: InterleavedGenerationConfig
+    generator: torch.Generator
+    gallery: _Gallery
+    is_clean_file: bool
+
+
+def _answer_part(model, processor, part: _Part, file: _FileRun) -> dict[int, dict]:
+    """Answer, score and measure rows that share one VAE view; their prediction records by row."""
+    config, rows, keys, corruptions = file.config, file.rows, file.keys, file.corruptions
+    clean_pixels = None
+    if part.clean_images:
+        clean_pixels = _clean_view(model, processor, part.images, part.clean_images).to(model.device)
+    oracle = None
+    if file.run.restore == "oracle":  # the clean latents are given, not the model's work: not timed
+        oracle = model.encode_latents(clean_pixels).float()
+    answered = answer_batch(
+        model,
+        processor,
+        part.images,
+        [_prompt_question(rows[i]) for i in part.rows],
+        file.generation,
+        system_prompt=file.chat.system_prompt,
+        generator=file.generator,
+        oracle_latents=oracle,
+        chat_template_kwargs=file.chat.chat_template_kwargs,
+    )
+    out, texts_out, pixels = answered.output, answered.texts, answered.vae_pixel_values
+    latency = answered.seconds / len(part.rows)
+    columns = {key: [rows[i].get(key) for i in part.rows] for key in rows[part.rows[0]]}
+    grades = answer_grades(
+        texts_out, columns["answer"], columns, judge=config.judge,
+        judge_every=file.mmvet, judge_style="mmvet" if file.mmvet else "default",
+    )  # fmt: skip
+    restored = out.restored.bool().cpu()
+    quality, where = None, {}
+    if clean_pixels is not None and config.quality and bool(restored.any()):
+        picked = restored.nonzero().squeeze(1)
+        degraded_latents = out.degraded_latents[picked] if out.degraded_latents is not None else None
+        quality = measure_restorations(
+            model,
+            out.restored_latents[picked.to(out.restored_latents.device)],
+            pixels[picked.to(pixels.device)],
+            clean_pixels[picked.to(clean_pixels.device)],
+            degraded_latents=degraded_latents,
+            clean_latents=oracle[picked] if oracle is not None else None,
+            compare_degraded=not file.is_clean_file,
+        )
+        where = {int(j): k for k, j in enumerate(picked.tolist())}
+    view = (int(pixels.shape[-1]), int(pixels.shape[-2]))  # (width, height) of the gallery's images
+    records = {}
+    for j, i in enumerate(part.rows):
+        record = {
+            "index": keys[i],
+            "prediction": texts_out[j],
+            "hit": grades.scores[j],
+            "graded_by": grades.graded_by[j],
+            "restored": bool(restored[j]),
+            "latency_s": latency,
+            "num_tokens": int(out.text_mask[j].sum()),
+            "corruption": corruptions[i],
+            "image_digest": file.digests[i],
+        }
+        if j in where:
+            record.update(quality.record(where[j]))
+            for metric in config.restoration_metrics:
+                record.update(metric(rows[i], quality.decoded[where[j]], pixels[j].cpu()))
+        if file.gallery.wants(corruptions[i], record["restored"]):
+            decoded = quality.decoded[where[j]] if j in where else None
+            record["gallery"] = file.gallery.save(
+                keys[i],
+                corruptions[i],
+                record["restored"],
+                part.images[j],
+                part.clean_images[j],
+                decoded,
+                view,
+            )
+        records[i] = record
+    return records
+
+
+def _clean_view(model, processor, images, clean_images) -> torch.Tensor:
+    """The clean images' VAE view at the degraded images' view size (their sizes match in MMD-Bench;
+    a clean image of another size is resized to it, so PSNR compares like with like)."""
+    degraded = vae_view_pixels(model, processor, images)
+    try:
+        clean = vae_view_pixels(model, processor, clean_images)
+    except ClearRLError:  # clean images of several view sizes: resized to the degraded view below
+        clean = None
+    if clean is None or clean.shape != degraded.shape:
+        height, width = degraded.shape[-2:]
+        resized = [im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for im in clean_images]
+        clean = torch.stack([pil_to_tensor(im) for im in resized]).mul_(2.0).sub_(1.0)
+    return clean
 
 
 def chat_for(config: EvalConfig, model) -> ChatSettings:
@@ -367,9 +476,8 @@ def evaluate(
     references: dict[str, CleanReference | None] = {}
     num_rows: dict[Path, int] = {}
     for group in groups:
-        frames = {
-            path: read_tsv(path, required=REQUIRED_COLUMNS, filled=("answer",)) for path in group.all_files()
-        }
+        frames = {path: group.frames.get(path) for path in group.all_files()}
+        frames = {path: read_benchmark_tsv(path) if f is None else f for path, f in frames.items()}
         num_rows.update({path: len(frame) for path, frame in frames.items()})  # bad files fail here
         # The clean file measures restorations even where its level is not answered; a benchmark
         # shipped degraded (R-Bench-Dis) has no clean version to measure against.
@@ -379,7 +487,7 @@ def evaluate(
             frame = frames.get(group.clean)
             reference = CleanReference(
                 group.clean,
-                frame if frame is not None else read_tsv(group.clean, REQUIRED_COLUMNS, filled=("answer",)),
+                frame if frame is not None else group.frames[group.clean],
             )
         references[group.base] = reference
     total = sum(
@@ -411,6 +519,7 @@ def evaluate(
             "system_prompt": chat.system_prompt, "prompt_source": chat.source,
             "chat_template_kwargs": chat.chat_template_kwargs,
         }  # fmt: skip
+        meta[run.label].update(inference_settings(models[run.model][0], config))
     return write_report(
         results,
         out,

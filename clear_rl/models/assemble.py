@@ -113,6 +113,25 @@ def composite_quantization(vlm_quantization: Any) -> dict[str, Any]:
     return {**settings, "llm_int8_skip_modules": sorted(skip)}
 
 
+def nf4_quantization(skip: list[str]):
+    """The NF4 settings of a 4-bit load (double quantization, bf16 compute), `skip` left whole.
+
+    Needs a CUDA GPU: bitsandbytes' 4-bit training kernels; refused with a clear error elsewhere.
+    """
+    if not torch.cuda.is_available():
+        raise ClearRLError("load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available")
+    from transformers import BitsAndBytesConfig
+
+    release_4bit_notices()
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=skip,
+    )
+
+
 def _require_local_dir(path: str | os.PathLike, what: str) -> None:
     if not os.path.isdir(path):
         raise ClearRLError(f"{what} folder not found: {path} (clear-rl loads models from local folders only)")
@@ -125,20 +144,7 @@ def load_vlm(
     _require_local_dir(path, "VLM")
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
     if load_in_4bit:
-        if not torch.cuda.is_available():
-            raise ClearRLError(
-                "load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available"
-            )
-        from transformers import BitsAndBytesConfig
-
-        release_4bit_notices()
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            llm_int8_skip_modules=VLM_4BIT_SKIP,
-        )
+        kwargs["quantization_config"] = nf4_quantization(VLM_4BIT_SKIP)
     vlm = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     return vlm, processor

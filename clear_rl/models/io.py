@@ -22,10 +22,12 @@ from transformers import AutoProcessor, ProcessorMixin
 
 from clear_rl.errors import ClearRLError
 from clear_rl.io.atomic import atomic_path
+from clear_rl.models.assemble import COMPOSITE_4BIT_SKIP, nf4_quantization
 from clear_rl.models.chat import ATTRIBUTE, saved_chat_settings
 from clear_rl.models.composed import ComposedUnifiedConfig, ComposedUnifiedModel
 from clear_rl.models.notices import release_4bit_notices
 from clear_rl.models.settings import check_backbone
+from clear_rl.models.weights import WeightsError, check_model_folder
 
 
 def save_unified(
@@ -52,20 +54,23 @@ def load_unified(
     is_trainable: bool = False,
     backbone: str = "auto",
     load_in_4bit: bool = False,
+    preset: str | None = None,
 ) -> tuple[ComposedUnifiedModel | PeftModel, ProcessorMixin]:
     """Load a unified model and its processor from a local folder (full model, LoRA adapters, or
     BAGEL's official layout); `model.clear_rl_chat` holds the system prompt and chat settings it was
     trained with. `backbone` ("auto", "composed", "bagel") forces how the folder is read;
-    `load_in_4bit` loads a BAGEL base's transformer Linears in NF4 (CUDA, bitsandbytes)."""
+    `load_in_4bit` loads the base's transformer Linears in NF4 (CUDA, bitsandbytes): BAGEL's, or a
+    composed model's VLM (its vision side, VAE, head and bridge stay whole); a folder saved 4-bit
+    loads 4-bit either way. `preset` names a BAGEL-family model's inference preset
+    (models/bagel/presets.py; None: clear-release)."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise ClearRLError(f"model folder not found: {folder}")
+    check_model_folder(folder, check_backbone(backbone))  # missing, cut short or foreign weights
     from clear_rl.models.bagel.unified import is_bagel_folder, load_bagel_unified
 
     bagel = is_bagel_folder(folder)
     if check_backbone(backbone) == "bagel" or (backbone == "auto" and bagel):
         model, processor = load_bagel_unified(
-            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None
+            folder, dtype=dtype, quantization="nf4" if load_in_4bit else None, preset=preset
         )
         setattr(model, ATTRIBUTE, saved_chat_settings(folder))
         return model, processor
@@ -76,12 +81,13 @@ def load_unified(
     adapter_config = folder / "adapter_config.json"
     if adapter_config.exists():
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit)
+        base, base_processor = load_unified(base_path, dtype=dtype, load_in_4bit=load_in_4bit, preset=preset)
         model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
         if is_bagel_folder(base_path):  # BAGEL's processor is its base folder's (the tokenizer alone)
             setattr(model, ATTRIBUTE, saved_chat_settings(folder))
             return model, base_processor
     else:
+        _no_preset(folder, preset)
         config_file = folder / "config.json"
         if not config_file.exists():
             raise ClearRLError(f"{folder} holds no config.json: not a saved clear-rl model")
@@ -94,11 +100,22 @@ def load_unified(
             )
         if "quantization_config" in saved and not torch.cuda.is_available():
             raise ClearRLError(f"{folder} holds a model with a 4-bit base; loading it needs a CUDA GPU")
+        kwargs = {}
         if "quantization_config" in saved:
             release_4bit_notices()
-        model = ComposedUnifiedModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        elif load_in_4bit:  # a full-precision folder (an aligned model, say) quantized as it loads
+            kwargs["quantization_config"] = nf4_quantization(COMPOSITE_4BIT_SKIP)
+        model, info = ComposedUnifiedModel.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, output_loading_info=True, **kwargs
+        )
+        if (
+            not kwargs and "quantization_config" not in saved
+        ):  # a 4-bit load's key report: unchecked (CUDA only)
+            _check_loaded(folder, info)
         _one_dtype_per_part(model)
         _keep_used_conversions(model)
+        # Adapters trained on it name this folder as their base: absolute, so they load from any cwd.
+        model.name_or_path = model.config._name_or_path = str(folder.resolve())
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
@@ -114,6 +131,26 @@ def _keep_used_conversions(model: ComposedUnifiedModel) -> None:
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
         model._weight_conversions = [c for c in conversions if c.was_used()]
+def _no_preset(folder: Path, preset: str | None) -> None:
+    if preset is not None:
+        raise ClearRLError(
+            f"preset {preset!r} is an inference preset of BAGEL-family folders; {folder} holds a composed "
+            "clear-rl model, which has none: leave the preset out"
+        )
+
+
+def _check_loaded(folder: Path, info: dict) -> None:
+    """The weights file fills the model its config.json describes: from_pretrained would leave a
+    weight it lacks randomly initialised with a warning (a file saved from another model)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(entry[0]) for entry in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        problems = [f"{len(missing)} weights missing (e.g. {missing[:3]})"] if missing else []
+        problems += [f"{len(mismatched)} of another shape (e.g. {mismatched[:3]})"] if mismatched else []
+        raise WeightsError(
+            f"{folder}: the weights do not fit the model its config.json describes: {'; '.join(problems)}; "
+            "they were saved from another model"
+        )
 
 
 def _one_dtype_per_part(model: ComposedUnifiedModel) -> None:

@@ -17,6 +17,9 @@ PARTS = ("llm", "vit", "projector", "head", "bridge", "vae")
 # `model.backbone` / `--backbone`: which implementation a saved folder loads as. `auto` tells them
 # apart by the folder (BAGEL's official layout, else a clear-rl composed model).
 BACKBONES = ("auto", "composed", "bagel")
+# `model.preset` / `--preset`: the inference presets of BAGEL-family folders (the names of
+# `clear_rl.models.bagel.presets.PRESETS`, here without importing torch).
+BAGEL_PRESETS = ("clear-release", "bagel-upstream")
 
 
 def check_backbone(backbone: str) -> str:

@@ -75,7 +75,7 @@ class CheckpointingArguments:
 
 @dataclass
 class RestorationSamplingArguments:
-    """How a stage samples restorations: the four `restoration_*` keys of `RestorationSampling`."""
+    """How a stage samples restorations: the `restoration_*` keys of `RestorationSampling`."""
 
     restoration_steps: int | None = field(
         default=None, metadata={"help": "Denoising steps of a restoration; null: the model's (CLEAR: 30)."}
@@ -87,7 +87,11 @@ class RestorationSamplingArguments:
         default="ode", metadata={"help": "ode, or sde: Flow-GRPO's SDE with per-step log-probs."}
     )
     restoration_noise_level: float = field(
-        default=0.7, metadata={"help": "Flow-GRPO's noise level `a` of the SDE sampler."}
+        default=0.7, metadata={"help": "The SDE's noise: Flow-GRPO's level `a`, or the constant sigma."}
+    )
+    restoration_noise_schedule: Literal["flow_grpo", "constant"] = field(
+        default="flow_grpo",
+        metadata={"help": "flow_grpo: std a*sqrt(t/(1-t)); constant: CLEAR's released SDE, std sigma."},
     )
 
     @property
@@ -97,8 +101,9 @@ class RestorationSamplingArguments:
             shift=self.restoration_shift,
             sampler=self.restoration_sampler,
             noise_level=self.restoration_noise_level,
+            noise_schedule=self.restoration_noise_schedule,
         )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.restoration_sampling  # noqa: B018 -- validates the four values together
+        self.restoration_sampling  # noqa: B018 -- validates the values together

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -21,13 +19,19 @@ from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.io import is_model_folder, load_unified
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
+from clear_rl.runs import (
+    CHECKPOINT_COMPLETE,
+    begin_run,
+    checkpoint_marker,
+    checkpoint_run,
+    checkpoints,
+    current_run,
+    is_last,
+    mark_finished,
+)
 from clear_rl.trainers.arguments import AutoPrecisionArguments
 
 logger = logging.getLogger(__name__)
-
-# The file that makes `checkpoint-N/` complete: the main process writes it once every process has
-# finished its part of Trainer's save (`UnifiedCheckpointMixin._save_checkpoint`).
-CHECKPOINT_COMPLETE = "clear_rl_checkpoint_complete.json"
 
 # Columns a prepared dataset (`clear-rl prepare`) has; stages check the ones they need.
 PREPARED_COLUMNS = _PREPARED_COLUMNS
@@ -38,13 +42,17 @@ DEFAULT_TRAINABLE_PARTS = AutoPrecisionArguments.default_trainable_parts
 def load_model(config: ModelConfig, where: str = "model"):
     """(model, processor) from the recipe's `model:` section, before any freezing or LoRA."""
     if config.path is not None:
-        return load_unified(
+        model, processor = load_unified(
             config.path,
             dtype=config.dtype,
             is_trainable=True,
             backbone=config.backbone,
             load_in_4bit=config.load_in_4bit,
+            preset=config.preset,
         )
+        if hasattr(processor, "vae_views"):  # BAGEL: a training pass packs one latent size
+            processor.vae_views = "square"
+        return model, processor
     if config.tiny is not None:
         return build_tiny_model(build_dataclass(TinyModelConfig, config.tiny, f"{where}.tiny"))
     return compose_from_pretrained(
@@ -153,9 +161,11 @@ def load_split(path: str, split: str, max_samples: int | None = None, required=P
 
 
 def start_run(recipe: Recipe) -> Path:
-    """What every stage does first: check the recipe's inputs (before any model loads), say
-    where the run writes, and save the merged recipe there (main process), so that even a run
-    that stops early can be told apart and re-run. Returns the output folder."""
+    """What every stage does first: check the recipe's inputs and its output folder (before any
+    model loads or anything is written, `preflight.check_inputs`), say where the run writes, and
+    record the run there (main process: `runs.begin_run` saves the merged recipe and the run
+    record, after clearing the old run under `recipe.overwrite`), so that even a run that stops
+    early can be told apart and resumed. Returns the output folder."""
     from clear_rl.preflight import check_inputs
 
     check_inputs(recipe)
@@ -163,16 +173,17 @@ def start_run(recipe: Recipe) -> Path:
     output_dir = Path(args.output_dir).resolve()
     logger.info("%s stage: writing checkpoints and the model to %s", recipe.stage, output_dir)
     if args.process_index == 0:
-        recipe.save_resolved(output_dir)
+        begin_run(recipe, output_dir)
     return output_dir
 
 
 def finish(trainer, processor, recipe: Recipe) -> None:
     """Save the final model and processor into output_dir (main process), beside the resolved
-    recipe `start_run` saved."""
+    recipe `start_run` saved, then mark the run finished."""
     trainer.save_whole_model(trainer.args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
+        mark_finished(trainer.args.output_dir, trainer.state.global_step)
 
 
 class LossOnlyEvaluationMixin:
@@ -218,7 +229,7 @@ class UnifiedCheckpointMixin:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            marker.write_text(json.dumps({"global_step": self.state.global_step}) + "\n")
+            marker.write_text(checkpoint_marker(self.args.output_dir, self.state.global_step))
             rotate_checkpoints(
                 output_dir=str(folder.parent),
                 save_total_limit=limit,
@@ -287,35 +298,45 @@ class UnifiedCheckpointMixin:
 
 def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     """`training.resume_from_checkpoint`: a checkpoint folder, or `last` (`true`) for the newest
-    complete one in output_dir (it holds `CHECKPOINT_COMPLETE`); incomplete ones (a save that was
-    killed) are named in a warning and skipped, and finding none is a warning too."""
+    complete one in output_dir (it holds `CHECKPOINT_COMPLETE`) that this run wrote; incomplete
+    ones (a save that was killed) and another run's are named in a warning and skipped, and
+    finding none is a warning too. A checkpoint another run wrote is never resumed
+    (`runs.check_output_dir` refuses one given by path before the run starts)."""
     if value is None:
         return None
-    if value.lower() not in ("last", "true"):
+    run = current_run(output_dir)
+    if not is_last(value):
         if Path(value).is_dir() and not (Path(value) / CHECKPOINT_COMPLETE).exists():
             logger.warning(
                 "resume_from_checkpoint=%s lacks %s: its save may not have finished; resuming from it as asked",
                 value,
                 CHECKPOINT_COMPLETE,
             )
+        elif run is not None and checkpoint_run(Path(value)) not in (None, run):
+            raise ClearRLError(
+                f"resume_from_checkpoint={value} was written by another run; it is not resumed"
+            )
         return value
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     folder = Path(output_dir)
-    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
-    found = (
-        [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_dir()] if folder.is_dir() else []
-    )
-    for checkpoint in sorted(found, key=lambda p: int(pattern.fullmatch(p.name)[1]), reverse=True):
-        if (checkpoint / CHECKPOINT_COMPLETE).exists():
+    for checkpoint in checkpoints(folder):
+        if not (checkpoint / CHECKPOINT_COMPLETE).exists():
+            logger.warning(
+                "resume_from_checkpoint=%s: skipping %s, whose save did not finish (no %s)",
+                value,
+                checkpoint,
+                CHECKPOINT_COMPLETE,
+            )
+        elif run is not None and checkpoint_run(checkpoint) != run:
+            logger.warning(
+                "resume_from_checkpoint=%s: skipping %s, written by another run (%s; this one is %s)",
+                value,
+                checkpoint,
+                checkpoint_run(checkpoint) or "a run that did not record itself",
+                run,
+            )
+        else:
             logger.info("resume_from_checkpoint=%s: resuming from %s", value, checkpoint)
             return str(checkpoint)
-        logger.warning(
-            "resume_from_checkpoint=%s: skipping %s, whose save did not finish (no %s)",
-            value,
-            checkpoint,
-            CHECKPOINT_COMPLETE,
-        )
     logger.warning(
         "resume_from_checkpoint=%s: no complete checkpoint in %s; training starts from the beginning",
         value,

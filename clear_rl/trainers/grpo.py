@@ -63,18 +63,19 @@ from clear_rl.trainers.common import (
     start_run,
     unified_core,
 )
+from clear_rl.trainers.flow_steps import choose_flow_steps
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 from clear_rl.trainers.sharding import any_rank, full_weights, turn_on_same_work
+from clear_rl.trainers.trl_api import check_grpo_api, check_grpo_attributes, multimodal_keys
+
+check_grpo_api()  # a TRL whose private API differs fails here, naming its version and the tested range
 
 logger = logging.getLogger(__name__)
 CONFIG_CLASS = InterleavedGRPOConfig
 # Per process, in each checkpoint: TRL's micro-step count and buffered generation batch.
 GENERATION_STATE = "generation_state_{rank}.pt"
-# The multimodal inputs TRL hands its scoring function (as in GRPOTrainer._compute_loss).
-MULTIMODAL_KEYS = (
-    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
-)  # fmt: skip
+# The multimodal inputs TRL hands its scoring function, read from TRL (`trl_api.multimodal_keys`).
+MULTIMODAL_KEYS = multimodal_keys()
 
 
 @dataclass
@@ -226,6 +227,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             rollout_func=self._rollout,
             **kwargs,
         )
+        check_grpo_attributes(self)
         unified = self._unified_model()
         if args.readback not in unified.training_readbacks:
             raise ClearRLError(
@@ -236,6 +238,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             self.eos_token_ids.append(unified.token_ids.answer_end)  # `</answer>` ends a completion too
         self._schedule = args.restoration_sampling.schedule(unified)
         self._draw = ("train", -1, 0)  # (mode, global step, n-th rollout at that step) of the last rollout
+        self._flow_counter = 0  # restoring rollouts so far (flow_step_selection: round_robin)
         # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
         # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
         self._scoring: FlowRollout | None = None
@@ -268,7 +271,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         super()._save_rng_state(output_dir)
         generate_every = self.args.steps_per_generation * self.num_iterations
         buffered = self._buffered_inputs if self._step % generate_every else None
-        state = {"step": self._step, "buffered_inputs": buffered}
+        state = {"step": self._step, "buffered_inputs": buffered, "flow_counter": self._flow_counter}
         torch.save(state, Path(output_dir) / GENERATION_STATE.format(rank=self.args.process_index))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
@@ -292,6 +295,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                 path, map_location="cpu" if device.type == "cpu" else device, weights_only=True
             )
         self._step = state["step"]
+        self._flow_counter = state.get("flow_counter", 0)
         if state["buffered_inputs"] is not None:
             self._buffered_inputs = state["buffered_inputs"]
 
@@ -349,8 +353,10 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         if trajectory is None:
             trajectory = degraded.new_zeros(batch, steps + 1, *degraded.shape[1:])
         k = steps if self.args.flow_train_steps == -1 else self.args.flow_train_steps
-        chosen = torch.stack([torch.randperm(steps, generator=step_chooser)[:k] for _ in range(batch)])
-        chosen = chosen.sort(dim=1).values.to(device)
+        chosen, self._flow_counter = choose_flow_steps(
+            out.restored, steps, k, self.args.flow_step_selection, step_chooser, self._flow_counter
+        )
+        chosen = chosen.to(device)
         schedule, rows = self._schedule.to(device), torch.arange(batch, device=device)[:, None]
         return FlowRollout(
             restored=out.restored,
@@ -491,6 +497,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             t_max=float(self._schedule[1]),
             next_sample=rollout.x_next.flatten(0, 1),
             source_mean=None if mean is None else mean.repeat_interleave(steps, dim=0),
+            noise_schedule=self.args.restoration_noise_schedule,
         )
 
     # -- 5. the loss ------------------------------------------------------------------------------

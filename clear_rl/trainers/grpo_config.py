@@ -58,6 +58,13 @@ class InterleavedGRPOConfig(
     flow_train_steps: int = field(
         default=1, metadata={"help": "Denoising steps re-run per trajectory (random, per rollout); -1: all."}
     )
+    flow_step_selection: Literal["random", "round_robin"] = field(
+        default="random",
+        metadata={
+            "help": "random: drawn per rollout (paper); round_robin: a counter over restoring rollouts "
+            "(CLEAR's released trainer; trainers/flow_steps.py)."
+        },
+    )
     alternation: Literal["joint", "alternate"] = field(
         default="joint",
         metadata={"help": "joint: text + flow every step; alternate: text and flow optimizer steps in turn."},

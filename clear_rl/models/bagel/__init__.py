@@ -10,7 +10,8 @@
     tiny.py      a tiny random BAGEL folder and tokenizer, built in code
     unified.py   BagelUnifiedModel: BAGEL behind the backbone protocol (models/backbone.py), loading
     decoding.py  its interleaved-generation decoder (packed KV cache, latent-block bridge)
-    processing.py  BAGEL's prompt framing and ViT image view behind the processor interface
+    presets.py   inference presets (clear-release, bagel-upstream): image views, CFG, steps, sources
+    processing.py  BAGEL's prompt framing and image views behind the processor interface
     training.py  padded id batches -> packed training segments (noised block, bridge block, logits map)
     trainable.py the training forward and the trainers' protocol (models/backbone.py TrainableBackbone)
     memory.py    parameter counts and memory estimates at real size, on the meta device
@@ -45,7 +46,10 @@ _WHERE = {
     "BagelDecoder": "decoding",
     "BagelRestorationContext": "decoding",
     "BagelProcessor": "processing",
-    "VitResize": "processing",
+    "BagelPreset": "presets",
+    "ImageTransformSpec": "presets",
+    "PRESETS": "presets",
+    "get_preset": "presets",
     "BagelUnifiedModel": "unified",
     "is_bagel_folder": "unified",
     "load_bagel_unified": "unified",

@@ -11,9 +11,9 @@ restoration is decoded to pixels and enters as a ViT block instead, as an input 
 the completion the slot shows as one `<|restored_pad|>` per latent (or ViT) token; that framing is
 implied.
 
-Restoration CFG contexts are built when a restoration needs them, from each row's segments:
-without the images (the text only), and without the last text, which CLEAR's release makes the
-whole context but the `<image_restore>` tag itself.
+Restoration CFG contexts are built when a restoration needs them, from each row's prompt parts and
+written tokens, as the guidance's `contexts` says (models/bagel/guidance.py: CLEAR's eval drops the
+thought turn from the text-unconditional context).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clear_rl.models.bagel.guidance import RowPrompt, TurnIds, cfg_contexts
 from clear_rl.models.bagel.modeling import LatentSegment, Segment, TextSegment, VitSegment
 from clear_rl.models.bagel.mot import BagelCache
 from clear_rl.models.readback import latents_to_images
@@ -34,7 +35,7 @@ class BagelRestorationContext:
     cache: BagelCache
     rows: torch.Tensor  # (R,) indices into the cache's samples
     degraded_latents: torch.Tensor  # (R, C, h, w)
-    # (without the last text, without the images): BAGEL's CFG contexts, or None
+    # (text-unconditional, image-unconditional): BAGEL's CFG contexts, or None
     guidance_contexts: tuple[BagelRestorationContext, BagelRestorationContext] | None = None
 
     @property
@@ -69,7 +70,7 @@ class BagelDecoder:
         cfg,
         image_processor=None,
     ):
-        if cfg.readback == "reencode" and not hasattr(image_processor, "vit_resize"):
+        if cfg.readback == "reencode" and not hasattr(image_processor, "vit_view"):
             raise ValueError(
                 "readback='reencode' on BAGEL re-encodes each decoded restoration with the ViT view "
                 "of its BagelProcessor: pass the processor as image_processor"
@@ -84,7 +85,7 @@ class BagelDecoder:
                 "pixel_values and image_sizes"
             )
         self.model, self.cfg = model, cfg
-        self.vit_resize = getattr(image_processor, "vit_resize", None)
+        self.vit_view = getattr(image_processor, "vit_view", None)
         core = model.bagel.config
         self.vit_pixels, self.vit_sizes = vlm_inputs["pixel_values"], vlm_inputs["image_sizes"]
         self.vae_pixel_values, self.degraded_latents = vae_pixel_values, degraded_latents
@@ -107,10 +108,9 @@ class BagelDecoder:
         self.batch = input_ids.shape[0]
         self.device = input_ids.device
         self.cache: BagelCache | None = None
-        # Each row's segments in the three contexts: all, without the tag, without the images.
+        # Each row's full context as segments, and its prompt's parts (for the CFG contexts).
         self.main: list[list[Segment]] = [[] for _ in range(self.batch)]
-        self.no_tag: list[list[Segment]] = [[] for _ in range(self.batch)]
-        self.no_image: list[list[Segment]] = [[] for _ in range(self.batch)]
+        self.rows: list[RowPrompt] = []
         self.image_index: list[torch.Tensor] = []  # per row: cache indices of its degraded image blocks
 
     # -- running segments ---------------------------------------------------------------------------
@@ -154,11 +154,9 @@ class BagelDecoder:
             blocks = [LatentSegment(self.degraded_latents[row]), VitSegment(self.vit_pixels[row, :, :h, :w])]
             head.append(([TextSegment(before)] if before.numel() else []) + blocks)
             tail.append([TextSegment(after)] if after.numel() else [])
+            self.rows.append(RowPrompt(before, blocks, after))
             for segment in head[row] + tail[row]:
                 _extend(self.main[row], segment)
-                _extend(self.no_tag[row], segment)
-                if isinstance(segment, TextSegment):
-                    _extend(self.no_image[row], segment)
         if not self.cfg.use_cache:
             return self._run(head)
         # Two passes, so that `oracle` can hide the image from the question on.
@@ -184,8 +182,7 @@ class BagelDecoder:
             restore = token == self.ids.image_restore
             segment = TextSegment(torch.tensor([token, self.im_end] if restore else [token]))
             _extend(self.main[row], segment)
-            _extend(self.no_image[row], segment)
-            _extend(self.no_tag[row], TextSegment(torch.tensor([self.im_end])) if restore else segment)
+            self.rows[row].written.append(token)
             new.append([segment])
         return self._run(new)
 
@@ -199,9 +196,11 @@ class BagelDecoder:
         guidance = self.cfg.restoration.guidance
         unconditional = None
         if guidance is not None and self.cfg.restoration.sampler == "ode" and guidance.cfg_text > 1.0:
+            turn = TurnIds(self.im_start, self.im_end, self.ids.image_restore)
+            built = {r: cfg_contexts(self.rows[r], guidance.contexts, turn) for r in chosen}
             contexts = []
-            for segments in (self.no_tag, self.no_image):
-                picked = [segments[r] if r in chosen else [] for r in range(self.batch)]
+            for which in (0, 1):  # text-unconditional, image-unconditional
+                picked = [built[r][which] if r in chosen else [] for r in range(self.batch)]
                 contexts.append(BagelRestorationContext(bagel.prefill(picked).cache, index, degraded))
             unconditional = (contexts[0], contexts[1])
         return BagelRestorationContext(cache, index, degraded, unconditional)
@@ -229,7 +228,7 @@ class BagelDecoder:
         # Decoded to 8-bit pixels and resized like any input image, so the ViT sees what it would
         # see had the restoration been saved and loaded as a file.
         images = latents_to_images(self.model, restored_latents[chosen])
-        views = [self.vit_resize(image).to(self.vit_pixels) for image in images]
+        views = [self.vit_view(image).to(self.vit_pixels) for image in images]
         patch = self.model.bagel.config.vit_json["patch_size"]
-        _, height, width = views[0].shape  # every restoration has the protocol's one VAE size
+        _, height, width = views[0].shape  # the restorations of one batch share its VAE view size
         return [VitSegment(view) for view in views], (height // patch) * (width // patch)

@@ -6,64 +6,32 @@ blocks, a VAE-latent block and a ViT block (CLEAR's order), and the answer turn 
 `<|im_start|>`. Token ids (left-padded) carry the prompt, so the rollout loop and TRL see an ordinary
 id batch.
 
-Images: the ViT view keeps the aspect ratio, resized as BAGEL's `ImageTransform(980, 224, 14)`
-(long side <= 980, short side >= 224, both sides multiples of the patch, pixel count capped), in
-[-1, 1]; rows of a batch are zero-padded to one tensor with their sizes beside. The VAE view is the
-protocol's square `vae_image_size` image (models/processing.py), which BAGEL would size by aspect
-ratio instead: one shape per batch keeps the restored latents one tensor.
+Images, as the model's inference preset (models/bagel/presets.py) sizes them with BAGEL's own
+`ImageTransform` arithmetic: the VAE view keeps the aspect ratio (`vae_views="aspect"`, what both
+official inferencers do, so a restoration has the input's VAE size) and the ViT view is taken of the
+VAE-resized image, as they take it. Training packs one latent size per run and uses the square
+`vae_image_size` view instead (`vae_views="square"`). ViT views of a batch are zero-padded to one
+tensor with their sizes beside; VAE views of one batch must share a size (the answering path groups
+rows by it, `clear_rl.answering.vae_view_groups`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
+from clear_rl.errors import ClearRLError
 from clear_rl.io.images import pil_to_tensor
+from clear_rl.models.bagel.presets import BagelPreset, get_preset
 from clear_rl.models.processing import vae_pixel_values
 
 IMAGE_PLACEHOLDER = "<|image_pad|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-# BAGEL's ImageTransform default pixel cap (14 * 14 * 9 * 1024).
-MAX_PIXELS = 14 * 14 * 9 * 1024
-
-
-@dataclass(frozen=True)
-class VitResize:
-    """BAGEL's MaxLongEdgeMinShortEdgeResize for the ViT view."""
-
-    max_size: int = 980
-    min_size: int = 224
-    stride: int = 14
-    max_pixels: int = MAX_PIXELS
-
-    def size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of the resized image."""
-        scale = min(self.max_size / max(width, height), 1.0)
-        scale = max(scale, self.min_size / min(width, height))
-        new_w, new_h = self._snap(width * scale), self._snap(height * scale)
-        if new_w * new_h > self.max_pixels:
-            scale = math.sqrt(self.max_pixels / (new_w * new_h))
-            new_w, new_h = self._snap(new_w * scale), self._snap(new_h * scale)
-        if max(new_w, new_h) > self.max_size:  # the short-side floor may push the long side over
-            scale = self.max_size / max(new_w, new_h)
-            new_w, new_h = self._snap(new_w * scale, down=True), self._snap(new_h * scale, down=True)
-        return new_w, new_h
-
-    def _snap(self, value: float, down: bool = False) -> int:
-        steps = math.floor(value / self.stride) if down else round(value / self.stride)
-        return max(self.stride, int(steps) * self.stride)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """A PIL image -> (3, H, W) in [-1, 1], sides multiples of the stride."""
-        image = image.convert("RGB")
-        size = self.size(*image.size)
-        resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
-        return pil_to_tensor(resized).mul(2.0).sub(1.0)
+VaeViews = Literal["aspect", "square"]
 
 
 class BagelProcessor(ProcessorMixin):
@@ -76,15 +44,61 @@ class BagelProcessor(ProcessorMixin):
 
     attributes: list[str] = []  # nothing loaded through ProcessorMixin.from_pretrained
 
-    def __init__(self, tokenizer, vit_resize: VitResize | None = None, vae_image_size: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        preset: BagelPreset | str | None = None,
+        vae_image_size: int | None = None,
+        vae_views: VaeViews = "aspect",
+    ):
         self.tokenizer = tokenizer
-        self.vit_resize = vit_resize or VitResize()
+        self.preset = get_preset(preset)  # fitted to the model by `load_bagel_unified`
         self.vae_image_size = vae_image_size
+        self.vae_views = vae_views
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.chat_template = None
 
     def __repr__(self) -> str:
-        return f"BagelProcessor(vit_resize={self.vit_resize}, vae_image_size={self.vae_image_size})"
+        return (
+            f"BagelProcessor(preset={self.preset.name!r}, vae_views={self.vae_views!r}, "
+            f"vae_image_size={self.vae_image_size})"
+        )
+
+    # -- images -------------------------------------------------------------------------------
+    def vit_view(self, image: Image.Image) -> torch.Tensor:
+        """(3, H, W) in [-1, 1]: the ViT's view, of the VAE-resized image where the preset says so."""
+        image = image.convert("RGB")
+        if self.preset.vit_from_vae_view:
+            image = self.preset.vae.resize(image)
+        return self.preset.vit(image)
+
+    def vae_size(self, image: Image.Image) -> tuple[int, int]:
+        """(height, width) of the image's VAE view."""
+        if self.vae_views == "square":
+            return self._square_size(), self._square_size()
+        width, height = self.preset.vae.size(*image.size)
+        return height, width
+
+    def vae_pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1]: the VAE's view of images that share one view size."""
+        if self.vae_views == "square":
+            return vae_pixel_values(images, self._square_size())
+        sizes = {self.vae_size(image) for image in images}
+        if len(sizes) > 1:
+            raise ClearRLError(
+                f"one batch of BAGEL rows takes one VAE view size, got {sorted(sizes)}: answer rows grouped "
+                "by size (clear_rl.answering.vae_view_groups)"
+            )
+        return (
+            torch.stack([pil_to_tensor(self.preset.vae.resize(image)) for image in images])
+            .mul_(2.0)
+            .sub_(1.0)
+        )
+
+    def _square_size(self) -> int:
+        if self.vae_image_size is None:
+            raise ClearRLError("a square VAE view needs the processor's vae_image_size")
+        return self.vae_image_size
 
     # -- prompts ------------------------------------------------------------------------------
     def apply_chat_template(
@@ -141,7 +155,7 @@ class BagelProcessor(ProcessorMixin):
                     f"BAGEL prompts take one image each: got {len(images)} images for {len(texts)} prompts "
                     f"holding {counts} {IMAGE_PLACEHOLDER} placeholders"
                 )
-            views = [self.vit_resize(image) for image in images]
+            views = [self.vit_view(image) for image in images]
             height = max(v.shape[1] for v in views)
             width = max(v.shape[2] for v in views)
             batch = torch.zeros(len(views), 3, height, width)

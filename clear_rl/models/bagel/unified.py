@@ -11,6 +11,8 @@ BAGEL does at id 151665, but not the tags'.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from clear_rl.errors import ClearRLError
 from clear_rl.models.bagel.decoding import BagelDecoder, BagelRestorationContext
 from clear_rl.models.bagel.latents import unpatchify_latent
 from clear_rl.models.bagel.modeling import BagelModel, LatentSegment
-from clear_rl.models.bagel.processing import IMAGE_PLACEHOLDER, BagelProcessor, VitResize
+from clear_rl.models.bagel.presets import BagelPreset, get_preset
+from clear_rl.models.bagel.processing import IMAGE_PLACEHOLDER, BagelProcessor
 from clear_rl.models.bagel.trainable import BagelTrainingMixin
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS, ClearTokenIds, add_clear_tokens
 
@@ -33,8 +36,8 @@ DEFAULT_VAE_IMAGE_SIZE = 512  # BAGEL's VAE transform keeps sides in [512, 1024]
 class BagelUnifiedConfig:
     """What callers read off a backbone's `config`, for BAGEL (CLEAR's evaluation defaults)."""
 
-    vae_image_size: int = DEFAULT_VAE_IMAGE_SIZE
-    num_inference_steps: int = 50  # CLEAR's eval (its GRPO rollouts: 20, set by the recipe)
+    vae_image_size: int = DEFAULT_VAE_IMAGE_SIZE  # the square VAE view of training
+    num_inference_steps: int = 49  # Euler steps: the preset's (CLEAR's eval: num_timesteps 50)
     flow_shift: float = 3.0
     image_token_id: int = -1  # the prompt's image placeholder (`<|image_pad|>`)
     pad_token_id: int = 0
@@ -52,9 +55,17 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
 
     decoder_class = BagelDecoder
 
-    def __init__(self, bagel: BagelModel, tokenizer, vae_image_size: int | None = None):
+    def __init__(
+        self,
+        bagel: BagelModel,
+        tokenizer,
+        vae_image_size: int | None = None,
+        preset: BagelPreset | str | None = None,
+    ):
         super().__init__()
         self.bagel = bagel
+        self.preset = get_preset(preset).fitted(bagel.config)
+        self._view: tuple[int, int] | None = None  # (H, W) of the VAE view in force (`vae_view`)
         cfg = bagel.config
         before = len(tokenizer)
         added = add_clear_tokens(tokenizer)
@@ -87,6 +98,8 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
             pad_token_id=pad if pad is not None else 0,
             text_vocab_size=before if added else min(tags),
+            num_inference_steps=self.preset.steps,
+            flow_shift=self.preset.shift,
         )
         self.tokenizer = tokenizer
         # peft names an adapter's base by it; `load_unified` reloads that folder under the adapters
@@ -111,9 +124,30 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of a latent of the VAE view in force: the square `vae_image_size` one, or inside
+        `vae_view` the aspect view of the images being answered."""
         cfg = self.bagel.config
-        side = self.config.vae_image_size // cfg.vae_downsample
-        return (cfg.latent_channels, side, side)
+        height, width = self._view or (self.config.vae_image_size, self.config.vae_image_size)
+        return (cfg.latent_channels, height // cfg.vae_downsample, width // cfg.vae_downsample)
+
+    @contextmanager
+    def vae_view(self, size: tuple[int, int]) -> Iterator[BagelUnifiedModel]:
+        """Within the block, restorations (and `latent_shape`) have the VAE view (H, W) of the images
+        being answered, as BAGEL restores at the input's size (`clear_rl.answering` enters it)."""
+        height, width = (int(s) for s in size)
+        step, largest = (
+            self.bagel.config.latent_downsample,
+            self.bagel.config.latent_downsample * (self.bagel.config.max_latent_size),
+        )
+        if height % step or width % step or max(height, width) > largest:
+            raise ClearRLError(
+                f"VAE view {height}x{width} must have sides that are multiples of {step} and at most {largest}"
+            )
+        previous, self._view = self._view, (height, width)
+        try:
+            yield self
+        finally:
+            self._view = previous
 
     @property
     def num_restored_tokens(self) -> int:
@@ -174,10 +208,12 @@ def load_bagel_unified(
     dtype: torch.dtype | str | None = "auto",
     device: torch.device | str | None = None,
     vae_image_size: int | None = None,
+    preset: BagelPreset | str | None = None,
     **load_kwargs,
 ) -> tuple[BagelUnifiedModel, BagelProcessor]:
     """An official-layout BAGEL / CLEAR folder as (the protocol's model, its processor), from local
-    files only. `dtype="auto"` keeps the file's; `device` defaults to CUDA when there is one."""
+    files only. `dtype="auto"` keeps the file's; `device` defaults to CUDA when there is one;
+    `preset` names the inference preset (models/bagel/presets.py; default clear-release)."""
     from clear_rl.models.bagel.io import load_bagel, load_bagel_tokenizer
 
     if isinstance(dtype, str):
@@ -185,9 +221,6 @@ def load_bagel_unified(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bagel = load_bagel(path, dtype=dtype, device=device, **load_kwargs)
     tokenizer = load_bagel_tokenizer(path)
-    model = BagelUnifiedModel(bagel, tokenizer, vae_image_size=vae_image_size).eval()
+    model = BagelUnifiedModel(bagel, tokenizer, vae_image_size=vae_image_size, preset=preset).eval()
     model.name_or_path = str(Path(path).resolve())
-    vit = bagel.config.vit_json
-    largest = vit["patch_size"] * bagel.config.vit_max_num_patch_per_side
-    resize = VitResize(max_size=largest, min_size=min(224, largest // 2), stride=vit["patch_size"])
-    return model, BagelProcessor(tokenizer, resize, vae_image_size=model.config.vae_image_size)
+    return model, BagelProcessor(tokenizer, model.preset, vae_image_size=model.config.vae_image_size)
