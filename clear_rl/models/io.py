@@ -131,6 +131,8 @@ def _keep_used_conversions(model: ComposedUnifiedModel) -> None:
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
         model._weight_conversions = [c for c in conversions if c.was_used()]
+
+
 def _no_preset(folder: Path, preset: str | None) -> None:
     if preset is not None:
         raise ClearRLError(
