@@ -210,3 +210,17 @@ def test_bridge_stage_on_rows_that_never_restore_runs_and_leaves_the_bridge_alon
     after, _ = load_unified(tmp_path / "out")
     for name, value in model.latent_bridge.state_dict().items():
         assert torch.equal(after.latent_bridge.state_dict()[name], value), name
+
+
+def test_when_no_rank_restores_nothing_idle_runs(setup):
+    # `active` is decided by all ranks per batch: with no restoring row anywhere, no rank runs the
+    # bridge or the head for real, so none runs them idle either (the rule then costs nothing).
+    model, batches = setup
+    plain = module_trace(model, lambda: _sft_step(model, batches["direct"]))
+    model.same_work = SameWork(active=False)
+    try:
+        quiet = module_trace(model, lambda: _sft_step(model, batches["direct"]))
+        assert quiet == plain
+        assert all(p.grad is None for p in model.latent_bridge.parameters())
+    finally:
+        model.same_work = None

@@ -6,14 +6,17 @@ same order, and each trainable parameter of those parts must get a gradient on e
 FSDP2 assumes SPMD code; ZeRO-3 hangs when ranks fetch different submodules). A CLEAR batch breaks
 that on its own: a rank whose rows do not restore would skip the bridge and the restoration head.
 
-So, when a backbone's `same_work` is set (trainers/sharding.py sets it for sharded models), each
-forward runs every part in `SameWork.parts` that this batch leaves out, on an all-zero one-row
-"idle" input, and adds the result to the logits with weight zero: the values are unchanged and the
-part's parameters get (zero) gradients, which is what DDP's reduction gives a part some rank did
-not use. A part that no rank ran for real before an optimizer step loses those zero gradients
-again (trainers/sharding.py), so the optimizer leaves it alone, as it does without sharding.
-With `passes`, the stages also run their optional passes on every rank (the degraded image's
-encode, the distill teacher's pass, stage 2's restorations).
+So, when a backbone's `same_work` is set (trainers/sharding.py sets it for sharded models) and
+some rank's batch restores (`active`, decided by all ranks together), each forward runs every part
+in `SameWork.parts` that this rank's batch leaves out on an "idle" row, and its output joins the
+pass where a real one would (the bridge's into the embeddings, the head's into `flow_velocity`)
+with weight zero: the values are unchanged, the same module outputs receive gradients on every
+rank, and the parts' parameters get zero gradients, which is what DDP's reduction gives a part
+another rank used. With `passes`, the stages also run their optional passes on every rank (the
+degraded image's encode, the distill teacher's pass, stage 2's restorations). When no rank
+restores, no rank runs any of it, and nothing idle runs either. A part that no rank ran for real
+before an optimizer step loses the zero gradients again (trainers/sharding.py), so the optimizer
+leaves it alone, as it does without sharding.
 """
 
 from __future__ import annotations
@@ -29,19 +32,23 @@ class SameWork:
 
     parts: tuple[str, ...] = ("bridge", "head")  # run idle where a batch has nothing for them
     passes: bool = True  # the stages' optional passes run on every rank too
+    # Parts run idle even when no rank restores: a stage whose loss needs them to have a gradient
+    # at all (stage 2 training the bridge alone, on batches that may hold no restoring row).
+    keep: tuple[str, ...] = ()
+    active: bool = True  # some rank's batch restores (set by the trainers for each batch)
     ran: set[str] = field(default_factory=set)  # parts that ran on real rows with gradients on
 
     def needs_idle(self, part: str, runs: bool) -> bool:
         """Whether `part`, which this forward runs for real iff `runs`, must run on an idle row."""
         if runs and torch.is_grad_enabled():
             self.ran.add(part)
-        return part in self.parts and not runs
+        return part in self.parts and not runs and (self.active or part in self.keep)
 
 
 def runs_every_pass(model) -> bool:
     """Whether the stages run their optional passes even where no row of this rank needs them."""
     work = getattr(model, "same_work", None)
-    return work is not None and work.passes
+    return work is not None and work.passes and work.active
 
 
 def with_idle_work(logits: torch.Tensor, idle: list[torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from clear_rl.data.collate import split_inputs
-from clear_rl.models.same_work import SameWork, runs_every_pass
+from clear_rl.models.same_work import runs_every_pass
 from clear_rl.recipe import Recipe
 from clear_rl.restoration import restore_latents
 from clear_rl.trainers.bridge_config import BridgeConfig
@@ -53,11 +53,11 @@ class BridgeTrainer(ClearSFTTrainer):
     _tag_names = ["trl", "sft", "clear-rl", "clear-bridge"]
     _name = "CLEAR bridge"
 
-    def unsharded_same_work(self) -> SameWork | None:
+    def parts_every_batch_needs(self) -> tuple[str, ...]:
         """Without `restore_rows_only`, a batch may hold no restoring row, and then nothing of a
         bridge-only run takes part in the loss: the bridge runs on an idle row so that every process
-        still has a gradient to reduce (zero, and dropped when no process restored)."""
-        return None if self.args.restore_rows_only else SameWork(parts=("bridge",), passes=False)
+        still has a gradient (zero, and dropped when no process restored)."""
+        return () if self.args.restore_rows_only else ("bridge",)
 
     def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
         args = self.args

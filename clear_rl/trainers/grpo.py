@@ -65,7 +65,7 @@ from clear_rl.trainers.common import (
 )
 from clear_rl.trainers.flow_steps import choose_flow_steps
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
-from clear_rl.trainers.sharding import any_rank, full_weights, turn_on_same_work
+from clear_rl.trainers.sharding import any_rank, full_weights, restores_anywhere, turn_on_same_work
 from clear_rl.trainers.trl_api import check_grpo_api, check_grpo_attributes, multimodal_keys
 
 check_grpo_api()  # a TRL whose private API differs fails here, naming its version and the tested range
@@ -149,8 +149,9 @@ class _RolloutScorer:
         part, keep = self.rollout.select(rows), self.keep
         restoring = bool(part.restored.any())
         flow = {}
-        # Sharded, every rank runs the head in every chunk (idle where none restores, same_work.py).
-        if self.flow and (restoring or unified_core(self.model).same_work is not None):
+        # Sharded, every rank runs the head in every chunk if any restores (same_work.py).
+        work = unified_core(self.model).same_work
+        if self.flow and (restoring or (work is not None and work.active)):
             flow = {"flow_latents": part.x_t, "flow_timesteps": part.t, "flow_rows": part.restored}
         masks = {"attention_mask": attention_mask}
         if self.drop_view and restoring:
@@ -242,6 +243,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
         # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
         self._scoring: FlowRollout | None = None
+        self._restores_anywhere = True  # whether any rank's latest rollout restored
         turn_on_same_work(self)
 
     def _unified_model(self):
@@ -329,6 +331,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             )
         out = answered.output
         self._scoring = self._flow_rollout(out, step_chooser)
+        # Sharded: whether any rank restored decides the same-work rule for this batch's passes.
+        self._restores_anywhere = restores_anywhere(self, bool(out.restored.any()))
         real, text, restored = out.completion_mask.bool(), out.text_mask, out.restored.tolist()
         return {
             "prompt_ids": [
@@ -436,8 +440,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             self._scoring = None
         if rollout is None or len(rollout) != output["completion_ids"].shape[0]:
             raise RuntimeError("TRL returned completions this trainer's rollout did not make")
-        restoring = bool(rollout.restored.any())
-        scored = any_rank(self.accelerator, restoring)  # under sharding, ranks without restorations score too
+        scored = self._restores_anywhere  # under sharding, ranks without restorations score too
         if scored:
             if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
                 velocity = self._score_flow_steps(self.model, rollout, output)

@@ -42,12 +42,15 @@ def is_sharded(accelerator) -> bool:
     return False
 
 
-def turn_on_same_work(trainer, unsharded: SameWork | None = None) -> None:
+def turn_on_same_work(trainer, keep: tuple[str, ...] = ()) -> None:
     """Give the backbone a `SameWork` when the trainer's accelerator shards it (call after Trainer's
-    init), else `unsharded` (a stage whose batches may leave every trained part out), and drop
-    the zero gradients of parts no rank ran before each optimizer step."""
-    work = SameWork() if is_sharded(trainer.accelerator) else unsharded
-    if work is None:
+    init), and drop the zero gradients of parts no rank ran before each optimizer step. `keep`:
+    parts the stage's loss needs on every batch (`SameWork.keep`), run idle without sharding too."""
+    if is_sharded(trainer.accelerator):
+        work = SameWork(keep=keep)
+    elif keep:
+        work = SameWork(parts=keep, passes=False, keep=keep)
+    else:
         return
     unified_core(trainer.model).same_work = work
     trainer.add_callback(_DropIdleGradients(trainer))
@@ -78,6 +81,16 @@ class _DropIdleGradients(TrainerCallback):
             if count == 0:
                 for parameter in parts[name].parameters():
                     parameter.grad = None
+
+
+def restores_anywhere(trainer, restoring: bool) -> bool:
+    """Whether some rank's batch restores (this rank's `restoring` when unsharded); the backbone's
+    same-work rule is active for the batch exactly then. Call on every rank, once per batch."""
+    anywhere = any_rank(trainer.accelerator, restoring)
+    work = unified_core(trainer.model).same_work
+    if work is not None:
+        work.active = anywhere
+    return anywhere
 
 
 def any_rank(accelerator, flag: bool) -> bool:
