@@ -3,16 +3,21 @@
 A sharded model gathers each part's weights from every rank when the part runs, so every rank must
 run the same parts in the same order (models/same_work.py). Three things keep it so:
 
-- `turn_on_same_work`: the backbone runs the bridge and the restoration head in every forward (an
-  idle row where the batch has none), and the stages run their optional passes (the degraded
-  encode, the teacher pass, stage 2's restorations) on every rank;
-- `any_rank`: a pass that runs only when some row restores (GRPO's flow scoring, the reward-time
-  encode) is decided by all ranks together;
+- `turn_on_same_work` gives the backbone a `SameWork`, and `restores_anywhere` (once per batch, all
+  ranks together) makes it active when some rank's batch restores: the backbone then runs the
+  bridge and the restoration head in every forward (an idle row where the batch has none), and
+  the stages run their optional passes (the degraded encode, the teacher pass, stage 2's
+  restorations) on every rank; parts no rank ran for real lose their zero gradients before the
+  optimizer step (`_DropIdleGradients`);
+- `any_rank`: a pass that runs only when some row restores (the reward-time encode) is decided by
+  all ranks together;
 - `full_weights`: rollouts run on gathered weights (DeepSpeed through TRL's unwrapping, FSDP2 by
   unsharding every unit once), so that sampling, where ranks restore different rows and stop at
   different lengths, makes no collective call at all.
 
-Unsharded runs (one process, DDP) take none of these paths and compute exactly what they did.
+Unsharded runs (one process, DDP) take none of these paths and compute exactly what they did (the
+one exception: stage 2 without `restore_rows_only` keeps an idle bridge, `SameWork.keep`, so that a
+bridge-only loss has a gradient on a batch without restoring rows).
 """
 
 from __future__ import annotations
