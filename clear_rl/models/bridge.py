@@ -53,7 +53,7 @@ class Mixer(nn.Module):
                     activation="gelu",
                     batch_first=True,
                     norm_first=True,
-                )  # fmt: skip
+                )
             )
         self.layers = nn.ModuleList(built)
 

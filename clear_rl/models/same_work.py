@@ -51,10 +51,10 @@ def runs_every_pass(model) -> bool:
     return work is not None and work.passes and work.active
 
 
-def with_idle_work(logits: torch.Tensor, idle: list[torch.Tensor]) -> torch.Tensor:
-    """`logits` plus zero times each idle output: the same values, and a gradient path (of zeros)
-    to every parameter that produced them."""
+def with_idle_work(tensor: torch.Tensor, idle: list[torch.Tensor]) -> torch.Tensor:
+    """`tensor` (what a real part's output would join) plus zero times each idle output: the same
+    values, and a gradient path (of zeros) to every parameter that produced them."""
     if not idle:
-        return logits
+        return tensor
     zero = sum(0.0 * t.float().sum() for t in idle)
-    return logits + zero.to(logits.dtype)
+    return tensor + zero.to(tensor.dtype)
