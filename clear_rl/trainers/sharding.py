@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterator
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 def is_sharded(accelerator) -> bool:
     """Whether `accelerator` shards parameters across ranks: FSDP, or DeepSpeed ZeRO stage 3."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -120,7 +119,8 @@ def full_weights(model_wrapped, accelerator, gather_deepspeed3_params: bool = Tr
         unified = unified_core(model)
         same_work, unified.same_work = unified.same_work, None
         try:
-            with _fsdp_unsharded(model_wrapped):
+            fsdp = accelerator.distributed_type == DistributedType.FSDP
+            with _fsdp_unsharded(model_wrapped) if fsdp else contextlib.nullcontext():
                 yield model
         finally:
             unified.same_work = same_work
