@@ -123,7 +123,7 @@ def same_work_off() -> None:
     """Train the sharded model without the same-work rule (to time it; see the module docstring)."""
     import clear_rl.trainers.sharding
 
-    clear_rl.trainers.sharding.is_sharded = lambda accelerator: False
+    clear_rl.trainers.sharding.needs_same_work = lambda accelerator: False
 
 
 def restore_on_ranks(ranks: set[int]) -> None:

@@ -1,4 +1,4 @@
-"""Sharded training on two CPU processes over gloo: FSDP2 and DeepSpeed ZeRO-3 train as DDP does.
+"""Sharded training on two CPU processes over gloo: FSDP2 and DeepSpeed (ZeRO-3, ZeRO-2) train as DDP does.
 
 accelerate shards only accelerator processes, so these launches run `tests/sharded_cpu.py` (see its
 docstring), which makes accelerate treat the CPU processes as accelerator processes; the shipped
@@ -33,7 +33,11 @@ from tests.prepared import SMALL, prepared_dataset
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "sharded_cpu.py"
-FSDP, ZERO3 = "recipes/accelerate/fsdp.yaml", "recipes/accelerate/zero3.yaml"
+FSDP, ZERO2, ZERO3 = (
+    "recipes/accelerate/fsdp.yaml",
+    "recipes/accelerate/zero2.yaml",
+    "recipes/accelerate/zero3.yaml",
+)
 TWO_PROCESSES = [
     "--num_processes",
     "2",
@@ -253,11 +257,10 @@ def test_fsdp2_trains_tiny_bagel_grpo_restoring_on_one_rank_and_saves_its_offici
     assert any(not torch.equal(p, trained[n]) for n, p in start.bagel.named_parameters())
 
 
-# -- ZeRO-3 ---------------------------------------------------------------------------------------
-def test_zero3_loads_a_saved_folder_and_trains_sft_and_grpo_with_mixed_restorations_as_ddp(
-    tmp_path, inputs, ddp
-):
-    # The model folder loads under zero.Init (transformers' ZeRO-3 loading); the run equals DDP's.
+# -- DeepSpeed -------------------------------------------------------------------------------------
+def test_deepspeed_loads_a_saved_folder_and_trains_with_mixed_restorations_as_ddp(tmp_path, inputs, ddp):
+    # The model folder loads under zero.Init (transformers' ZeRO-3 loading); the runs equal DDP's.
+    pytest.importorskip("deepspeed")  # `make install` builds it
     _, history = launch(tmp_path, ZERO3, "recipes/demo/sft.yaml", *stage_overrides(inputs, tmp_path / "sft"))
     assert_same_losses(history, ddp["sft"][1])
     assert_each_rank_holds_half(tmp_path)
@@ -267,6 +270,10 @@ def test_zero3_loads_a_saved_folder_and_trains_sft_and_grpo_with_mixed_restorati
     assert_same_losses(history, ddp["grpo"][1])
     assert set(restoring(history, "restore_rate")) == {0.5}
     assert_loads_with_weights_of(tmp_path / "grpo", ddp["grpo"][0], atol=1e-4)
+    # ZeRO-2 reduces only the gradients a rank has: it needs the same work too (a size mismatch without).
+    overrides = [*grpo_overrides(inputs, tmp_path / "zero2"), "training.save_strategy=no"]
+    _, history = launch(tmp_path, ZERO2, "recipes/demo/grpo.yaml", *overrides, restoring_ranks="0")
+    assert_same_losses(history, ddp["grpo"][1])
 
 
 # -- configs accelerate would not honour ---------------------------------------------------------------

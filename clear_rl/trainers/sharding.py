@@ -46,11 +46,18 @@ def is_sharded(accelerator) -> bool:
     return False
 
 
+def needs_same_work(accelerator) -> bool:
+    """Whether every rank must run the same parts with gradients for all: sharded parameters (FSDP,
+    ZeRO-3), and any DeepSpeed stage, whose reduction covers the parameters that got a gradient
+    (ZeRO-2 stops on a size mismatch when ranks restore differently)."""
+    return is_sharded(accelerator) or accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
 def turn_on_same_work(trainer, keep: tuple[str, ...] = ()) -> None:
     """Give the backbone a `SameWork` when the trainer's accelerator shards it (call after Trainer's
     init), and drop the zero gradients of parts no rank ran before each optimizer step. `keep`:
     parts the stage's loss needs on every batch (`SameWork.keep`), run idle without sharding too."""
-    if is_sharded(trainer.accelerator):
+    if needs_same_work(trainer.accelerator):
         work = SameWork(keep=keep)
     elif keep:
         work = SameWork(parts=keep, passes=False, keep=keep)
@@ -99,7 +106,7 @@ def restores_anywhere(trainer, restoring: bool) -> bool:
 
 def any_rank(accelerator, flag: bool) -> bool:
     """`flag` on this rank, or, under sharding, whether it holds on any rank (one small all-reduce)."""
-    if not is_sharded(accelerator):
+    if not needs_same_work(accelerator):
         return flag
     local = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(local, reduction="sum").item() > 0)
