@@ -1,4 +1,5 @@
-"""What the trainers do when accelerate shards the model (FSDP2, DeepSpeed ZeRO-3).
+"""What the trainers do when accelerate shards the model (FSDP2, DeepSpeed; ZeRO-2 too, see
+`needs_same_work`).
 
 A sharded model gathers each part's weights from every rank when the part runs, so every rank must
 run the same parts in the same order (models/same_work.py). Three things keep it so:
