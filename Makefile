@@ -13,6 +13,10 @@ TORCH_SPEC ?= torch
 # the locked version unless asked: make lock TORCH_LATEST=torch==2.14.1
 LATEST_VENV ?= .venv-latest
 TORCH_LATEST ?= torch==$(shell sed -n 's/^torch==//p' $(LOCK))
+# DeepSpeed (ZeRO-3; its tests run on CPU processes) imports torch in its setup: it is built
+# against the torch installed here (no isolated build env, which would fetch a CUDA torch) and
+# without its C++ ops (DS_BUILD_OPS=0). Not in the lock: pip would build it in isolation.
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
 .PHONY: install test test-fast test-latest latest-venv lock lint format bench demo demo-seeds demo-smoke
 
@@ -21,6 +25,8 @@ install:
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH_SPEC)" -c $(LOCK)
 	$(BIN)/python -m pip install -e ".[dev]" -c $(LOCK)
+	$(BIN)/python -m pip install setuptools wheel -c $(LOCK)
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --no-build-isolation "$(DEEPSPEED_SPEC)" -c $(LOCK)
 
 latest-venv:
 	rm -rf $(LATEST_VENV)

@@ -3,10 +3,9 @@
 `--cpu` alone starts one process unless mpirun is installed; torchrun's launcher (`--multi_gpu`)
 with `training.use_cpu=true` gives two CPU processes over gloo.
 
-The FSDP config (recipes/accelerate/fsdp.yaml) has no CPU test: torch's FSDP1 (its
-`fsdp_version: 1`) refuses to run without an accelerator ("FSDP needs a non-CPU accelerator
-device"), `fsdp_sync_module_states: true` needs one too, and accelerate turns FSDP on only for
-accelerator processes, so on CPUs the config runs as the DDP tested here.
+The sharded configs (FSDP2, DeepSpeed) are tested in tests/test_many_gpus.py, whose launches make
+accelerate shard CPU processes (tests/sharded_cpu.py); without that harness clear-rl refuses them
+on CPU processes.
 """
 
 import json

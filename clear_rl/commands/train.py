@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clear_rl.distributed import check_launch
     from clear_rl.recipe import load_recipe, stage_module
     from clear_rl.recipe_env import env_overrides, recipe_stage
     from clear_rl.runs import RunFinished, no_trace_on_refusal
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except RunFinished as done:
         print(f"clear-rl train: {done}")
         return 0
+    check_launch(recipe.training)  # an FSDP / DeepSpeed / multi-process launch accelerate would not honour
     training = recipe.training
     with no_trace_on_refusal(training.output_dir, main_process=training.process_index == 0):
         trainer = stage_module(recipe.stage).train(recipe)

@@ -31,6 +31,38 @@ def patchify_latents(latents: torch.Tensor, patch_size: int = 2) -> torch.Tensor
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch_size) * (w // patch_size), c * patch_size**2)
 
 
+class Mixer(nn.Module):
+    """`nn.TransformerEncoder` over the token grid (the same parameter names and computation), with
+    each layer built on its own: the encoder deep-copies one layer, and copies of a layer that
+    DeepSpeed's `zero.Init` has already partitioned lose ZeRO-3's bookkeeping, so a saved model
+    could not load under ZeRO-3. Every layer starts from the same weights, as the copies did, and
+    random draws after the mixer are the ones the encoder left."""
+
+    def __init__(self, width: int, heads: int, layers: int):
+        super().__init__()
+        start = torch.random.get_rng_state()
+        built = []
+        for _ in range(layers):
+            torch.random.set_rng_state(start)  # each layer draws what the first drew
+            built.append(
+                nn.TransformerEncoderLayer(
+                    width,
+                    heads,
+                    dim_feedforward=4 * width,
+                    dropout=0.0,
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                )
+            )
+        self.layers = nn.ModuleList(built)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return tokens
+
+
 class LatentBridge(ModelMixin, ConfigMixin):
     """Maps (B, C, h, w) latents to (B, h/2 * w/2, hidden_size) LLM input embeddings."""
 
@@ -60,11 +92,7 @@ class LatentBridge(ModelMixin, ConfigMixin):
             raise ValueError(f"bridge width {inner} is not divisible by mixer_heads {mixer_heads}")
         self.proj = nn.Sequential(nn.Linear(in_dim, inner))
         self.pos_embed = nn.Parameter(torch.randn(max_grid_size, max_grid_size, inner) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            inner, mixer_heads, dim_feedforward=4 * inner, dropout=0.0, activation="gelu",
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
-        self.mixer = nn.TransformerEncoder(layer, mixer_layers, enable_nested_tensor=False)
+        self.mixer = Mixer(inner, mixer_heads, mixer_layers)
         out: list[nn.Module] = [nn.LayerNorm(inner), nn.Linear(inner, hidden_size)]
         for _ in range(mlp_depth - 1):
             out += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]

@@ -35,6 +35,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from clear_rl.models.bridge import LatentBridge
 from clear_rl.models.positions import positions_for_forward
+from clear_rl.models.same_work import SameWork, with_idle_work
 from clear_rl.models.tokens import ClearTokenIds, up_to_last
 
 
@@ -116,6 +117,8 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     training_readbacks: tuple[str, ...] = ("bridge", "reencode")  # reencode replays restored_embeds
+    # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
+    same_work: SameWork | None = None
 
     @property
     def decoder_class(self) -> type:
@@ -358,9 +361,39 @@ class ComposedUnifiedModel(PreTrainedModel):
         (the decode + re-encode readback, see models/readback.py).
         """
         pad_mask = self.restored_token_mask(input_ids)
-        if not bool(pad_mask.any()):
+        pads, work = bool(pad_mask.any()), self.same_work
+        idle = work is not None and work.needs_idle("bridge", pads and restored_embeds is None)
+        if not pads and not idle:
             yield
             return
+        embeds = self._slot_embeddings(pad_mask, restored_latents, restored_embeds) if pads else None
+        # The same-work rule's idle bridge joins the embeddings (weight zero) where a real one would,
+        # so that backward runs through the same layers on every rank (models/same_work.py).
+        zero = self.bridge(torch.zeros(1, *self.latent_shape, device=self.device)) if idle else None
+        expected = pad_mask.shape
+
+        def substitute(module, args, output):
+            ids = args[0] if args else None
+            if ids is None or ids.shape != expected:
+                return output
+            if embeds is not None:
+                mask = (ids == self.config.restored_pad_token_id).unsqueeze(-1)
+                output = output.masked_scatter(mask, embeds.to(output.dtype))
+            return output if zero is None else with_idle_work(output, [zero])
+
+        handle = self.get_input_embeddings().register_forward_hook(substitute)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _slot_embeddings(
+        self,
+        pad_mask: torch.Tensor,
+        restored_latents: torch.Tensor | None,
+        restored_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(R, N, D) what fills the `<|restored_pad|>` positions of the R rows that have them."""
         filled = restored_embeds if restored_embeds is not None else restored_latents
         if filled is None:
             raise ValueError(
@@ -373,24 +406,10 @@ class ComposedUnifiedModel(PreTrainedModel):
             raise ValueError(
                 f"each restoring row needs a multiple of {slot} <|restored_pad|> tokens, got {per_row.tolist()}"
             )
-        if filled.shape[0] != input_ids.shape[0]:
+        if filled.shape[0] != pad_mask.shape[0]:
             name = "restored_embeds" if restored_embeds is not None else "restored_latents"
             raise ValueError(f"{name} must have one (possibly unused) entry per batch row")
-        embeds = restored_embeds[rows] if restored_embeds is not None else self.bridge(restored_latents[rows])
-        expected = pad_mask.shape
-
-        def substitute(module, args, output):
-            ids = args[0] if args else None
-            if ids is None or ids.shape != expected:
-                return output
-            mask = (ids == self.config.restored_pad_token_id).unsqueeze(-1)
-            return output.masked_scatter(mask, embeds.to(output.dtype))
-
-        handle = self.get_input_embeddings().register_forward_hook(substitute)
-        try:
-            yield
-        finally:
-            handle.remove()
+        return restored_embeds[rows] if restored_embeds is not None else self.bridge(restored_latents[rows])
 
     def forward(
         self,
@@ -461,14 +480,23 @@ class ComposedUnifiedModel(PreTrainedModel):
             )
         return outputs
 
+    def same_work_parts(self) -> dict[str, torch.nn.Module]:
+        """The parts the same-work rule runs idle (models/same_work.py), by `SameWork.parts` name."""
+        return {"bridge": self.latent_bridge, "head": self.restoration_head}
+
     def _flow_velocity(
         self, input_ids, attention_mask, hidden_states, latents, timesteps, rows, degraded_latents
     ):
         batch, steps = latents.shape[:2]
         rows = torch.ones(batch, dtype=torch.bool, device=latents.device) if rows is None else rows.bool()
         out = torch.zeros_like(latents)
-        if not bool(rows.any()):
+        restoring, work = bool(rows.any()), self.same_work
+        idle = work is not None and work.needs_idle("head", restoring)
+        if not restoring and not idle:
             return out
+        if idle:  # the same-work rule: row 0 runs the head, its result joins `out` with weight zero
+            rows = torch.zeros_like(rows)
+            rows[0] = True
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if attention_mask.dim() == 4:  # per-query (B, 1, Q, K): the head reads what `<image_restore>` reads
@@ -482,6 +510,8 @@ class ComposedUnifiedModel(PreTrainedModel):
         chosen = latents[rows].flatten(0, 1)
         velocity = self.velocity(chosen, timesteps[rows].flatten(), context.select(index))
         out = out.to(velocity.dtype)
+        if idle:
+            return with_idle_work(out, [velocity])
         out[rows] = velocity.view(-1, steps, *latents.shape[2:])
         return out
 

@@ -120,11 +120,24 @@ def load_unified(
         ):  # a 4-bit load's key report: unchecked (CUDA only)
             _check_loaded(folder, info)
         _one_dtype_per_part(model)
+        _keep_used_conversions(model)
         # Adapters trained on it name this folder as their base: absolute, so they load from any cwd.
         model.name_or_path = model.config._name_or_path = str(folder.resolve())
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     setattr(model, ATTRIBUTE, saved_chat_settings(folder))
     return model, processor
+
+
+def _keep_used_conversions(model: ComposedUnifiedModel) -> None:
+    """Keep only the key renamings loading applied, so that saving reverses exactly those.
+
+    transformers' ZeRO-3 loading path (`zero.Init`) keeps every renaming it knows for the VLM,
+    used or not, where its normal path keeps the used ones; reversed on save, the unused ones
+    renamed keys a second time (`vlm.language_model.model.model.*`), and the folder did not load.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if c.was_used()]
 
 
 def _no_preset(folder: Path, preset: str | None, tags: str | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from clear_rl.data.collate import split_inputs
+from clear_rl.models.same_work import runs_every_pass
 from clear_rl.recipe import Recipe
 from clear_rl.restoration import restore_latents
 from clear_rl.trainers.bridge_config import BridgeConfig
@@ -33,12 +34,16 @@ def denoised_latents(
     restore = inputs["restore"].bool()
     latents = torch.zeros(restore.shape[0], *model.latent_shape, device=degraded_latents.device)
     rows = restore.nonzero().squeeze(1)
-    if len(rows) == 0:
+    idle = len(rows) == 0
+    if idle and not runs_every_pass(model):
         return latents
+    if idle:  # sharded: restore row 0 as another rank restores its rows, and discard it (same_work.py)
+        rows = torch.zeros(1, dtype=torch.long, device=restore.device)
     student, _ = split_inputs(inputs)
     context = model.teacher_forced_context(forward, student, degraded_latents, rows)
     sample = restore_latents(model, context, config.restoration_sampling, generator=generator)
-    latents[rows] = sample.latents.to(latents.dtype)
+    if not idle:
+        latents[rows] = sample.latents.to(latents.dtype)
     return latents
 
 
@@ -47,6 +52,12 @@ class BridgeTrainer(ClearSFTTrainer):
 
     _tag_names = ["trl", "sft", "clear-rl", "clear-bridge"]
     _name = "CLEAR bridge"
+
+    def parts_every_batch_needs(self) -> tuple[str, ...]:
+        """Without `restore_rows_only`, a batch may hold no restoring row, and then nothing of a
+        bridge-only run takes part in the loss: the bridge runs on an idle row so that every process
+        still has a gradient (zero, and dropped when no process restored)."""
+        return () if self.args.restore_rows_only else ("bridge",)
 
     def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
         args = self.args

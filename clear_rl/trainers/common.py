@@ -184,7 +184,7 @@ def start_run(recipe: Recipe) -> Path:
 def finish(trainer, processor, recipe: Recipe) -> None:
     """Save the final model and processor into output_dir (main process), beside the resolved
     recipe `start_run` saved, then mark the run finished."""
-    trainer.save_model(trainer.args.output_dir)
+    trainer.save_whole_model(trainer.args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(trainer.args.output_dir)
         mark_finished(trainer.args.output_dir, trainer.state.global_step)
@@ -241,26 +241,41 @@ class UnifiedCheckpointMixin:
                 use_mtime=True,
             )
 
+    def save_whole_model(self, output_dir: str) -> None:
+        """The final model as one loadable folder, whatever the checkpoints' layout.
+
+        Trainer's `save_model` writes nothing under FSDP's sharded state dicts and a DeepSpeed
+        checkpoint under ZeRO-3 without 16-bit gathering; the weights are gathered whole here
+        (every process takes part, the main process writes).
+        """
+        from clear_rl.trainers.sharding import is_sharded
+
+        if not is_sharded(self.accelerator):
+            return self.save_model(output_dir)
+        if self.is_deepspeed_enabled:
+            state_dict = self.model_wrapped._zero3_consolidated_16bit_state_dict()
+        else:
+            state_dict = self.accelerator.get_state_dict(self.model)
+        self._save(output_dir, state_dict=state_dict)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Trainer's save, but a unified model that is no `PreTrainedModel` (BAGEL) writes its own
         layout (`save_pretrained`) rather than Trainer's bare state dict."""
         from transformers.trainer import TRAINING_ARGS_NAME
 
         model = self.accelerator.unwrap_model(self.model)
-        if (
-            isinstance(model, PreTrainedModel | PeftModel)
-            or self.is_fsdp_enabled
-            or self.is_deepspeed_enabled
-        ):
+        if isinstance(model, PreTrainedModel | PeftModel):
             # peft looks for the adapters' base folder's config.json to tell whether the vocabulary
             # was resized; BAGEL's folder has none and its vocabulary never resizes (the tags use
             # unused rows), so peft's "will assume that the vocabulary was not modified" is right.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Could not find a config file in")
                 return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, state_dict=state_dict)  # gathered whole, when sharded
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
@@ -269,6 +284,8 @@ class UnifiedCheckpointMixin:
         model = self.model if model is None else model
         folder = Path(resume_from_checkpoint)
         own = self.accelerator.unwrap_model(model)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own sharded checkpoints
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if not isinstance(own, PreTrainedModel | PeftModel) and hasattr(own, "load_saved_weights"):
             own.load_saved_weights(folder)  # what `_save` wrote in the model's own layout (BAGEL's)
             return

@@ -40,7 +40,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_adapter
 
 from clear_rl.answering import answer_batch
@@ -65,6 +65,7 @@ from clear_rl.trainers.common import (
 )
 from clear_rl.trainers.flow_steps import choose_flow_steps
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
+from clear_rl.trainers.sharding import any_rank, full_weights, restores_anywhere, turn_on_same_work
 from clear_rl.trainers.trl_api import check_grpo_api, check_grpo_attributes, multimodal_keys
 
 check_grpo_api()  # a TRL whose private API differs fails here, naming its version and the tested range
@@ -148,7 +149,9 @@ class _RolloutScorer:
         part, keep = self.rollout.select(rows), self.keep
         restoring = bool(part.restored.any())
         flow = {}
-        if self.flow and restoring:
+        # Sharded, every rank runs the head in every chunk if any restores (same_work.py).
+        work = unified_core(self.model).same_work
+        if self.flow and (restoring or (work is not None and work.active)):
             flow = {"flow_latents": part.x_t, "flow_timesteps": part.t, "flow_rows": part.restored}
         masks = {"attention_mask": attention_mask}
         if self.drop_view and restoring:
@@ -240,6 +243,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         # The rollout being scored: set by `_rollout`, read by TRL's scoring passes, cleared when
         # `_generate_and_score_completions` returns (TRL gives those passes no way to carry it).
         self._scoring: FlowRollout | None = None
+        self._restores_anywhere = True  # whether any rank's latest rollout restored
+        turn_on_same_work(self)
 
     def _unified_model(self):
         return unified_core(self.model)
@@ -312,7 +317,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             degraded_view=args.degraded_view,
             restoration=args.restoration_sampling,
         )
-        with unwrap_model_for_generation(
+        with full_weights(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
         ) as generator_model:
             answered = answer_batch(
@@ -326,6 +331,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             )
         out = answered.output
         self._scoring = self._flow_rollout(out, step_chooser)
+        # Sharded: whether any rank restored decides the same-work rule for this batch's passes.
+        self._restores_anywhere = restores_anywhere(self, bool(out.restored.any()))
         real, text, restored = out.completion_mask.bool(), out.text_mask, out.restored.tolist()
         return {
             "prompt_ids": [
@@ -403,21 +410,22 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             i for i, row in enumerate(inputs) if row["restored"] and row.get("clean_image") is not None
         ]
         clean_latents: list[torch.Tensor | None] = [None] * len(inputs)
-        if restoring:
+        if any_rank(self.accelerator, bool(restoring)):  # a sharded model gathers on every rank
             with (
-                unwrap_model_for_generation(
+                full_weights(
                     self.model_wrapped,
                     self.accelerator,
                     gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 ) as model,
                 torch.no_grad(),
             ):
-                pixels = vae_pixel_values(
-                    [inputs[i]["clean_image"] for i in restoring], model.config.vae_image_size
-                )
-                encoded = model.encode_latents(pixels.to(self.accelerator.device)).float().cpu()
-            for i, latent in zip(restoring, encoded):
-                clean_latents[i] = latent
+                if restoring:
+                    pixels = vae_pixel_values(
+                        [inputs[i]["clean_image"] for i in restoring], model.config.vae_image_size
+                    )
+                    encoded = model.encode_latents(pixels.to(self.accelerator.device)).float().cpu()
+                    for i, latent in zip(restoring, encoded):
+                        clean_latents[i] = latent
         for row, latent in zip(inputs, clean_latents):
             row["clean_latents"] = latent
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -432,7 +440,8 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
             self._scoring = None
         if rollout is None or len(rollout) != output["completion_ids"].shape[0]:
             raise RuntimeError("TRL returned completions this trainer's rollout did not make")
-        if bool(rollout.restored.any()):
+        scored = self._restores_anywhere  # under sharding, ranks without restorations score too
+        if scored:
             if "old_per_token_logps" in output:  # off-policy: the flow's ratio needs the rollout's policy
                 velocity = self._score_flow_steps(self.model, rollout, output)
                 rollout.old_log_probs = self._flow_step(rollout, velocity).log_prob.view(rollout.t.shape)
@@ -441,7 +450,7 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
                     velocity = self._score_flow_steps(reference, rollout, output)
                 mean = self._flow_step(rollout, velocity).mean
                 rollout.reference_means = mean.view(*rollout.t.shape, *mean.shape[1:])
-        else:  # nothing to score: the loss masks every step
+        if not scored:  # nothing to score: the loss masks every step
             rollout.old_log_probs = torch.zeros_like(rollout.t) if "old_per_token_logps" in output else None
             rollout.reference_means = torch.zeros_like(rollout.x_t) if self.beta != 0.0 else None
         output["rollout"] = rollout.rows()  # TRL shuffles and slices lists with the batch

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
 from clear_rl.models.backbone import TrainableBackbone
+from clear_rl.models.same_work import runs_every_pass
 
 DistillMode = Literal["per_layer_kl", "pooled_mse"]
 
@@ -172,21 +173,25 @@ def loss_terms(
             model, input_ids, attention_mask, labels, rows, vit_token_dropout, generator
         )
         student = {**student, "attention_mask": attention_mask}
+    # Under sharding a rank without restoring rows still runs what one with them runs (the degraded
+    # encode, stage 2's restorations, the teacher pass): models/same_work.py.
+    restores = len(rows) > 0 or runs_every_pass(model)
     with torch.no_grad():  # the VAE never trains
         clean_latents = model.encode_latents(inputs["clean_vae_pixel_values"]).float()
-        need_degraded = (with_mse or restored_latents is not None) and len(rows) > 0
+        need_degraded = (with_mse or restored_latents is not None) and restores
         degraded_latents = model.encode_latents(inputs["vae_pixel_values"]).float() if need_degraded else None
-    slot = restored_latents(degraded_latents) if restored_latents is not None and len(rows) else clean_latents
+    slot = restored_latents(degraded_latents) if restored_latents is not None and restores else clean_latents
     flow, target = {}, None
-    if with_mse and len(rows):  # the head runs in the same pass, through the model's flow arguments
-        shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
-        x_t, t, target = flow_matching_sample(
-            model, clean_latents[rows], degraded_latents[rows], shift, generator
-        )
-        flow_latents = x_t.new_zeros(restore.shape[0], 1, *x_t.shape[1:])
-        flow_latents[rows, 0] = x_t
-        timesteps = t.new_zeros(restore.shape[0], 1)
-        timesteps[rows, 0] = t
+    if with_mse and restores:  # the head runs in the same pass, through the model's flow arguments
+        flow_latents = clean_latents.new_zeros(restore.shape[0], 1, *clean_latents.shape[1:])
+        timesteps = clean_latents.new_zeros(restore.shape[0], 1)
+        if len(rows):
+            shift = model.config.flow_shift if train_timestep_shift is None else train_timestep_shift
+            x_t, t, target = flow_matching_sample(
+                model, clean_latents[rows], degraded_latents[rows], shift, generator
+            )
+            flow_latents[rows, 0] = x_t
+            timesteps[rows, 0] = t
         flow = {
             "flow_latents": flow_latents,
             "flow_timesteps": timesteps,
@@ -204,19 +209,24 @@ def loss_terms(
     )
     ce_sum, ce_tokens, ce_correct = token_cross_entropy(out.logits, labels, positions)
     mse = distill = None
-    if flow:
+    if flow and len(rows):
         mse = (out["flow_velocity"][rows, 0].float() - target).pow(2).mean()
-    if with_distill and len(rows):
+    elif flow:  # the same-work rule: the idle head's result, weight zero (models/same_work.py)
+        mse = 0.0 * out["flow_velocity"].float().sum()
+    if with_distill and restores:
         with torch.no_grad():
             teacher_out = forward(**teacher, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        distill = distill_loss(
-            model,
-            out,
-            input_ids,
-            teacher_out,
-            teacher["input_ids"],
-            rows,
-            distill_mode,
-            teacher.get("image_grid_thw"),
-        )
+        if len(rows):
+            distill = distill_loss(
+                model,
+                out,
+                input_ids,
+                teacher_out,
+                teacher["input_ids"],
+                rows,
+                distill_mode,
+                teacher.get("image_grid_thw"),
+            )
+        else:  # the same-work rule: row 0's layer states, as the distill reads them, weight zero
+            distill = 0.0 * model.image_token_states(out, input_ids, 0).float().sum()
     return LossTerms(ce_sum, ce_tokens, ce_correct, mse, distill, len(rows))

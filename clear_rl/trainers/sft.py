@@ -26,6 +26,7 @@ from clear_rl.trainers.common import (
 )
 from clear_rl.trainers.losses import LossTerms, loss_terms
 from clear_rl.trainers.sft_config import ClearSFTConfig
+from clear_rl.trainers.sharding import restores_anywhere, turn_on_same_work
 
 CONFIG_CLASS = ClearSFTConfig
 
@@ -39,7 +40,12 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = True  # compute_loss normalises every term for accumulation itself
+        turn_on_same_work(self, keep=self.parts_every_batch_needs())
         self._draw = (-1, 0)  # (global step, micro-batch) of the last random draw
+
+    def parts_every_batch_needs(self) -> tuple[str, ...]:
+        """Parts the loss needs on every batch, restoring or not (`SameWork.keep`): none here."""
+        return ()
 
     # -- the stage's loss terms ---------------------------------------------------------------
     def stage_loss_options(self, model, forward, inputs, generator: torch.Generator) -> dict[str, Any]:
@@ -84,6 +90,7 @@ class ClearSFTTrainer(LossOnlyEvaluationMixin, UnifiedCheckpointMixin, SFTTraine
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         generator = self._generator(inputs["input_ids"].device)
+        restores_anywhere(self, bool(inputs["restore"].any()))  # sharded: same work on every rank
         terms = LossTerms(**model(clear_step=self._step(generator), **inputs))
         args = self.args
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1

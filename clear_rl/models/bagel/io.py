@@ -136,9 +136,10 @@ def read_plain(file: Path, dtype: torch.dtype | None, device: torch.device | str
         }
 
 
-def checkpoint_state_dict(model: BagelModel) -> dict[str, torch.Tensor]:
-    """The tensors of the official weights file: the state dict plus the two sin-cos tables."""
-    state = dict(model.state_dict())
+def checkpoint_state_dict(model: BagelModel, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the official weights file: the state dict (`state`, when gathered elsewhere,
+    e.g. from a sharded run's ranks) plus the two sin-cos tables."""
+    state = dict(model.state_dict() if state is None else state)
     dtype = model.dtype
     state["vit_pos_embed.pos_embed"] = model.vit_pos_embed.pos_embed.to(dtype)
     state["latent_pos_embed.pos_embed"] = model.latent_pos_embed.pos_embed.to(dtype)
@@ -166,16 +167,21 @@ def save_bagel(
 
 
 def write_bagel_files(
-    model: BagelModel, folder: str | os.PathLike, weights_name: str = "ema.safetensors", tokenizer=None
+    model: BagelModel,
+    folder: str | os.PathLike,
+    weights_name: str = "ema.safetensors",
+    tokenizer=None,
+    state: dict | None = None,
 ) -> None:
     """The official layout's files, each written atomically into the existing `folder` (a training
-    run's output folder keeps its other files); see `save_bagel`."""
+    run's output folder keeps its other files); see `save_bagel`. `state`: `model`'s whole state
+    dict where its parameters are sharded (the VAE, never sharded, is read off the model)."""
     folder = Path(folder)
     source = Path(getattr(model, "name_or_path", "") or "")
     for name, text in model.config.json_files().items():
         with atomic_path(folder / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_state_dict(model).items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_state_dict(model, state).items()}
     with atomic_path(folder / weights_name) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     ae = vae_io.to_bfl_state_dict(model.vae.state_dict(), model.config.vae)

@@ -174,13 +174,15 @@ class BagelModel(nn.Module):
             self.vae.train(mode)
         return self
 
+    # Read off `vae2llm`: peft's trainable-token wrapper of the embeddings merges its weight when
+    # read, which under FSDP2 mixes the sharded base weight with the plain token rows.
     @property
     def device(self) -> torch.device:
-        return self.language_model.model.embed_tokens.weight.device
+        return self.vae2llm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language_model.model.embed_tokens.weight.dtype
+        return self.vae2llm.weight.dtype
 
     def reset_buffers(self, device: torch.device | str | None = None) -> None:
         """Recompute the non-persistent buffers (RoPE frequencies, both sin-cos tables).
@@ -326,9 +328,9 @@ class BagelModel(nn.Module):
 
     def embed(self, packed: PackedSequence) -> torch.Tensor:
         """The packed sequence's input embeddings (N, D)."""
-        embed_tokens = self.language_model.model.embed_tokens
-        out = embed_tokens.weight.new_zeros((packed.length, self.config.hidden_size))
-        out[packed.text_index] = embed_tokens(packed.text_ids)
+        text = self.language_model.model.embed_tokens(packed.text_ids)  # (its weight: sharded until called)
+        out = text.new_zeros((packed.length, self.config.hidden_size))
+        out[packed.text_index] = text
         if packed.vit_index.numel():
             out[packed.vit_index] = self.embed_vit(
                 packed.vit_patches, packed.vit_position_ids, packed.vit_lengths

@@ -32,6 +32,7 @@ from clear_rl.models.bagel.training import (
     noised_velocities,
 )
 from clear_rl.models.parts import BAGEL_LORA_SCOPES, BAGEL_PART_PATTERNS
+from clear_rl.models.same_work import SameWork, with_idle_work
 from clear_rl.models.tokens import up_to_last
 
 TRAINED_WEIGHTS_NAME = "model.safetensors"  # what CLEAR's own trained checkpoints hold
@@ -55,6 +56,11 @@ class BagelTrainingMixin:
     # Generation can re-encode a restoration as a ViT block (eval's baseline); the training pass lays
     # every slot out as a latent block, so GRPO replays only the bridge.
     training_readbacks: tuple[str, ...] = ("bridge",)
+    # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
+    same_work: SameWork | None = None
+    # FSDP's auto-wrap units (accelerate reads them when the config names none): the MoT layers and
+    # the ViT's layers.
+    _no_split_modules = ["MoTDecoderLayer", "SiglipEncoderLayer"]
 
     # -- what peft, transformers and TRL read off a model ---------------------------------------
     def add_model_tags(self, tags: list[str]) -> None:
@@ -88,6 +94,11 @@ class BagelTrainingMixin:
     # -- parts ------------------------------------------------------------------------------------
     def part_patterns(self) -> dict[str, list[str]]:
         return {part: list(patterns) for part, patterns in BAGEL_PART_PATTERNS.items()}
+
+    def same_work_parts(self) -> dict[str, torch.nn.Module]:
+        """The parts the same-work rule runs idle: the velocity head (the bridge's modules, shared
+        with the prompt's latent block, run in every pass)."""
+        return {"head": self.bagel.llm2vae}
 
     def lora_scopes(self) -> dict[str, str]:
         return dict(BAGEL_LORA_SCOPES)
@@ -180,6 +191,14 @@ class BagelTrainingMixin:
         index = gather_positions(layout, logits_to_keep)
         logits = self.bagel.language_model.lm_head(output.last_hidden_state[index])
         velocity = None if flow is None else noised_velocities(self.bagel, output, layout, flow_latents)
+        work = self.same_work
+        if (
+            flow is not None
+            and work is not None
+            and work.needs_idle("head", any(r.noised for r in layout.rows))
+        ):
+            # the same-work rule (models/same_work.py): the velocity head on one token, weight zero
+            velocity = with_idle_work(velocity, [self.bagel.llm2vae(output.last_hidden_state[:1])])
         return BagelTrainingOutput(
             logits=logits,
             flow_velocity=velocity,
@@ -251,14 +270,16 @@ class BagelTrainingMixin:
         return BagelRestorationContext(cache, rows, degraded_latents[rows])
 
     # -- files --------------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike, **_: Any) -> None:
-        """The official layout, written into `path` (an existing run folder keeps its other files)."""
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None, **_: Any) -> None:
+        """The official layout, written into `path` (an existing run folder keeps its other files);
+        `state_dict`: this model's, gathered whole where its parameters are sharded."""
         from clear_rl.models.bagel.io import write_bagel_files
 
         if any(type(m).__name__ == "Linear4bit" for m in self.modules()):
             raise ClearRLError("a 4-bit BAGEL trains through LoRA adapters only; its base cannot be saved")
         Path(path).mkdir(parents=True, exist_ok=True)
-        write_bagel_files(self.bagel, path, TRAINED_WEIGHTS_NAME, self.tokenizer)
+        state = None if state_dict is None else {k.removeprefix("bagel."): v for k, v in state_dict.items()}
+        write_bagel_files(self.bagel, path, TRAINED_WEIGHTS_NAME, self.tokenizer, state=state)
 
     def load_saved_weights(self, path: str | os.PathLike) -> None:
         """Put the weights `save_pretrained` wrote into this model (resuming a full fine-tune)."""
