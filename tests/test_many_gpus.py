@@ -241,7 +241,7 @@ def test_fsdp2_trains_tiny_bagel_grpo_restoring_on_one_rank_and_saves_its_offici
     out = tmp_path / "grpo"
     _, history = launch(
         tmp_path, FSDP, "recipes/bagel_7b_mot/grpo-lora.yaml", f"model.path={tmp_path / 'bagel'}",
-        f"data.path={tmp_path / 'data'}", f"training.output_dir={out}", "model.lora=null", "model.dtype=float32",
+        "model.tags=tokens", f"data.path={tmp_path / 'data'}", f"training.output_dir={out}", "model.lora=null", "model.dtype=float32",
         "training.beta=0", "training.max_steps=1", "training.gradient_accumulation_steps=1",
         "training.per_device_train_batch_size=2", "training.num_generations=2", "training.max_completion_length=4",
         "training.restoration_steps=2", "training.save_strategy=no", "training.logging_steps=1",
