@@ -96,7 +96,10 @@ def held_share(trainer) -> dict[str, float]:
     if trainer.is_deepspeed_enabled:  # fp32 master partitions and their AdamW state
         optimizer = trainer.deepspeed.optimizer
         # ZeRO-3 names its fp32 partitions fp32_partitioned_groups_flat, ZeRO-1/2 single_partition_of_fp32_groups.
-        flats = getattr(optimizer, "fp32_partitioned_groups_flat", None) or optimizer.single_partition_of_fp32_groups
+        flats = (
+            getattr(optimizer, "fp32_partitioned_groups_flat", None)
+            or optimizer.single_partition_of_fp32_groups
+        )
         state = [optimizer.optimizer.state[flat] for flat in flats]
     else:
         state = [trainer.optimizer.optimizer.state[p] for p in trainable]

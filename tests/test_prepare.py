@@ -246,6 +246,8 @@ def test_describe_quality_check_shares_the_check_and_leaves_the_decision_to_one_
     config = PrepareConfig(levels=("high",), restore_levels=("high",), quality_check="describe")
     prepare_dataset(source.dataset_dir, out, config)
     targets = datasets.load_from_disk(str(out))["train"]["target"]
-    assert all(t.startswith("<think>The image has severe ") and "</think><image_restore>" in t for t in targets)
+    assert all(
+        t.startswith("<think>The image has severe ") and "</think><image_restore>" in t for t in targets
+    )
     with pytest.raises(DataError, match="quality_check"):
         PrepareConfig(quality_check="explain")
