@@ -18,9 +18,9 @@ from benchmarks._common import PhaseTimer, count_parameters, millions, suppress_
 from benchmarks.results import machine_line, update_section
 from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.eval.report import markdown_table
-from clear_rl.generation import InterleavedGenerationConfig, _Rollout, generate_interleaved
 from clear_rl.models import TinyModelConfig, build_tiny_model
 from clear_rl.models.processing import prompt_texts, vae_pixel_values
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, _Rollout, generate_interleaved
 
 BATCH = 8
 NEW_TOKENS = (64, 128)

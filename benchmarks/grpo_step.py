@@ -27,11 +27,11 @@ from benchmarks._common import PhaseTimer, suppress_tokens
 from benchmarks.results import machine_line, update_section
 from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.eval.report import markdown_table
-from clear_rl.generation import _Rollout
 from clear_rl.models import build_tiny_model
 from clear_rl.models.adapters import set_trainable_parts
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.rewards import load_rewards
+from clear_rl.rollout.interleaved import _Rollout
 from clear_rl.trainers.grpo import InterleavedGRPOTrainer, to_grpo_dataset
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 

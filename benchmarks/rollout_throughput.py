@@ -16,11 +16,11 @@ import torch
 
 from benchmarks._common import count_parameters, millions, suppress_tokens
 from benchmarks.results import machine_line, update_section
-from clear_rl.answering import answer_batch
 from clear_rl.demo.shapes_vqa import generate_shapes_vqa
 from clear_rl.eval.report import markdown_table
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models import TinyModelConfig, build_tiny_model
+from clear_rl.rollout.answering import answer_batch
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 
 G = 8
 NEW_TOKENS = 48  # the demo recipe's max_completion_length

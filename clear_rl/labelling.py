@@ -18,13 +18,13 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from clear_rl.answering import answer_batch, vae_view_groups
 from clear_rl.data.prompts import format_question
 from clear_rl.data.samples import ProbeSettings
 from clear_rl.data.sources import SourceRow
 from clear_rl.eval.extract import score_answer
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.chat import OWN_PROMPT, resolve_chat
+from clear_rl.rollout.answering import answer_batch, vae_view_groups
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 
 
 class Prober:

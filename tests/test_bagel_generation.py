@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clear_rl.answering import answer_batch
 from clear_rl.errors import ClearRLError
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.backbone import Decoder, UnifiedBackbone
 from clear_rl.models.bagel import BagelUnifiedModel, build_tiny_bagel, load_bagel_unified
 from clear_rl.models.io import load_unified
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
-from clear_rl.restoration import RestorationGuidance, RestorationSampling
+from clear_rl.rollout.answering import answer_batch
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
+from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 from tests.conftest import make_images
 
 QUESTIONS = ["What is shown in the picture?", "Describe the image."]

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from clear_rl.errors import ClearRLError
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.bagel import build_tiny_bagel, build_tiny_tokenizer, load_bagel_unified
 from clear_rl.models.bagel.config import BagelConfig
 from clear_rl.models.bagel.guidance import RowPrompt, TurnIds, cfg_contexts
@@ -32,7 +31,8 @@ from clear_rl.models.bagel.presets import (
 )
 from clear_rl.models.bagel.processing import BagelProcessor
 from clear_rl.models.settings import BAGEL_PRESETS
-from clear_rl.restoration import RestorationGuidance, RestorationSampling
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
+from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 
 
 # -- the official arithmetic, transcribed -------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_release_views_on_bagel_7b_geometry(tokenizer):
 
 
 def test_a_batch_of_several_vae_view_sizes_is_refused_and_grouped(tokenizer):
-    from clear_rl.answering import vae_view_groups
+    from clear_rl.rollout.answering import vae_view_groups
 
     processor = BagelProcessor(tokenizer, CLEAR_RELEASE)
     images = [_image(1280, 960), _image(480, 640), _image(2560, 1920)]  # 1024x768, 512x688, 1024x768
@@ -181,7 +181,7 @@ def test_presets_are_fitted_to_a_smaller_model_and_named(folder):
 
 
 def test_restorations_take_each_images_vae_view(folder):
-    from clear_rl.answering import answer_batch
+    from clear_rl.rollout.answering import answer_batch
 
     model, processor = load_bagel_unified(folder, device="cpu", tags="tokens")
     image = _image(40, 24)  # tiny VAE view: 32 x 20, latent 16 x 10 (5 x 8 tokens)
@@ -231,7 +231,7 @@ def test_cfg_contexts_token_by_token(contexts, text_uncond, image_uncond):
 def test_the_decoder_guides_with_the_contexts_it_is_given(folder, contexts):
     """A restoration of the tiny model: what the two unconditional prefills receive is the prompt's
     own ids, cut as `contexts` says."""
-    from clear_rl.answering import answer_batch
+    from clear_rl.rollout.answering import answer_batch
 
     model, processor = load_bagel_unified(folder, device="cpu", tags="tokens")
     seen, prefill = [], model.bagel.prefill

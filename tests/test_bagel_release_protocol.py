@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from clear_rl.answering import answer_batch
 from clear_rl.errors import ClearRLError
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.bagel import build_tiny_bagel, build_tiny_tokenizer, load_bagel_unified
 from clear_rl.models.bagel.modeling import LatentSegment, TextSegment
 from clear_rl.models.bagel.presets import RELEASE_SYSTEM_PROMPT
 from clear_rl.models.chat import chat_settings_of
 from clear_rl.models.io import load_unified
 from clear_rl.models.readback import latents_to_images
-from clear_rl.restoration import RestorationGuidance, RestorationSampling
+from clear_rl.rollout.answering import answer_batch
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
+from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 from tests.conftest import make_images
 
 QUESTION = "What is shown in the picture?"

@@ -19,11 +19,9 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from clear_rl.answering import answer_batch
 from clear_rl.cli import main
 from clear_rl.data.collate import ClearCollator
 from clear_rl.errors import ClearRLError
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.bagel import build_tiny_bagel, load_bagel_unified
@@ -33,7 +31,9 @@ from clear_rl.models.processing import encode_prompts
 from clear_rl.models.readback import first_placeholder
 from clear_rl.models.settings import LoraSettings
 from clear_rl.recipe import load_recipe, stage_module
-from clear_rl.restoration import RestorationSampling
+from clear_rl.rollout.answering import answer_batch
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
+from clear_rl.rollout.restoration import RestorationSampling
 from clear_rl.trainers.common import unified_core
 from clear_rl.trainers.losses import loss_terms
 from tests.conftest import make_images

@@ -120,7 +120,7 @@ def test_a_degraded_source_restores_a_latent_the_degradation_left_alone(fresh_ti
     """With the source centred on the degraded latent, the exact velocity of the straight path to
     x0 = d (v = s - d, i.e. the noise) brings every sample back to d, from any noise."""
     from clear_rl.models.composed import RestorationContext
-    from clear_rl.restoration import RestorationSampling, restore_latents
+    from clear_rl.rollout.restoration import RestorationSampling, restore_latents
 
     model, _ = fresh_tiny
     model.config.flow_source = "degraded"

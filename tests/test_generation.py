@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
-from clear_rl.restoration import RestorationSampling
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.rollout.restoration import RestorationSampling
 from tests.conftest import make_prompts
 
 QUESTIONS = ["What color is the circle?", "How many shapes are there in the picture?", "Which one?"]

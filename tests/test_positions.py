@@ -13,7 +13,6 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models.assemble import compose_unified
 from clear_rl.models.positions import (
     RolloutPositions,
@@ -22,7 +21,8 @@ from clear_rl.models.positions import (
     restored_block_grid,
 )
 from clear_rl.models.tiny import build_tiny_tokenizer
-from clear_rl.restoration import RestorationSampling
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.rollout.restoration import RestorationSampling
 
 VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 PATCH_DIM = 3 * 2 * 2 * 2  # channels * temporal patch * patch * patch

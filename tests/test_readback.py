@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clear_rl.generation import InterleavedGenerationConfig, generate_interleaved
 from clear_rl.models import build_tiny_model
-from clear_rl.restoration import RestorationSampling
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, generate_interleaved
+from clear_rl.rollout.restoration import RestorationSampling
 from tests.conftest import make_prompts
 
 QUESTIONS = ["What color is the circle?", "How many shapes are there in the picture?", "Which one?"]

@@ -42,7 +42,7 @@ READBACKS = ("model", "bridge", "reencode", "reencode-vae")
 TAGS = ("text", "tokens")  # clear_rl.models.settings.TAGS
 PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
 BACKBONES = ("auto", "composed", "bagel")  # clear_rl.models.settings.BACKBONES
-RENORMS = ("global", "channel", "text_channel")  # clear_rl.restoration.RENORMS
+RENORMS = ("global", "channel", "text_channel")  # clear_rl.rollout.restoration.RENORMS
 PRESETS = ("clear-release", "bagel-upstream")  # clear_rl.models.settings.BAGEL_PRESETS
 CFG_CONTEXTS = ("drop-thought", "drop-tag", "upstream")  # clear_rl.models.bagel.presets.CFG_CONTEXTS
 
@@ -250,7 +250,7 @@ def _guidance(args: argparse.Namespace):
     preset's values with the --cfg-* flags given in their place."""
     from clear_rl.eval.runner import MODEL_GUIDANCE
     from clear_rl.models.bagel.presets import get_preset
-    from clear_rl.restoration import RestorationGuidance
+    from clear_rl.rollout.restoration import RestorationGuidance
 
     if args.no_cfg:
         return None

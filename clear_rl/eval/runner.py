@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from clear_rl.answering import answer_batch, vae_view_groups, vae_view_pixels
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.eval.files import BenchmarkFiles, plan_files
@@ -35,7 +34,6 @@ from clear_rl.eval.quality import measure_restorations
 from clear_rl.eval.reference import CleanReference, row_corruptions
 from clear_rl.eval.report import write_report
 from clear_rl.eval.scoring import LEVELS, check_protocol, parse_dataset_name
-from clear_rl.generation import InterleavedGenerationConfig
 from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 from clear_rl.io.images import decode_image, pil_to_tensor
 from clear_rl.io.tsv import resolve_image_cells
@@ -43,8 +41,10 @@ from clear_rl.models.bagel.presets import READBACK_DESCRIPTIONS, TAG_DESCRIPTION
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.models.readback import READBACKS as READBACK_PATHS
 from clear_rl.models.tokens import SYSTEM_PROMPT
-from clear_rl.restoration import RestorationGuidance, RestorationSampling
 from clear_rl.reward_helpers import answer_grades
+from clear_rl.rollout.answering import answer_batch, vae_view_groups, vae_view_pixels
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig
+from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 
 logger = logging.getLogger(__name__)
 RESTORE_POLICIES = ("model", "always", "never", "oracle")

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from clear_rl.restoration import RestorationSampling
+from clear_rl.rollout.restoration import RestorationSampling
 
 
 def bf16_supported() -> bool:

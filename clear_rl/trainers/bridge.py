@@ -18,7 +18,7 @@ import torch
 from clear_rl.data.collate import split_inputs
 from clear_rl.models.same_work import runs_every_pass
 from clear_rl.recipe import Recipe
-from clear_rl.restoration import restore_latents
+from clear_rl.rollout.restoration import restore_latents
 from clear_rl.trainers.bridge_config import BridgeConfig
 from clear_rl.trainers.common import run_stage
 from clear_rl.trainers.sft import ClearSFTTrainer

@@ -43,15 +43,15 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax, use_adapter
 
-from clear_rl.answering import answer_batch
 from clear_rl.data.grpo_prompts import prompt_image, to_grpo_dataset
 from clear_rl.data.samples import GRPO_COLUMNS
 from clear_rl.errors import ClearRLError
 from clear_rl.flow import sde_step, step_mean_kl
-from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.readback import first_placeholder
 from clear_rl.recipe import Recipe
+from clear_rl.rollout.answering import answer_batch
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, InterleavedOutput
 from clear_rl.seeds import generator_for
 from clear_rl.trainers.common import (
     UnifiedCheckpointMixin,

@@ -41,7 +41,7 @@ from transformers.generation.logits_process import (
 from clear_rl.models.backbone import UnifiedBackbone
 from clear_rl.models.readback import READBACKS, DegradedView, Readback
 from clear_rl.models.turns import tag_protocol
-from clear_rl.restoration import RestorationSampling, restore_latents
+from clear_rl.rollout.restoration import RestorationSampling, restore_latents
 
 RestorePolicy = Literal["model", "always", "never", "oracle"]
 

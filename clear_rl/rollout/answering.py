@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from clear_rl.generation import InterleavedGenerationConfig, InterleavedOutput, generate_interleaved
 from clear_rl.models.processing import Prompt, encode_prompts, vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
+from clear_rl.rollout.interleaved import InterleavedGenerationConfig, InterleavedOutput, generate_interleaved
 
 
 @dataclass
