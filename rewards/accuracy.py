@@ -9,10 +9,10 @@ uses a judge). Rows without a reference get None, which TRL leaves out of the we
 
 from __future__ import annotations
 
-from clear_rl.reward_helpers import answer_scores
+from clear_rl.rewards import answer_scores
 
 
-def accuracy(
+def accuracy_reward(
     prompts, completions, answer, judge: bool = False, judge_workers: int = 8, **kwargs
 ) -> list[float | None]:
     return answer_scores(completions, answer, kwargs, judge=judge, judge_workers=judge_workers)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from clear_rl.errors import RewardError
-from clear_rl.reward_helpers import answer_scores
+from clear_rl.rewards import answer_scores
 
 CELLS = ("restored_correct", "skipped_correct", "restored_wrong", "skipped_wrong")
 MATRICES = {
@@ -49,7 +49,7 @@ def decision_matrix(matrix: str | Mapping[str, float]) -> dict[str, float]:
         raise RewardError(f"matrix values must be numbers, got {dict(matrix)}") from None
 
 
-def decision(
+def decision_reward(
     prompts, completions, restored, answer, matrix="paper", judge: bool = False, **kwargs
 ) -> list[float | None]:
     table = decision_matrix(matrix)

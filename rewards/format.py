@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from clear_rl.errors import RewardError
-from clear_rl.reward_helpers import completion_text
+from clear_rl.rewards import completion_text
 
 THINK = re.compile(r"<think>.*?</think>", re.S)
 ANSWER = re.compile(r"<answer>.*?</answer>", re.S)
@@ -37,7 +37,7 @@ def binary_format(text: str) -> float:
     return float(PROTOCOL.fullmatch(TEMPLATE_TOKEN.sub("", text)) is not None)
 
 
-def format(prompts, completions, mode: str = "graded", **kwargs) -> list[float]:
+def format_reward(prompts, completions, mode: str = "graded", **kwargs) -> list[float]:
     scorers = {"graded": graded_format, "binary": binary_format}
     if mode not in scorers:
         raise RewardError(f"mode must be one of {sorted(scorers)}, got {mode!r}")

@@ -45,7 +45,7 @@ def _as_chw(latent, row: int, what: str) -> torch.Tensor:
     return tensor
 
 
-def latent_quality(
+def latent_quality_reward(
     prompts, completions, restored, restored_latents, clean_latents, **kwargs
 ) -> list[float | None]:
     rewards: list[float | None] = []

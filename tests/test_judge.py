@@ -155,7 +155,7 @@ def test_a_judge_that_accepts_and_never_answers_fails_within_the_configured_time
 
 
 def test_a_judge_that_stays_down_can_fall_back_to_the_rules_with_a_counted_warning(monkeypatch, caplog):
-    from clear_rl.reward_helpers import answer_grades, answer_scores
+    from clear_rl.rewards import answer_grades, answer_scores
 
     columns = {"question": ["Which?"] * 3, "A": ["cat"] * 3, "B": ["dog"] * 3}
     completions = ["<answer>A or B</answer>", "<answer>B</answer>", "<answer>cat, I guess</answer>"]

@@ -21,7 +21,7 @@ names = sys.argv[1].split(",")
 functions, weights = load_rewards([{"name": n, "weight": 0.5} for n in names])
 out = [f(prompts=["q"], completions=["<think>t</think><answer>B</answer>"], answer=["B"], restored=[False],
          restored_latents=[None], clean_latents=[None]) for f in functions]
-# Where each built-in was imported from (by name, as clear_rl.builtin_rewards.<name>).
+# Where each built-in was imported from (by name, as clear_rl.rewards.builtin.<name>).
 modules = {sys.modules[f.function.__module__].__file__ for f in functions}
 print(json.dumps({"dirs": sorted({str(Path(m).parent) for m in modules}),
                   "modules": [f.function.__module__ for f in functions],
@@ -63,14 +63,14 @@ def _run(args: list[str], cwd: Path, env_path: str | None) -> dict:
 def test_wheel_install_ships_the_builtin_rewards(tmp_path):
     target = tmp_path / "site"
     _pip_install("--target", str(target), str(_copy_project(tmp_path)))
-    assert (target / "clear_rl" / "builtin_rewards" / "latent_quality.py").is_file()
+    assert (target / "clear_rl" / "rewards" / "builtin" / "latent_quality.py").is_file()
     # The package is built from rewards/ itself: the checkout's redirecting __init__ is not shipped.
-    shipped_init = (target / "clear_rl" / "builtin_rewards" / "__init__.py").read_text()
+    shipped_init = (target / "clear_rl" / "rewards" / "builtin" / "__init__.py").read_text()
     assert shipped_init == (REPO / "rewards" / "__init__.py").read_text()
     names = "accuracy,format,decision,latent_quality"
     report = _run([sys.executable, "-c", CHECK, names], cwd=tmp_path, env_path=str(target))
-    assert [Path(d) for d in report["dirs"]] == [target / "clear_rl" / "builtin_rewards"]
-    assert report["modules"] == [f"clear_rl.builtin_rewards.{n}" for n in names.split(",")]
+    assert [Path(d) for d in report["dirs"]] == [target / "clear_rl" / "rewards" / "builtin"]
+    assert report["modules"] == [f"clear_rl.rewards.builtin.{n}" for n in names.split(",")]
     assert report["names"] == names.split(",")
     assert report["out"] == [[1.0], [1.0], [0.0], [None]]
 
@@ -83,7 +83,7 @@ def test_editable_install_reads_the_checkout_rewards_folder(tmp_path):
     site_dir = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     # -S: only this prefix's site-packages, not the test environment's own clear_rl (stdlib only: no torch,
     # so latent_quality, which imports torch, is left out here).
-    script = f"import site; site.addsitedir({site_dir!r}); import clear_rl.builtin_rewards.format\n" + CHECK
+    script = f"import site; site.addsitedir({site_dir!r}); import clear_rl.rewards.builtin.format\n" + CHECK
     report = _run(
         [sys.executable, "-S", "-c", script, "accuracy,format,decision"], cwd=tmp_path, env_path=None
     )

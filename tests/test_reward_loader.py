@@ -3,6 +3,7 @@
 import asyncio
 import inspect
 import pickle
+import re
 import sys
 import types
 from pathlib import Path
@@ -175,12 +176,24 @@ def test_async_plugins_get_the_same_checks_and_errors(plugin_dir):
     assert asyncio.run(fragile(prompts=["p"] * 2, completions=["ab", "abcd"])) == [0.5, 0.25]
 
 
+def test_the_documented_plugin_runs_as_written(tmp_path):
+    """docs/rewards.md's example plugin, copied as a user would, imports its helpers from the path
+    the page names and scores plain and conversational completions."""
+    page = (Path(clear_rl.__file__).resolve().parents[1] / "docs" / "rewards.md").read_text()
+    example = re.search(r"```python\n# my_rewards.py\n(.*?)```", page, re.S)
+    assert example, "docs/rewards.md lost its my_rewards.py example"
+    (tmp_path / "my_rewards.py").write_text(example.group(1))
+    brevity, _ = load_one({"path": "my_rewards.py:brevity", "max_words": 2}, tmp_path)
+    conversational = [{"role": "assistant", "content": [{"type": "text", "text": "far too many words"}]}]
+    assert brevity(prompts=["q", "q"], completions=["two words", conversational]) == [1.0, 0.0]
+
+
 def test_builtins_are_modules_of_the_checkouts_rewards_folder():
-    """Built-ins import by name, as clear_rl.builtin_rewards.<name>, from the rewards/ folder beside
+    """Built-ins import by name, as clear_rl.rewards.builtin.<name>, from the rewards/ folder beside
     the clear_rl in use (its checkout, or its wheel's copy), never another checkout's."""
     functions, _ = load_rewards(builtin_reward_names())
     modules = [sys.modules[f.function.__module__] for f in functions]
-    assert [m.__name__ for m in modules] == [f"clear_rl.builtin_rewards.{n}" for n in builtin_reward_names()]
+    assert [m.__name__ for m in modules] == [f"clear_rl.rewards.builtin.{n}" for n in builtin_reward_names()]
     rewards_dir = Path(clear_rl.__file__).resolve().parents[1] / "rewards"
     assert {Path(m.__file__).resolve().parent for m in modules} == {rewards_dir}
 

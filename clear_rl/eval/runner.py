@@ -41,7 +41,7 @@ from clear_rl.models.bagel.presets import READBACK_DESCRIPTIONS, TAG_DESCRIPTION
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
 from clear_rl.models.readback import READBACKS as READBACK_PATHS
 from clear_rl.models.tokens import SYSTEM_PROMPT
-from clear_rl.reward_helpers import answer_grades
+from clear_rl.rewards import answer_grades
 from clear_rl.rollout.answering import answer_batch, vae_view_groups, vae_view_pixels
 from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling

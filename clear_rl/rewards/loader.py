@@ -12,9 +12,9 @@ parameters bound to the function:
 Each function follows TRL's contract `fn(prompts, completions, **kwargs) -> list[float | None]`.
 The wrapper TRL receives checks what the function returns, passes only the keywords it accepts
 (when it has no **kwargs), and turns any failure into a RewardError that names the plugin and
-the completion that broke it. Built-ins are the modules of the package `clear_rl.builtin_rewards`
-(the top-level `rewards/` folder, see pyproject.toml), imported by name; a user's file is
-imported from its path, a dotted path by name.
+the completion that broke it. Built-in `name` is the function `<name>_reward` of the module
+`clear_rl.rewards.builtin.<name>` (the top-level `rewards/` folder, see pyproject.toml), imported
+by name; a user's file is imported from its path, a dotted path by name.
 """
 
 from __future__ import annotations
@@ -36,15 +36,18 @@ from types import ModuleType
 from typing import Any
 
 from clear_rl.errors import ClearRLError, RewardError
-from clear_rl.reward_helpers import completion_text
+from clear_rl.rewards.helpers import completion_text
 
 CALL_ARGUMENTS = ("prompts", "completions")
-BUILTIN_PACKAGE = "clear_rl.builtin_rewards"
+BUILTIN_PACKAGE = "clear_rl.rewards.builtin"
+# A built-in's function is named for its module plus this suffix, as TRL names its own
+# (`accuracy_reward`): `format_reward`, not a `format` that shadows the builtin.
+BUILTIN_SUFFIX = "_reward"
 _loaded_files: dict[Path, ModuleType] = {}
 
 
 def builtin_reward_names() -> list[str]:
-    """Names usable as `name:` in a recipe: the modules of `clear_rl.builtin_rewards`."""
+    """Names usable as `name:` in a recipe: the modules of `clear_rl.rewards.builtin`."""
     package = importlib.import_module(BUILTIN_PACKAGE)
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
@@ -181,8 +184,8 @@ def _import_module(name: str, where: str) -> ModuleType:
 
 def resolve_function(spec: RewardSpec) -> Callable[..., Any]:
     """Import the function a spec names; RewardError names the missing file, module or function."""
-    if spec.name is not None:  # a built-in: module clear_rl.builtin_rewards.<name>, function <name>
-        target, function_name = f"{BUILTIN_PACKAGE}.{spec.name}", spec.name
+    if spec.name is not None:  # a built-in: module clear_rl.rewards.builtin.<name>, function <name>_reward
+        target, function_name = f"{BUILTIN_PACKAGE}.{spec.name}", spec.name + BUILTIN_SUFFIX
     else:
         target, function_name = _split_target(spec.path or "")
     if _is_file_target(target):

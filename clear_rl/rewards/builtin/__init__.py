@@ -1,7 +1,7 @@
-"""`clear_rl.builtin_rewards` read from a source checkout: the top-level `rewards/` folder.
+"""`clear_rl.rewards.builtin` read from a source checkout: the top-level `rewards/` folder.
 
 Wheels and editable installs build this package from `rewards/` itself (pyproject.toml's
-`package-dir`), so this file ships in neither. It is what `import clear_rl.builtin_rewards.accuracy`
+`package-dir`), so this file ships in neither. It is what `import clear_rl.rewards.builtin.accuracy`
 finds when clear_rl is imported straight from a checkout (PYTHONPATH, a git worktree sharing
 another checkout's install), and it points the package at the `rewards/` folder beside this
 `clear_rl`, never at another checkout's.
@@ -9,4 +9,4 @@ another checkout's install), and it points the package at the `rewards/` folder 
 
 from pathlib import Path
 
-__path__ = [str(Path(__file__).resolve().parents[2] / "rewards")]
+__path__ = [str(Path(__file__).resolve().parents[3] / "rewards")]

@@ -3,7 +3,7 @@
 TRL hands a reward `completions` as strings, or, for conversational datasets, as message lists
 (`[{"role": "assistant", "content": "..."}]`, content possibly a list of typed parts), and every
 dataset column as a keyword list aligned with the completions. The built-in rewards in `rewards/`
-use these helpers; user plugins may too (`from clear_rl.reward_helpers import completion_text`).
+use these helpers; user plugins may too (`from clear_rl.rewards import completion_text`).
 """
 
 from __future__ import annotations
