@@ -42,7 +42,7 @@ from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_o
 STAGES: dict[str, str] = {
     "align": "clear_rl.trainers.align",
     "sft": "clear_rl.trainers.sft",
-    "bridge": "clear_rl.trainers.bridge",
+    "bridge": "clear_rl.trainers.bridge_stage",
     "grpo": "clear_rl.trainers.grpo",
 }
 RESOLVED_RECIPE_NAME = "clear_rl_recipe.yaml"

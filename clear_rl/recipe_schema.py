@@ -31,10 +31,16 @@ logger = logging.getLogger(__name__)
 STAGE_CONFIGS: dict[str, str] = {
     "align": "clear_rl.trainers.align_config:AlignConfig",
     "sft": "clear_rl.trainers.sft_config:ClearSFTConfig",
-    "bridge": "clear_rl.trainers.bridge_config:BridgeConfig",
+    "bridge": "clear_rl.trainers.bridge_stage_config:BridgeStageConfig",
     "grpo": "clear_rl.trainers.grpo_config:InterleavedGRPOConfig",
 }
-_CONFIG_SOURCES = ("arguments.py", "align_config.py", "sft_config.py", "bridge_config.py", "grpo_config.py")
+_CONFIG_SOURCES = (
+    "arguments.py",
+    "align_config.py",
+    "sft_config.py",
+    "bridge_stage_config.py",
+    "grpo_config.py",
+)
 _FORMAT = 1
 
 

@@ -10,7 +10,7 @@ import yaml
 from clear_rl.errors import RecipeError
 from clear_rl.recipe import RESOLVED_RECIPE_NAME, load_recipe
 from clear_rl.trainers.align import AlignConfig
-from clear_rl.trainers.bridge import BridgeConfig
+from clear_rl.trainers.bridge_stage import BridgeStageConfig
 from clear_rl.trainers.grpo_config import InterleavedGRPOConfig
 from clear_rl.trainers.sft import ClearSFTConfig
 
@@ -39,14 +39,14 @@ def with_training(**values) -> dict:
         ("demo/align.yaml", "align", AlignConfig),
         ("qwen2_5_vl_3b/align.yaml", "align", AlignConfig),
         ("demo/sft.yaml", "sft", ClearSFTConfig),
-        ("demo/bridge.yaml", "bridge", BridgeConfig),
+        ("demo/bridge.yaml", "bridge", BridgeStageConfig),
         ("qwen2_5_vl_3b/sft-lora.yaml", "sft", ClearSFTConfig),
-        ("qwen2_5_vl_3b/bridge-lora.yaml", "bridge", BridgeConfig),
+        ("qwen2_5_vl_3b/bridge-lora.yaml", "bridge", BridgeStageConfig),
         ("demo/base.yaml", "sft", ClearSFTConfig),
         ("demo/grpo.yaml", "grpo", InterleavedGRPOConfig),
         ("qwen2_5_vl_3b/grpo-qlora.yaml", "grpo", InterleavedGRPOConfig),
         ("bagel_7b_mot/sft-lora.yaml", "sft", ClearSFTConfig),
-        ("bagel_7b_mot/bridge-lora.yaml", "bridge", BridgeConfig),
+        ("bagel_7b_mot/bridge-lora.yaml", "bridge", BridgeStageConfig),
         ("bagel_7b_mot/grpo-lora.yaml", "grpo", InterleavedGRPOConfig),
         ("bagel_7b_mot/grpo-qlora-24gb.yaml", "grpo", InterleavedGRPOConfig),
     ],

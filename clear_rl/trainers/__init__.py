@@ -1,1 +1,4 @@
-"""The three CLEAR training stages: sft.py (stage 1), bridge.py (stage 2), grpo.py (stage 3)."""
+"""The CLEAR training stages, each module beside its `training:` config (`<stage>_config.py`):
+align.py (`stage: align`, the bridge's alignment before stage 1), sft.py (stage 1),
+bridge_stage.py (stage 2, `stage: bridge`; models/bridge.py is the latent bridge itself), grpo.py
+(stage 3)."""

@@ -10,7 +10,7 @@ from clear_rl.trainers.sft_config import ClearTrainingConfig
 
 
 @dataclass
-class BridgeConfig(RestorationSamplingArguments, ClearTrainingConfig):
+class BridgeStageConfig(RestorationSamplingArguments, ClearTrainingConfig):
     """TRL's SFTConfig fields, stage 1's shared ones, and `restoration_*` (ODE by default)."""
 
     answer_only: bool = True  # CE only on the text after the restored slot (rows without one: none)

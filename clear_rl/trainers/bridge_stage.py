@@ -19,16 +19,21 @@ from clear_rl.data.collate import split_inputs
 from clear_rl.models.same_work import runs_every_pass
 from clear_rl.recipe import Recipe
 from clear_rl.rollout.restoration import restore_latents
-from clear_rl.trainers.bridge_config import BridgeConfig
+from clear_rl.trainers.bridge_stage_config import BridgeStageConfig
 from clear_rl.trainers.common import run_stage
 from clear_rl.trainers.sft import ClearSFTTrainer
 
-CONFIG_CLASS = BridgeConfig
+CONFIG_CLASS = BridgeStageConfig
 
 
 @torch.no_grad()
 def denoised_latents(
-    model, forward, inputs, degraded_latents: torch.Tensor, generator: torch.Generator, config: BridgeConfig
+    model,
+    forward,
+    inputs,
+    degraded_latents: torch.Tensor,
+    generator: torch.Generator,
+    config: BridgeStageConfig,
 ) -> torch.Tensor:
     """The head's restoration of every restoring row (zeros elsewhere), from a no-grad context pass."""
     restore = inputs["restore"].bool()
