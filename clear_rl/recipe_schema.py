@@ -69,7 +69,10 @@ def schema_of(cls: type) -> Schema:
     renames: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         renames.update(vars(klass).get("renamed_keys", {}))
-    return Schema({f.name: hints.get(f.name, Any) for f in fields}, required, renames)
+    # Init-only variables are keys too, left to the class to judge: a removed key that the class
+    # refuses with a message saying what to do instead (InterleavedGRPOConfig.restoration_sampler).
+    init_only = {name: Any for name, tp in hints.items() if isinstance(tp, dataclasses.InitVar)}
+    return Schema({**{f.name: hints.get(f.name, Any) for f in fields}, **init_only}, required, renames)
 
 
 def config_class(stage: str) -> type:

@@ -211,8 +211,11 @@ def test_one_restoration_sampling_spelling_in_every_stage(tmp_path):
     sampling = load_recipe(write(tmp_path, bridge)).training.restoration_sampling
     assert (sampling.steps, sampling.sampler) == (3, "sde")
     grpo = RECIPES / "demo/grpo.yaml"
-    with pytest.raises(RecipeError, match="restoration_sampler must be sde in stage 3"):
-        load_recipe(grpo, ["training.restoration_sampler=ode"])
+    assert load_recipe(grpo).training.restoration_sampling.sampler == "sde"
+    # Stage 3 has one sampler and no key for it: an old recipe naming it, even as sde, is told so.
+    for value in ("sde", "ode"):
+        with pytest.raises(RecipeError, match=r"training: restoration_sampler is no longer a stage-3 key"):
+            load_recipe(grpo, [f"training.restoration_sampler={value}"])
     with pytest.raises(RecipeError, match="restoration steps must be >= 1"):
         load_recipe(write(tmp_path, {**bridge, "training": {**bridge["training"], "restoration_steps": 0}}))
 

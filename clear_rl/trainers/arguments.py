@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from clear_rl.rollout.restoration import RestorationSampling
+from clear_rl.rollout.restoration import RestorationSampling, Sampler
 
 
 def bf16_supported() -> bool:
@@ -75,16 +75,17 @@ class CheckpointingArguments:
 
 @dataclass
 class RestorationSamplingArguments:
-    """How a stage samples restorations: the `restoration_*` keys of `RestorationSampling`."""
+    """How a stage samples restorations: the `restoration_*` keys of `RestorationSampling`.
+
+    The sampler is Flow-GRPO's SDE unless the stage offers a choice (`RestorationSamplerArguments`,
+    stage 2): stage 3's flow loss scores SDE steps, so it has no `restoration_sampler` key.
+    """
 
     restoration_steps: int | None = field(
         default=None, metadata={"help": "Denoising steps of a restoration; null: the model's (CLEAR: 30)."}
     )
     restoration_shift: float | None = field(
         default=None, metadata={"help": "Timestep shift of the sampling schedule; null: the model's (3.0)."}
-    )
-    restoration_sampler: Literal["ode", "sde"] = field(
-        default="ode", metadata={"help": "ode, or sde: Flow-GRPO's SDE with per-step log-probs."}
     )
     restoration_noise_level: float = field(
         default=0.7, metadata={"help": "The SDE's noise: Flow-GRPO's level `a`, or the constant sigma."}
@@ -94,12 +95,16 @@ class RestorationSamplingArguments:
         metadata={"help": "flow_grpo: std a*sqrt(t/(1-t)); constant: CLEAR's released SDE, std sigma."},
     )
 
+    def stage_sampler(self) -> Sampler:
+        """The sampler this stage's restorations use."""
+        return "sde"
+
     @property
     def restoration_sampling(self) -> RestorationSampling:
         return RestorationSampling(
             steps=self.restoration_steps,
             shift=self.restoration_shift,
-            sampler=self.restoration_sampler,
+            sampler=self.stage_sampler(),
             noise_level=self.restoration_noise_level,
             noise_schedule=self.restoration_noise_schedule,
         )
@@ -107,3 +112,15 @@ class RestorationSamplingArguments:
     def __post_init__(self) -> None:
         super().__post_init__()
         self.restoration_sampling  # noqa: B018 -- validates the values together
+
+
+@dataclass
+class RestorationSamplerArguments(RestorationSamplingArguments):
+    """Restoration sampling for a stage that chooses its sampler (`restoration_sampler`)."""
+
+    restoration_sampler: Sampler = field(
+        default="ode", metadata={"help": "ode, or sde: Flow-GRPO's SDE with per-step log-probs."}
+    )
+
+    def stage_sampler(self) -> Sampler:
+        return self.restoration_sampler

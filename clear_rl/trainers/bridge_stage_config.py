@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from clear_rl.trainers.arguments import RestorationSamplingArguments
+from clear_rl.trainers.arguments import RestorationSamplerArguments
 from clear_rl.trainers.sft_config import ClearTrainingConfig
 
 
 @dataclass
-class BridgeStageConfig(RestorationSamplingArguments, ClearTrainingConfig):
+class BridgeStageConfig(RestorationSamplerArguments, ClearTrainingConfig):
     """TRL's SFTConfig fields, stage 1's shared ones, and `restoration_*` (ODE by default)."""
 
     answer_only: bool = True  # CE only on the text after the restored slot (rows without one: none)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import ClassVar, Literal
 
 from trl import GRPOConfig
@@ -24,7 +24,8 @@ class InterleavedGRPOConfig(
     The flow term re-runs `flow_train_steps` stored denoising steps of each restoring rollout with
     the same advantage and the same clipping (`epsilon`, `epsilon_high`); with `beta` > 0 it also
     gets the KL of each step's mean to the reference model's. Defaults follow the CLEAR paper.
-    Restorations are sampled with the `restoration_*` keys; the sampler must be Flow-GRPO's SDE.
+    Restorations are sampled with the `restoration_*` keys, always with Flow-GRPO's SDE (the flow
+    loss scores its steps).
     """
 
     # Rollouts: whether a completion may restore, and how the restoration is sampled.
@@ -50,9 +51,9 @@ class InterleavedGRPOConfig(
     restoration_shift: float | None = field(
         default=3.0, metadata={"help": "Timestep shift of the sampling schedule; null: the model's."}
     )
-    restoration_sampler: Literal["ode", "sde"] = field(
-        default="sde", metadata={"help": "Must be sde: the flow loss needs per-step log-probs."}
-    )
+    # Removed: stage 3 always samples the SDE. An init-only variable, not a config field, so that
+    # a recipe still setting it is told what to do (`recipe_schema` lists such keys).
+    restoration_sampler: InitVar[str | None] = None
     # The flow loss.
     flow_loss_weight: float = field(default=0.3, metadata={"help": "lambda in L = L_text + lambda * L_flow."})
     flow_train_steps: int = field(
@@ -81,10 +82,13 @@ class InterleavedGRPOConfig(
         "sde_noise_level": "restoration_noise_level",
     }
 
-    def __post_init__(self):
+    def __post_init__(self, restoration_sampler: str | None = None):
+        if restoration_sampler is not None:
+            raise ValueError(
+                "restoration_sampler is no longer a stage-3 key: GRPO always samples restorations with "
+                "Flow-GRPO's SDE, whose per-step log-probs the flow loss scores; delete the key"
+            )
         super().__post_init__()
-        if self.restoration_sampler != "sde":
-            raise ValueError("restoration_sampler must be sde in stage 3: Flow-GRPO scores SDE steps")
         if self.restoration_steps is None:
             raise ValueError("restoration_steps must be set in stage 3 (the flow loss picks steps of it)")
         if self.flow_train_steps == 0 or self.flow_train_steps < -1:
