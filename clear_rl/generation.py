@@ -28,7 +28,6 @@ and splice embeddings in, hence this loop; it reuses transformers' logits warper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from transformers.generation.logits_process import (
@@ -38,12 +37,17 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from clear_rl.choices import (
+    DEGRADED_VIEWS,
+    READBACKS,
+    RESTORE_POLICIES,
+    DegradedView,
+    Readback,
+    RestorePolicy,
+)
 from clear_rl.models.backbone import UnifiedBackbone
-from clear_rl.models.readback import READBACKS, DegradedView, Readback
 from clear_rl.models.turns import tag_protocol
 from clear_rl.restoration import RestorationSampling, restore_latents
-
-RestorePolicy = Literal["model", "always", "never", "oracle"]
 
 
 @dataclass
@@ -268,9 +272,9 @@ def generate_interleaved(
 def _check(model, input_ids, config: InterleavedGenerationConfig, image_processor, oracle_latents) -> None:
     """Clear errors for settings that cannot run, before any model call."""
     for name, value, valid in (
-        ("restore", config.restore, ("model", "always", "never", "oracle")),
+        ("restore", config.restore, RESTORE_POLICIES),
         ("readback", config.readback, READBACKS),
-        ("degraded_view", config.degraded_view, ("keep", "drop")),
+        ("degraded_view", config.degraded_view, DEGRADED_VIEWS),
     ):
         if value not in valid:
             raise ValueError(

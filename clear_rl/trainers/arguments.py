@@ -8,10 +8,11 @@ setting the same way in every stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
+from clear_rl.choices import NoiseSchedule, Sampler
 from clear_rl.restoration import RestorationSampling
 
 
@@ -83,13 +84,13 @@ class RestorationSamplingArguments:
     restoration_shift: float | None = field(
         default=None, metadata={"help": "Timestep shift of the sampling schedule; null: the model's (3.0)."}
     )
-    restoration_sampler: Literal["ode", "sde"] = field(
+    restoration_sampler: Sampler = field(
         default="ode", metadata={"help": "ode, or sde: Flow-GRPO's SDE with per-step log-probs."}
     )
     restoration_noise_level: float = field(
         default=0.7, metadata={"help": "The SDE's noise: Flow-GRPO's level `a`, or the constant sigma."}
     )
-    restoration_noise_schedule: Literal["flow_grpo", "constant"] = field(
+    restoration_noise_schedule: NoiseSchedule = field(
         default="flow_grpo",
         metadata={"help": "flow_grpo: std a*sqrt(t/(1-t)); constant: CLEAR's released SDE, std sigma."},
     )

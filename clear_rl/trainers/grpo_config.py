@@ -7,6 +7,13 @@ from typing import ClassVar, Literal
 
 from trl import GRPOConfig
 
+from clear_rl.choices import (
+    DegradedView,
+    FlowStepSelection,
+    RolloutRestorePolicy,
+    Sampler,
+    TrainingReadback,
+)
 from clear_rl.trainers.arguments import (
     AutoPrecisionArguments,
     CheckpointingArguments,
@@ -28,17 +35,17 @@ class InterleavedGRPOConfig(
     """
 
     # Rollouts: whether a completion may restore, and how the restoration is sampled.
-    restore_policy: Literal["model", "always", "never"] = field(
+    restore_policy: RolloutRestorePolicy = field(
         default="model", metadata={"help": "model: the policy decides; always/never force it (baselines)."}
     )
-    readback: Literal["bridge", "reencode"] = field(
+    readback: TrainingReadback = field(
         default="bridge",
         metadata={
             "help": "What fills the restored slot, in rollouts and in scoring passes: bridge (CLEAR) or "
             "reencode (VAE decode -> the VLM's own image processor and vision path; the paper's baseline)."
         },
     )
-    degraded_view: Literal["keep", "drop"] = field(
+    degraded_view: DegradedView = field(
         default="keep",
         metadata={
             "help": "drop: once a rollout restores, its degraded image tokens are hidden after the slot."
@@ -50,7 +57,7 @@ class InterleavedGRPOConfig(
     restoration_shift: float | None = field(
         default=3.0, metadata={"help": "Timestep shift of the sampling schedule; null: the model's."}
     )
-    restoration_sampler: Literal["ode", "sde"] = field(
+    restoration_sampler: Sampler = field(
         default="sde", metadata={"help": "Must be sde: the flow loss needs per-step log-probs."}
     )
     # The flow loss.
@@ -58,7 +65,7 @@ class InterleavedGRPOConfig(
     flow_train_steps: int = field(
         default=1, metadata={"help": "Denoising steps re-run per trajectory (random, per rollout); -1: all."}
     )
-    flow_step_selection: Literal["random", "round_robin"] = field(
+    flow_step_selection: FlowStepSelection = field(
         default="random",
         metadata={
             "help": "random: drawn per rollout (paper); round_robin: a counter over restoring rollouts "
