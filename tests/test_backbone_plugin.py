@@ -10,22 +10,17 @@ inside peft, its declared readbacks and stages refused elsewhere, and its own sa
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from clear_rl.cli import main
 from clear_rl.errors import ClearRLError, RecipeError
-from clear_rl.io.tsv import write_tsv
 from clear_rl.models import registry
 from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.models.registry import BackboneSpec
@@ -33,6 +28,7 @@ from clear_rl.models.weights import WeightsError, check_model_folder, read_json
 from clear_rl.preflight import check_inputs
 from clear_rl.recipe import load_recipe, stage_module
 from tests.prepared import SMALL, prepared_dataset
+from tests.test_bagel_eval import _benchmark  # a small VLMEvalKit-style TSV
 
 MARKER = "toy_backbone.json"
 LOADED: list[str] = []  # folders the toy's `load` read
@@ -100,20 +96,6 @@ def toy(tmp_path):
         yield TOY.build_tiny(tmp_path / "toy-model")
     finally:
         registry.unregister("toy")
-
-
-def _benchmark(path: Path, n: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        buffer = io.BytesIO()
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(buffer, format="PNG")
-        rows.append(
-            {"index": i, "image": base64.b64encode(buffer.getvalue()).decode("ascii"),
-             "question": "Which colour dominates?", "A": "red", "B": "green", "answer": "AB"[i % 2]}
-        )  # fmt: skip
-    write_tsv(pd.DataFrame(rows), path)
-    return path
 
 
 def test_the_registry_knows_the_plugin_and_recognises_its_folder(toy):

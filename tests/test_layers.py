@@ -8,7 +8,7 @@ plug-ins. Every import of a clear_rl module is read with `ast` (lazy imports ins
   models/bagel/), only the modules in BACKBONE_SPECIFIC import a concrete backbone: everything else
   asks the registry, so a new backbone needs no edit there.
 
-  ground floor   errors, seeds, choices (every choice set), io/ (images, image-cell decoding, TSV
+  ground floor   errors, seeds, choices (every choice set), lazy (PEP 562 exports), io/ (images, image-cell decoding, TSV
                  files, atomic output)
   degrade/, models/                      on the ground floor only
   flow, restoration, generation          on models/ and the ground floor
@@ -28,12 +28,13 @@ import clear_rl
 
 PACKAGE = Path(clear_rl.__file__).parent
 # __version__: `from clear_rl import __version__`; parallel: the ordered process pool
-GROUND = {"errors", "seeds", "choices", "io", "parallel", "__version__"}
+GROUND = {"errors", "seeds", "choices", "lazy", "io", "parallel", "__version__"}
 # Layer (first name under clear_rl) -> the layers its modules may import.
 ALLOWED = {
     "errors": {"errors"},
     "seeds": {"seeds"},
     "choices": {"choices"},
+    "lazy": {"lazy"},
     "io": {"errors", "io"},
     "parallel": {"errors", "parallel"},
     "degrade": GROUND | {"degrade"},

@@ -24,10 +24,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from clear_rl.choices import READBACKS, TRAINING_READBACKS
 from clear_rl.errors import ClearRLError
+
+if TYPE_CHECKING:
+    from clear_rl.models.backbone import TrainableBackbone
 
 AUTO = "auto"  # `model.backbone` / `--backbone`: recognise the folder
 ENTRY_POINT_GROUP = "clear_rl.backbones"
@@ -128,8 +131,8 @@ def _ensure_loaded() -> None:
             raise ClearRLError(
                 f"backbone plug-in {point.value!r} ({ENTRY_POINT_GROUP}) failed to load: {exc}"
             ) from exc
-        if isinstance(value, BackboneSpec) and value.name not in _SPECS:
-            _SPECS[value.name] = value
+        if isinstance(value, BackboneSpec) and _SPECS.get(value.name) is not value:
+            register(value)  # a module registers itself on import; a spec is registered here
 
 
 def backbone_names() -> tuple[str, ...]:
@@ -201,7 +204,7 @@ def spec_of(model: Any) -> BackboneSpec:
     raise ClearRLError(f"{type(model).__name__} is no registered backbone's model ({list(_SPECS)})")
 
 
-def unified_core(model: Any) -> Any:
+def unified_core(model: Any) -> TrainableBackbone:
     """The unified model (of any registered backbone) inside peft / DDP / DeepSpeed wrappers."""
     from peft import PeftModel
 
