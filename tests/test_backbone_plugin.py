@@ -177,3 +177,23 @@ def test_stages_the_plugin_does_not_declare_are_refused_before_anything_loads(to
     with pytest.raises(RecipeError, match=r"toy model, which trains in the stages \['sft'\], not bridge"):
         load_recipe(_recipe(tmp_path, "bridge", toy, out), check_inputs=check_inputs)
     assert LOADED == [] and not out.exists()
+
+
+def test_an_installed_package_declares_a_backbone_through_its_entry_point(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    points = [EntryPoint("toy", "tests.test_backbone_plugin:TOY", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: points if group == registry.ENTRY_POINT_GROUP else []
+    )
+    monkeypatch.setattr(registry, "_SPECS", {})
+    monkeypatch.setattr(registry, "_loaded", False)  # as in a fresh interpreter
+    assert registry.backbone_choices() == ("auto", "composed", "bagel", "toy")
+    loaded = registry.get("toy")  # the entry point's own import of this file's TOY
+    assert (loaded.description, loaded.training_stages) == (TOY.description, TOY.training_stages)
+    # A plug-in that fails to import is named, not a traceback from inside argparse.
+    points[:] = [EntryPoint("broken", "no_such_package.backbone", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "_SPECS", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    with pytest.raises(ClearRLError, match="backbone plug-in 'no_such_package.backbone'"):
+        registry.backbone_names()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 AUTO = "auto"  # `model.backbone` / `--backbone`: recognise the folder
 ENTRY_POINT_GROUP = "clear_rl.backbones"
-# The built-in declarations, imported on the first look-up (each module registers its backbone).
+# The built-in declarations (each module's `SPEC`), imported and registered on the first look-up.
 BUILTIN_MODULES = ("clear_rl.models.composed.backbone", "clear_rl.models.bagel.backbone")
 Stage = Literal["align", "sft", "bridge", "grpo"]
 
@@ -123,7 +123,8 @@ def _ensure_loaded() -> None:
         return
     _loaded = True
     for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+        spec = importlib.import_module(module).SPEC
+        _SPECS.setdefault(spec.name, spec)
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             value = point.load()

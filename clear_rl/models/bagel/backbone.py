@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clear_rl.choices import PRESETS
-from clear_rl.models.registry import BackboneSpec, register
+from clear_rl.models.registry import BackboneSpec
 from clear_rl.models.weights import WeightsError, safetensors_header
 
 CONFIGS = ("llm_config.json", "vit_config.json")
@@ -66,21 +66,19 @@ def _build_tiny(folder: str | Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-BAGEL = register(
-    BackboneSpec(
-        name="bagel",
-        description="BAGEL-7B-MoT and CLEAR's checkpoints, in the official layout",
-        detect=is_bagel_layout,
-        check_folder=check_bagel_folder,
-        load=_load,
-        model_classes=_model_classes,
-        build_tiny=_build_tiny,
-        training_readbacks=("bridge",),
-        training_stages=("sft", "bridge", "grpo"),
-        presets=PRESETS,
-        default_preset="clear-release",
-        preset_tags=PRESET_TAGS,
-        processor_from_base=True,
-        missing=_missing,
-    )
+SPEC = BackboneSpec(  # registered by models/registry.py on its first look-up
+    name="bagel",
+    description="BAGEL-7B-MoT and CLEAR's checkpoints, in the official layout",
+    detect=is_bagel_layout,
+    check_folder=check_bagel_folder,
+    load=_load,
+    model_classes=_model_classes,
+    build_tiny=_build_tiny,
+    training_readbacks=("bridge",),
+    training_stages=("sft", "bridge", "grpo"),
+    presets=PRESETS,
+    default_preset="clear-release",
+    preset_tags=PRESET_TAGS,
+    processor_from_base=True,
+    missing=_missing,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clear_rl.models.registry import BackboneSpec, register
+from clear_rl.models.registry import BackboneSpec
 from clear_rl.models.weights import WeightsError, read_json, safetensors_header
 
 COMPOSED_MODEL_TYPE = "clear_composed"  # ComposedUnifiedConfig.model_type (importing it loads torch)
@@ -80,18 +80,16 @@ def _build_tiny(folder: str | Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-COMPOSED = register(
-    BackboneSpec(
-        name="composed",
-        description="a Hugging Face VLM + a diffusers VAE + a DiT restoration head + the latent bridge",
-        detect=is_composed_layout,
-        check_folder=check_composed_folder,
-        load=_load,
-        model_classes=_model_classes,
-        build_tiny=_build_tiny,
-        training_readbacks=("bridge", "reencode"),  # reencode replays the rollout's restored_embeds
-        training_stages=("align", "sft", "bridge", "grpo"),
-        detect_order=100,  # any config.json: recognised after every more specific layout
-        missing=lambda folder: "it holds no config.json",
-    )
+SPEC = BackboneSpec(  # registered by models/registry.py on its first look-up
+    name="composed",
+    description="a Hugging Face VLM + a diffusers VAE + a DiT restoration head + the latent bridge",
+    detect=is_composed_layout,
+    check_folder=check_composed_folder,
+    load=_load,
+    model_classes=_model_classes,
+    build_tiny=_build_tiny,
+    training_readbacks=("bridge", "reencode"),  # reencode replays the rollout's restored_embeds
+    training_stages=("align", "sft", "bridge", "grpo"),
+    detect_order=100,  # any config.json: recognised after every more specific layout
+    missing=lambda folder: "it holds no config.json",
 )
