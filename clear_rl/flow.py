@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+
+from clear_rl.choices import NOISE_SCHEDULES, NoiseSchedule
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -71,10 +72,6 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Te
     """One Euler step of the probability-flow ODE: x + (t_next - t) v."""
     dt = _per_row(t_next, x) - _per_row(t, x)
     return x + dt.to(x.dtype) * v
-
-
-NoiseSchedule = Literal["flow_grpo", "constant"]
-NOISE_SCHEDULES = ("flow_grpo", "constant")
 
 
 @dataclass

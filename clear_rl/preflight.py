@@ -29,7 +29,9 @@ def check_inputs(recipe: Recipe) -> None:
     from clear_rl.runs import check_output_dir
 
     where = str(recipe.source) if recipe.source is not None else "recipe"
-    check_model_folders(recipe.model, where)
+    backbone = check_model_folders(recipe.model, where)
+    if backbone is not None:
+        check_backbone_stage(recipe, backbone, where)
     check_data(recipe, where)
     check_output_dir(recipe, where)
     if recipe.rewards:  # imported, parameters bound and dry-run: before TRL, before any write
@@ -63,45 +65,64 @@ def check_data(recipe: Recipe, where: str) -> None:
         raise DataError(f"{where}: data.path: {exc}") from None
 
 
-def check_tags(model: ModelConfig, found: str | None, where: str) -> None:
-    """A BAGEL-family model trains with clear-rl's single-token tags only: one whose tags are text (a
-    folder recording none, under a preset whose tags are text: CLEAR's checkpoints) is refused."""
-    from clear_rl.models.chat import adapter_base, saved_tags
-    from clear_rl.models.settings import BAGEL_PRESET_TAGS, text_tags_training_error
-    from clear_rl.models.weights import layout
+def check_backbone_stage(recipe: Recipe, backbone: str, where: str) -> None:
+    """The model's backbone runs this stage (its registry declaration's `training_stages`)."""
+    from clear_rl.models import registry
 
-    folder = Path(model.path)
-    if found == "adapters":
-        base = adapter_base(folder)
-        bagel = base is not None and layout(base) == "bagel"
-    else:
-        bagel = found == "bagel" and model.backbone != "composed"
-    if not bagel:
+    stages = registry.get(backbone).training_stages
+    if recipe.stage not in stages:
+        raise RecipeError(
+            f"{where}: model.path {recipe.model.path} holds a {backbone} model, which trains in the stages "
+            f"{list(stages)}, not {recipe.stage}"
+        )
+
+
+def check_tags(model: ModelConfig, backbone: str, where: str) -> None:
+    """clear-rl trains the single-token tags only: a model whose tags are text (a folder recording none,
+    under a preset whose tags are text: CLEAR's BAGEL checkpoints) is refused."""
+    from clear_rl.models import registry
+    from clear_rl.models.chat import saved_tags
+    from clear_rl.models.settings import text_tags_training_error
+
+    spec = registry.get(backbone)
+    if not spec.presets:  # single tokens, always
         return
+    folder = Path(model.path)
     tags, source = model.tags, "model.tags"
     if tags is None:
         tags, source = saved_tags(folder)
     if tags is None:
-        preset = model.preset or "clear-release"
+        preset = model.preset or spec.default_preset
         tags, source = (
-            BAGEL_PRESET_TAGS[preset],
+            spec.tags_of_preset(preset),
             f"no clear_rl_recipe.yaml records it; preset {preset}'s tags",
         )
     if tags == "text":
         raise RecipeError(text_tags_training_error(f"{where}: model.path {folder}", source))
 
 
-def check_model_folders(model: ModelConfig, where: str) -> None:
+def model_backbone(model: ModelConfig, found: str) -> str:
+    """The backbone of the model `model.path` loads (an adapter folder's: its base's)."""
+    from clear_rl.models.chat import adapter_base
+    from clear_rl.models.weights import ADAPTERS
+
+    if found != ADAPTERS:
+        return found
+    return check_model_folder(adapter_base(Path(model.path)), model.backbone)
+
+
+def check_model_folders(model: ModelConfig, where: str) -> str | None:
     """The `model:` section's folders exist and hold a model with whole weights (clear-rl loads
-    local folders only)."""
-    found = None
+    local folders only); returns the backbone `model.path` holds (None: the model is built)."""
+    found = backbone = None
     if model.path is not None:
         try:
             found = check_model_folder(model.path, model.backbone)
         except WeightsError as exc:
             raise RecipeError(f"{where}: model.path: {exc}") from None
     if model.path is not None:
-        check_tags(model, found, where)
+        backbone = model_backbone(model, found)
+        check_tags(model, backbone, where)
     if model.load_in_4bit and model.lora is None and found != "adapters":  # adapters keep training
         raise RecipeError(f"{where}: model.load_in_4bit trains only through LoRA: add a model.lora section")
     for key, value, subfolder in (
@@ -121,3 +142,4 @@ def check_model_folders(model: ModelConfig, where: str) -> None:
             check_pretrained_folder(folder)
         except WeightsError as exc:
             raise RecipeError(f"{where}: model.{key}: {exc}") from None
+    return backbone

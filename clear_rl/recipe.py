@@ -25,6 +25,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +33,11 @@ from typing import Any, Literal
 import yaml
 
 from clear_rl import __version__
+from clear_rl.choices import FlowSource, Tags
 from clear_rl.errors import ClearRLError, RecipeError
 from clear_rl.io.atomic import write_text
-from clear_rl.models.settings import BACKBONES, BAGEL_PRESETS, PARTS, TAGS, LoraSettings
+from clear_rl.models import registry
+from clear_rl.models.settings import PARTS, LoraSettings
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.recipe_schema import STAGE_CONFIGS, Schema, config_class, schema_of, stage_schema
 
@@ -48,20 +51,25 @@ STAGES: dict[str, str] = {
 RESOLVED_RECIPE_NAME = "clear_rl_recipe.yaml"
 
 
+# The backbone `model.vlm_path` + `model.vae_path` and `model.tiny` build (models/assemble.py, tiny.py).
+BUILT_IN_CODE = "composed"
+
+
 @dataclass
 class ModelConfig:
     """Where the unified model comes from: exactly one of `path`, `vlm_path` + `vae_path`, `tiny`."""
 
     path: str | None = None  # a folder saved by clear-rl (full model or LoRA adapters), or BAGEL's
-    # Which implementation `path` loads as: auto (by the folder's layout), composed, or bagel.
-    backbone: Literal[BACKBONES] = "auto"
-    # A BAGEL-family folder's inference preset (image views, restoration CFG, steps;
-    # docs/bagel-release.md); None: its default, clear-release.
-    preset: Literal[BAGEL_PRESETS] | None = None
+    # Which registered backbone `path` loads as (models/registry.py: composed, bagel, or a plug-in's);
+    # auto: the one whose layout the folder holds.
+    backbone: str = registry.AUTO
+    # The inference preset of a backbone that has them (BAGEL's: image views, restoration CFG, steps;
+    # docs/bagel-release.md); None: its default (BAGEL: clear-release).
+    preset: str | None = None
     # How a BAGEL-family model writes the protocol tags: "tokens" (clear-rl's single tokens, the only
     # protocol clear-rl trains) or "text" (CLEAR's release); None: what the folder records (a model
     # clear-rl trained: tokens), else its preset's (text). docs/bagel-release.md.
-    tags: Literal[TAGS] | None = None
+    tags: Tags | None = None
     vlm_path: str | None = None  # compose: a local Hugging Face VLM folder...
     vae_path: str | None = None  # ...and a local diffusers AutoencoderKL folder
     vae_subfolder: str | None = None
@@ -69,7 +77,7 @@ class ModelConfig:
     head: dict[str, Any] = field(default_factory=dict)  # PixArtTransformer2DModel overrides
     bridge: dict[str, Any] = field(default_factory=dict)  # LatentBridge overrides
     # Where the restoration flow starts: noise (the paper) or noise around the degraded latent.
-    flow_source: Literal["noise", "degraded"] = "noise"
+    flow_source: FlowSource = "noise"
     tiny: dict[str, Any] | None = None  # TinyModelConfig fields: a small model built in code
     dtype: str = "auto"
     load_in_4bit: bool = False
@@ -86,8 +94,15 @@ class ModelConfig:
             raise ValueError("set exactly one of model.path, model.vlm_path + model.vae_path, or model.tiny")
         if (self.vlm_path is None) != (self.vae_path is None):
             raise ValueError("model.vlm_path and model.vae_path go together")
-        if self.backbone == "bagel" and self.path is None:
-            raise ValueError("model.backbone: bagel loads an official-layout BAGEL folder: set model.path")
+        registry.check_backbone(self.backbone)
+        if self.backbone not in (registry.AUTO, BUILT_IN_CODE) and self.path is None:
+            raise ValueError(
+                f"model.backbone: {self.backbone} loads a saved folder of its own: set model.path"
+            )
+        if self.preset is not None and self.preset not in registry.preset_names():
+            raise ValueError(
+                f"model.preset must be one of {list(registry.preset_names())}, got {self.preset!r}"
+            )
         if self.preset is not None and self.path is None:
             raise ValueError("model.preset sets a BAGEL-family folder's inference values: set model.path")
         if self.tags == "text" and self.path is None:
@@ -348,15 +363,16 @@ def _read(path: Path, overrides: list[str]) -> dict[str, Any]:
 def load_recipe(
     path: str | os.PathLike,
     overrides: list[str] | None = None,
-    check_inputs: bool = False,
+    check_inputs: Callable[[Recipe], None] | None = None,
     overwrite: bool = False,
 ) -> Recipe:
     """Read, override and validate a recipe file.
 
     Everything but the values of `training:` is checked before TRL is imported (see
     `recipe_schema`), so a wrong key, type or section is refused in well under a second; with
-    `check_inputs`, so are missing files, data and model folders, weights files, reward plugins
-    and the output folder (`preflight.check_inputs`). Then the stage's config class is built,
+    `check_inputs=clear_rl.preflight.check_inputs`, so are missing files, data and model folders,
+    weights files, reward plugins and the output folder (the check is passed in: preflight reads
+    recipes, so the recipe does not import it). Then the stage's config class is built,
     which checks the values themselves. `overwrite`: the run may start over in an output folder
     that holds a run (`runs.py`).
     """
@@ -384,9 +400,11 @@ def load_recipe(
     elif stage == "grpo":
         raise RecipeError(f"{path}: the grpo stage needs a `rewards:` section")
     recipe = Recipe(stage, model, data, None, rewards, source=path, raw=raw, overwrite=overwrite)
-    if check_inputs:
-        from clear_rl.preflight import check_inputs as check
-
-        check(recipe)
+    if check_inputs is True:  # the former flag: the check itself is passed now
+        raise TypeError(
+            "load_recipe(check_inputs=...) takes the check itself: clear_rl.preflight.check_inputs"
+        )
+    if check_inputs is not None:
+        check_inputs(recipe)
     recipe.training = build_dataclass(config_class(stage), training, where)
     return recipe

@@ -21,6 +21,7 @@ from clear_rl.models.bagel import (
     build_tiny_bagel,
     load_bagel,
     load_bagel_tokenizer,
+    save_bagel,
 )
 from clear_rl.models.bagel.config import BagelConfig, flux_vae_config, vae_config_from_shapes
 from clear_rl.models.bagel.io import RECOMPUTED_KEYS
@@ -82,7 +83,7 @@ def test_the_tiny_folder_has_the_official_layout(folder):
 def test_load_save_load_round_trip_is_identical(folder, tmp_path):
     model = load_bagel(folder, dtype=torch.float32)
     tokenizer = load_bagel_tokenizer(folder)
-    model.save_pretrained(tmp_path / "again")
+    save_bagel(model, tmp_path / "again")
     again = load_bagel(tmp_path / "again", dtype=torch.float32)
     assert {p.name for p in (tmp_path / "again").iterdir()} == LAYOUT  # tokenizer files copied along
     first, second = model.state_dict(), again.state_dict()
@@ -118,7 +119,7 @@ def test_bf16_loading(folder, tmp_path):
     assert (hidden.float() - ref_hidden).abs().max() < 0.1 * ref_hidden.abs().max()
     assert (velocity.float() - ref_velocity).abs().max() < 0.1 * ref_velocity.abs().max()
     # saved as loaded: a bf16 file (as the official one is), read back bit for bit
-    model.save_pretrained(tmp_path / "bf16")
+    save_bagel(model, tmp_path / "bf16")
     state = load_file(tmp_path / "bf16" / "ema.safetensors")
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
     again = load_bagel(tmp_path / "bf16")

@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from clear_rl.choices import PRESETS as PRESET_NAMES
 from clear_rl.errors import ClearRLError
 from clear_rl.models.bagel import build_tiny_bagel, build_tiny_tokenizer, load_bagel_unified
+from clear_rl.models.bagel.backbone import PRESET_TAGS
 from clear_rl.models.bagel.config import BagelConfig
 from clear_rl.models.bagel.guidance import RowPrompt, TurnIds, cfg_contexts
 from clear_rl.models.bagel.modeling import LatentSegment, TextSegment, VitSegment
@@ -30,7 +32,6 @@ from clear_rl.models.bagel.presets import (
     timesteps_to_steps,
 )
 from clear_rl.models.bagel.processing import BagelProcessor
-from clear_rl.models.settings import BAGEL_PRESETS
 from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 
@@ -177,7 +178,9 @@ def test_presets_are_fitted_to_a_smaller_model_and_named(folder):
     assert upstream.preset.guidance.contexts == "upstream" and upstream.preset.guidance.renorm == "global"
     with pytest.raises(ClearRLError, match="unknown BAGEL preset"):
         get_preset("clear-relase")
-    assert tuple(PRESETS) == BAGEL_PRESETS  # the recipe and CLI names, kept without importing torch
+    assert tuple(PRESETS) == PRESET_NAMES  # the recipe and CLI names, kept without importing torch
+    # the tags each preset writes, as BAGEL's registry declaration gives them without importing torch
+    assert {name: preset.tags for name, preset in PRESETS.items()} == PRESET_TAGS
 
 
 def test_restorations_take_each_images_vae_view(folder):

@@ -26,6 +26,7 @@ from clear_rl.models.bagel.presets import RELEASE_SYSTEM_PROMPT
 from clear_rl.models.chat import chat_settings_of
 from clear_rl.models.io import load_unified
 from clear_rl.models.readback import latents_to_images
+from clear_rl.preflight import check_inputs
 from clear_rl.rollout.answering import answer_batch
 from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
@@ -397,13 +398,15 @@ def test_training_a_model_whose_tags_are_text_is_refused_before_anything_is_writ
     error = capsys.readouterr().err
     assert "reads the protocol tags as plain text" in error and "preset clear-release" in error
     assert "set model.tags: tokens" in error and not out.exists()  # refused before anything is written
-    load_recipe(recipes / "grpo-release.yaml", [*args, "model.tags=tokens"], check_inputs=True)
-    load_recipe(recipes / "sft-release.yaml", args, check_inputs=True)  # its own tags: tokens
+    load_recipe(recipes / "grpo-release.yaml", [*args, "model.tags=tokens"], check_inputs=check_inputs)
+    load_recipe(recipes / "sft-release.yaml", args, check_inputs=check_inputs)  # its own tags: tokens
     trained = tmp_path / "trained"
     trained.mkdir()
     for item in folder.iterdir():
         (trained / item.name).symlink_to(item)
     (trained / "clear_rl_recipe.yaml").write_text("stage: sft\nmodel:\n  tags: tokens\n")
-    load_recipe(recipes / "grpo-release.yaml", [f"model.path={trained}", *args[1:]], check_inputs=True)
+    load_recipe(
+        recipes / "grpo-release.yaml", [f"model.path={trained}", *args[1:]], check_inputs=check_inputs
+    )
     with pytest.raises(ClearRLError, match="model.tags"):
-        load_recipe(recipes / "sft-release.yaml", [*args, "model.tags=text"], check_inputs=True)
+        load_recipe(recipes / "sft-release.yaml", [*args, "model.tags=text"], check_inputs=check_inputs)

@@ -8,7 +8,7 @@ import torch
 from clear_rl.data.collate import ClearCollator
 from clear_rl.models import build_tiny_model
 from clear_rl.models.composed import ComposedUnifiedModel
-from clear_rl.models.parts import composed_part_paths
+from clear_rl.models.composed.parts import composed_part_paths
 from clear_rl.trainers.losses import loss_terms, per_layer_kl
 from tests.prepared import SMALL, prepared_rows
 

@@ -9,8 +9,8 @@ from clear_rl.errors import ClearRLError
 from clear_rl.models import ComposedUnifiedModel, patchify_latents
 from clear_rl.models.adapters import LoraSettings, apply_lora, set_trainable_parts
 from clear_rl.models.assemble import compose_unified, load_vlm
+from clear_rl.models.composed.parts import composed_part_paths
 from clear_rl.models.io import load_unified, save_unified
-from clear_rl.models.parts import composed_part_paths
 from clear_rl.models.tokens import CLEAR_SPECIAL_TOKENS
 from tests.conftest import make_prompts
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from clear_rl.errors import ClearRLError
+from clear_rl.preflight import check_inputs
 from clear_rl.recipe import load_recipe
 from clear_rl.recipe_schema import STAGE_CONFIGS, config_class, schema_of, stage_schema
 from tests.prepared import prepared_dataset
@@ -141,4 +142,4 @@ def test_missing_inputs_are_checked_only_when_asked(tmp_path):
     path = recipe(tmp_path, "r")  # data.path does not exist
     assert load_recipe(path).data.path.endswith("prepared")
     with pytest.raises(ClearRLError, match=r"r\.yaml: data\.path: dataset folder not found"):
-        load_recipe(path, check_inputs=True)
+        load_recipe(path, check_inputs=check_inputs)

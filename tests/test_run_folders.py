@@ -17,6 +17,7 @@ from clear_rl.cli import main
 from clear_rl.errors import RecipeError
 from clear_rl.models import build_tiny_model
 from clear_rl.models.io import save_unified
+from clear_rl.preflight import check_inputs
 from clear_rl.recipe import load_recipe
 from clear_rl.runs import CHECKPOINT_COMPLETE, RUN_RECORD, RunFinished, begin_run, run_id
 from clear_rl.trainers.common import resume_checkpoint
@@ -144,7 +145,9 @@ def test_last_never_resumes_a_checkpoint_another_run_wrote(tmp_path, data, caplo
     assert f"skipping {out / 'checkpoint-4'}, written by another run" in caplog.text
     # Given by path, it is refused before the run starts.
     with pytest.raises(RecipeError, match="was written by another run"):
-        load_recipe(recipe, [f"training.resume_from_checkpoint={out / 'checkpoint-3'}"], check_inputs=True)
+        load_recipe(
+            recipe, [f"training.resume_from_checkpoint={out / 'checkpoint-3'}"], check_inputs=check_inputs
+        )
 
 
 def test_checkpoints_of_an_unfinished_run_are_resumed_or_overwritten_never_restarted_over(
@@ -161,11 +164,11 @@ def test_checkpoints_of_an_unfinished_run_are_resumed_or_overwritten_never_resta
     )
     error = refused(capsys, [tmp_path], str(recipe), "training.resume_from_checkpoint=last", "--overwrite")
     assert "give one of them" in error
-    assert load_recipe(recipe, ["training.resume_from_checkpoint=last"], check_inputs=True)  # allowed
+    assert load_recipe(recipe, ["training.resume_from_checkpoint=last"], check_inputs=check_inputs)  # allowed
     with pytest.raises(RunFinished):  # once finished, `last` has nothing to do
         record = json.loads((out / RUN_RECORD).read_text())
         (out / RUN_RECORD).write_text(json.dumps({**record, "finished": True, "global_step": 1}))
-        load_recipe(recipe, ["training.resume_from_checkpoint=last"], check_inputs=True)
+        load_recipe(recipe, ["training.resume_from_checkpoint=last"], check_inputs=check_inputs)
 
 
 def test_a_folder_holding_a_model_no_run_wrote_is_refused_even_with_overwrite(tmp_path, data, capsys):

@@ -33,18 +33,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+# The choice sets (clear_rl.choices) and the backbone registry import no torch: building the CLI stays light.
+from clear_rl.choices import (
+    CFG_CONTEXTS,
+    DEGRADED_VIEWS,
+    LEVELS,
+    RENORMS,
+    RESTORE_POLICIES,
+    TAGS,
+)
+from clear_rl.choices import READBACK_CHOICES as READBACKS
+from clear_rl.choices import SCORING_PROTOCOLS as PROTOCOLS
+from clear_rl.models import registry
+
 HELP = "evaluate models on clean and degraded benchmarks (MMD-Bench protocol)"
-# clear_rl.eval.scoring.LEVELS, spelled out so that building the CLI does not import torch.
-LEVELS = ("clean", "low", "mid", "high")
-# clear_rl.eval.runner's RESTORE_POLICIES / READBACKS / DEGRADED_VIEWS, for the same reason.
-RESTORE_POLICIES = ("model", "always", "never", "oracle")
-READBACKS = ("model", "bridge", "reencode", "reencode-vae")
-TAGS = ("text", "tokens")  # clear_rl.models.settings.TAGS
-PROTOCOLS = ("paper", "vlmevalkit")  # clear_rl.eval.scoring.PROTOCOLS
-BACKBONES = ("auto", "composed", "bagel")  # clear_rl.models.settings.BACKBONES
-RENORMS = ("global", "channel", "text_channel")  # clear_rl.rollout.restoration.RENORMS
-PRESETS = ("clear-release", "bagel-upstream")  # clear_rl.models.settings.BAGEL_PRESETS
-CFG_CONTEXTS = ("drop-thought", "drop-tag", "upstream")  # clear_rl.models.bagel.presets.CFG_CONTEXTS
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -119,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--degraded-view",
-        choices=("keep", "drop"),
+        choices=DEGRADED_VIEWS,
         default="keep",
         help="after restoring, keep (default) or hide the degraded image's ViT tokens",
     )
@@ -145,11 +147,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "_ON_FAILURE)")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument(
-        "--backbone", choices=BACKBONES, default="auto",
-        help="how --model folders load: auto (default: BAGEL's official layout is detected), composed, bagel",
+        "--backbone", choices=registry.backbone_choices(), default=registry.AUTO,
+        help="how --model folders load: auto (default: the folder's layout says), or a registered backbone: "
+        + ", ".join(registry.backbone_names()),
     )  # fmt: skip
     parser.add_argument(
-        "--preset", choices=PRESETS, default=None,
+        "--preset", choices=registry.preset_names(), default=None,
         help="inference preset of BAGEL-family --model folders: clear-release (default: CLEAR's own eval) "
         "or bagel-upstream (ByteDance's defaults); see docs/bagel-release.md",
     )  # fmt: skip

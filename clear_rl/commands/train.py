@@ -35,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clear_rl.distributed import check_launch
+    from clear_rl.preflight import check_inputs
     from clear_rl.recipe import load_recipe, stage_module
     from clear_rl.recipe_env import env_overrides, recipe_stage
     from clear_rl.runs import RunFinished, no_trace_on_refusal
 
     overrides = [*env_overrides(recipe_stage(args.recipe)), *args.overrides]  # CLEAR_RL_TRAIN_OVERRIDES
     try:
-        recipe = load_recipe(args.recipe, overrides, check_inputs=True, overwrite=args.overwrite)
+        recipe = load_recipe(args.recipe, overrides, check_inputs=check_inputs, overwrite=args.overwrite)
     except RunFinished as done:
         print(f"clear-rl train: {done}")
         return 0

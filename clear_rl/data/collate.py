@@ -19,6 +19,7 @@ import torch
 
 from clear_rl.data.prompts import format_question, row_options
 from clear_rl.errors import DataError
+from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.processing import encode_prompts, vae_pixel_values
 from clear_rl.models.tokens import SYSTEM_PROMPT
 
@@ -62,7 +63,11 @@ class ClearCollator:
 
     @classmethod
     def for_model(
-        cls, model, processor, system_prompt: str | None = SYSTEM_PROMPT, labels_after_slot: bool = False
+        cls,
+        model: TrainableBackbone,
+        processor,
+        system_prompt: str | None = SYSTEM_PROMPT,
+        labels_after_slot: bool = False,
     ) -> ClearCollator:
         ids = model.token_ids
         return cls(

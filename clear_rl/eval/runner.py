@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from clear_rl.choices import DEGRADED_VIEWS, MODEL_READBACK, READBACK_CHOICES, RESTORE_POLICIES
 from clear_rl.data.prompts import format_question, is_missing, row_options
 from clear_rl.errors import ClearRLError, DataError
 from clear_rl.eval.files import BenchmarkFiles, plan_files
@@ -37,9 +38,9 @@ from clear_rl.eval.scoring import LEVELS, check_protocol, parse_dataset_name
 from clear_rl.io.benchmark_tsv import read_benchmark_tsv
 from clear_rl.io.images import decode_image, pil_to_tensor
 from clear_rl.io.tsv import resolve_image_cells
+from clear_rl.models import registry
 from clear_rl.models.bagel.presets import READBACK_DESCRIPTIONS, TAG_DESCRIPTIONS
 from clear_rl.models.chat import OWN_PROMPT, ChatSettings, resolve_chat
-from clear_rl.models.readback import READBACKS as READBACK_PATHS
 from clear_rl.models.tokens import SYSTEM_PROMPT
 from clear_rl.rewards import answer_grades
 from clear_rl.rollout.answering import answer_batch, vae_view_groups, vae_view_pixels
@@ -47,11 +48,8 @@ from clear_rl.rollout.interleaved import InterleavedGenerationConfig
 from clear_rl.rollout.restoration import RestorationGuidance, RestorationSampling
 
 logger = logging.getLogger(__name__)
-RESTORE_POLICIES = ("model", "always", "never", "oracle")
-# "model": the model's own, its preset's for a BAGEL-family model (clear-release: reencode-vae), else bridge
-MODEL_READBACK = "model"
-READBACKS = (MODEL_READBACK, *READBACK_PATHS)
-DEGRADED_VIEWS = ("keep", "drop")
+# MODEL_READBACK: the model's own, its preset's for a BAGEL-family model (clear-release: reencode-vae), else bridge
+READBACKS = READBACK_CHOICES
 MODEL_GUIDANCE = "model"
 DEFAULT_MAX_NEW_TOKENS = 256  # EvalConfig.restoration_guidance: the model's preset's
 
@@ -494,6 +492,19 @@ def _files_of(run: Run, group: BenchmarkFiles, clean: CleanReference | None) -> 
     return [group.levels.get("clean", next(iter(group.all_files())))]
 
 
+def _check_readbacks(models: dict[str, tuple], runs: list[Run]) -> None:
+    """Each run's readback is one its model's backbone offers (its registry declaration)."""
+    for run in runs:
+        if run.readback in ("", MODEL_READBACK):
+            continue
+        spec = registry.spec_of(registry.unified_core(models[run.model][0]))
+        if run.readback not in spec.readbacks:
+            raise ClearRLError(
+                f"readback {run.readback!r}: {run.model} (a {spec.name} model) reads restorations back "
+                f"through {list(spec.readbacks)} only"
+            )
+
+
 def evaluate(
     models: dict[str, tuple],
     benchmarks: Sequence[str | Path],
@@ -511,6 +522,7 @@ def evaluate(
     out = Path(out_dir)
     sources = list(dict.fromkeys(Path(b) for b in benchmarks))
     runs = plan_runs(list(models), config)
+    _check_readbacks(models, runs)
     for source in sources:
         if not source.is_file():
             raise DataError(f"benchmark file not found: {source}")

@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clear_rl.choices import LEVELS, SCORING_PROTOCOLS
 from clear_rl.data.prompts import is_missing, row_options
 from clear_rl.degrade import CORRUPTIONS as CORRUPTION_REGISTRY
 from clear_rl.errors import DataError
 from clear_rl.eval.extract import score_answer
 
-LEVELS = ("clean", "low", "mid", "high")
 CIRCULAR_STRIDE = 1_000_000
 MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
 # paper: CLEAR's copy of VLMEvalKit, which made the paper's tables; vlmevalkit: upstream's rules.
-PROTOCOLS = ("paper", "vlmevalkit")
+PROTOCOLS = SCORING_PROTOCOLS
 PROTOCOL_SUMMARIES = {
     "paper": "CLEAR's copy of VLMEvalKit, as in the paper's tables: MMBench circular, MMVP and "
     "CV-Bench as question accuracy, MM-Vet judge-graded, the rest plain accuracy.",

@@ -7,31 +7,20 @@ and transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clear_rl.lazy import lazy_names
 
 _WHERE = {
     "compose_from_pretrained": "assemble",
     "compose_unified": "assemble",
     "LatentBridge": "bridge",
     "patchify_latents": "bridge",
-    "ComposedUnifiedConfig": "composed",
-    "ComposedUnifiedModel": "composed",
-    "RestorationContext": "composed",
+    "ComposedUnifiedConfig": "composed.modeling",
+    "ComposedUnifiedModel": "composed.modeling",
+    "RestorationContext": "composed.context",
     "TinyModelConfig": "tiny",
     "build_tiny_model": "tiny",
     "ClearTokenIds": "tokens",
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

@@ -1,14 +1,15 @@
-"""The backbone protocol: exactly what generation, restoration and answering call on a unified model.
+"""The backbone protocols: exactly what generation, restoration, answering and the trainers call on a
+unified model.
 
-Two backbones satisfy it: `composed` (a VLM + VAE + DiT head + bridge, `ComposedUnifiedModel`)
-and `bagel` (BAGEL-7B-MoT, `BagelUnifiedModel`). Code above the models talks to these names only,
-so it never branches on the backbone (the trainers call `TrainableBackbone`, below, too):
+Every registered backbone (models/registry.py) satisfies them: `composed` (a VLM + VAE + DiT head +
+bridge, `ComposedUnifiedModel`), `bagel` (BAGEL-7B-MoT, `BagelUnifiedModel`), or a plug-in's. Code
+above the models talks to these members only, so it never branches on the backbone:
 
-- the restoration sampler (`restoration.py`) integrates `velocity(x_t, t, context)` from noise,
+- the restoration sampler (`rollout/restoration.py`) integrates `velocity(x_t, t, context)` from noise,
   where `context` is whatever the backbone's decoder hands out (the composed model: hidden states
   up to `<image_restore>`; BAGEL: the prefix's per-layer keys and values, plus the two
   classifier-free-guidance contexts);
-- interleaved generation (`generation.py`) runs the token loop and leaves every model call to a
+- interleaved generation (`rollout/interleaved.py`) runs the token loop and leaves every model call to a
   `Decoder` the backbone builds (`decoder_class`): prompt prefill, one text step, the restoration
   context of some rows, and putting restored latents back (the bridge) into the context;
 - a model whose protocol tags are plain text (CLEAR's released checkpoints) also has `turn_rules`
@@ -18,10 +19,13 @@ so it never branches on the backbone (the trainers call `TrainableBackbone`, bel
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from clear_rl.models.same_work import SameWork
 from clear_rl.models.tokens import ClearTokenIds
 
 
@@ -107,22 +111,81 @@ class UnifiedBackbone(Protocol):
     def flow_source_mean(self, degraded_latents: torch.Tensor) -> torch.Tensor | None: ...
 
 
-@runtime_checkable
-class TrainableBackbone(UnifiedBackbone, Protocol):
-    """What the three training stages call on a backbone beyond generation's protocol.
+class TrainingOutput(Protocol):
+    """What the training forward returns (a `ModelOutput`: read by key or attribute)."""
 
-    The training forward is `forward(input_ids, attention_mask, <the processor's image inputs>,
-    restored_latents=..., flow_latents=..., flow_timesteps=..., flow_rows=..., degraded_latents=...,
-    output_hidden_states=..., logits_to_keep=..., clear_step=...)`: one teacher-forced pass over a
-    padded id batch whose `<|restored_pad|>` slot holds `restored_latents`, returning `logits` at the
-    kept positions, `hidden_states` (whatever the `*_token_states` methods read) and, given flow
-    latents (B, K, C, h, w) at times (B, K), the restoration branch's `flow_velocity` on them from
-    the same pass (conditioned on the context up to each row's `<image_restore>`). `clear_step(model,
-    forward, batch)` runs a whole training step inside one call of the wrapped model.
+    logits: torch.Tensor  # (B, K, V) at the kept positions
+    hidden_states: Any  # whatever the backbone's `*_token_states` methods read; None unless asked
+    # flow_velocity (B, K, C, h, w), given flow latents: read as output["flow_velocity"]
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+class TrainingForward(Protocol):
+    """The training forward's contract: one teacher-forced pass over a padded id batch.
+
+    The `<|restored_pad|>` slot holds `restored_latents` (B, C, h, w) through the bridge, or
+    `restored_embeds` (B, N, D) as they are (the `reencode` readback a rollout used); logits are kept at
+    `logits_to_keep` positions (an int: the last ones; a tensor: those). Given `flow_latents`
+    (B, K, C, h, w) at times `flow_timesteps` (B, K), the same pass also returns the restoration
+    branch's `flow_velocity` on them for the rows in `flow_rows` (B,) bool (zeros elsewhere), conditioned
+    on the context up to each row's `<image_restore>` and on `degraded_latents`. `image_inputs` are the
+    processor's (pixel_values, image_grid_thw, ...) and the masks of `hidden_view_inputs`.
+    `clear_step(core, forward, batch)`, when given, runs a whole training step inside this one call of
+    the wrapped model (so DDP / FSDP see every part it uses) and its result is returned instead.
     """
 
-    # Readbacks the training forward can replay: a rollout's slot must be laid out again as it was.
-    training_readbacks: tuple[str, ...]
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        restored_latents: torch.Tensor | None = None,
+        restored_embeds: torch.Tensor | None = None,
+        flow_latents: torch.Tensor | None = None,
+        flow_timesteps: torch.Tensor | None = None,
+        flow_rows: torch.Tensor | None = None,
+        degraded_latents: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+        use_cache: bool = False,
+        clear_step: Callable[..., Any] | None = None,
+        **image_inputs: Any,
+    ) -> TrainingOutput | Any: ...
+
+
+@runtime_checkable
+class TrainableBackbone(UnifiedBackbone, Protocol):
+    """What the training stages call on a backbone beyond generation's protocol.
+
+    `forward` is a `TrainingForward`. Which readbacks the training pass replays and which stages the
+    backbone runs are in its registry declaration (models/registry.py `BackboneSpec`).
+    """
+
+    forward: TrainingForward
+    # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
+    same_work: SameWork | None
+
+    @property
+    def num_restored_tokens(self) -> int:
+        """Positions a restored slot takes in the LLM sequence (the collator lays prompts out by it)."""
+        ...
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        """The LLM's token embedding (LoRA trains the protocol tokens' rows of it)."""
+        ...
+
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        """The LLM's output head (its protocol rows train too, unless tied to the embedding)."""
+        ...
+
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict | None = None, **kwargs: Any) -> None:
+        """Write the model's own folder layout (`state_dict`: the whole state, gathered when sharded)."""
+        ...
+
+    def load_saved_weights(self, path: str | os.PathLike) -> None:
+        """Put the weights `save_pretrained` wrote into this model (resuming a full fine-tune)."""
+        ...
 
     def part_patterns(self) -> dict[str, list[str]]:
         """Regexes (matched at the start of parameter names) of each part in settings.PARTS."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from clear_rl.choices import TAGS
 from clear_rl.errors import ClearRLError
 from clear_rl.models.tokens import IMAGE_RESTORE, SYSTEM_PROMPT
 
@@ -85,7 +86,7 @@ def saved_tags(folder: str | os.PathLike) -> tuple[str | None, str]:
         tags = _section(_recipe_document(recipe), "model", recipe).get("tags")
         if tags is None:
             return "tokens", f"{recipe} (clear-rl trained it: single tokens)"
-        if tags not in ("text", "tokens"):
+        if tags not in TAGS:
             raise ClearRLError(f"{recipe}: model.tags must be 'text' or 'tokens', got {tags!r}")
         return tags, f"{recipe} (model.tags)"
     base = adapter_base(folder)

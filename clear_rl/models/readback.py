@@ -16,8 +16,6 @@ SmolVLM and most `AutoModelForImageTextToText` models share; whatever the image 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from PIL import Image
@@ -25,10 +23,8 @@ from PIL import Image
 from clear_rl.io.images import pil_to_tensor
 from clear_rl.models.vision import vision_tokens
 
-Readback = Literal["bridge", "reencode", "reencode-vae"]
 # `reencode-vae` (BAGEL; CLEAR's per-degradation eval, `output_need_vae`): the restoration decoded to
 # 8-bit pixels and encoded again by the VAE, entering as the bridge would.
-READBACKS: tuple[str, ...] = ("bridge", "reencode", "reencode-vae")
 
 
 def image_processor_of(processor):
@@ -91,8 +87,6 @@ def vae_roundtrip(model, latents: torch.Tensor) -> torch.Tensor:
 # Whether the degraded image's own (ViT) tokens stay visible once the restored slot is in the
 # context. Hidden tokens keep their positions (position ids count them) and only leave attention,
 # so hiding changes what a position reads, never where it sits.
-DegradedView = Literal["keep", "drop"]
-DEGRADED_VIEWS: tuple[str, ...] = ("keep", "drop")
 
 
 def first_placeholder(input_ids: torch.Tensor, restored_pad_id: int) -> torch.Tensor:

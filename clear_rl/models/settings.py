@@ -1,4 +1,4 @@
-"""What a recipe says about a model's backbone, parts and LoRA, importable without torch or peft.
+"""What a recipe says about a model's parts and LoRA, importable without torch or peft.
 
 The recipe is checked before any heavy import (`clear_rl.recipe`), so the part names and the
 LoRA settings live here, apart from the code that applies them (`models/adapters.py`).
@@ -8,25 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from clear_rl.errors import ClearRLError
 
 # `llm` (the language model and its head), `vit` (vision tower), `projector` (vision -> LLM
 # connector), `head` (restoration DiT), `bridge` (latent bridge), `vae`.
 PARTS = ("llm", "vit", "projector", "head", "bridge", "vae")
-# `model.backbone` / `--backbone`: which implementation a saved folder loads as. `auto` tells them
-# apart by the folder (BAGEL's official layout, else a clear-rl composed model).
-BACKBONES = ("auto", "composed", "bagel")
-# `model.preset` / `--preset`: the inference presets of BAGEL-family folders (the names of
-# `clear_rl.models.bagel.presets.PRESETS`, here without importing torch).
-BAGEL_PRESETS = ("clear-release", "bagel-upstream")
-# `model.tags` / `--tags`: how a model writes the protocol tags <think>, <answer>, <image_restore>: as
-# plain text (CLEAR's release; a finished turn holding <image_restore> restores) or as clear-rl's single
-# tokens. The presets' own values (`BagelPreset.tags`), here without importing torch.
-Tags = Literal["text", "tokens"]
-TAGS = ("text", "tokens")
-BAGEL_PRESET_TAGS = {"clear-release": "text", "bagel-upstream": "text"}
 
 
 def text_tags_training_error(where: str, source: str) -> str:
@@ -38,13 +25,6 @@ def text_tags_training_error(where: str, source: str) -> str:
         "clear-rl's protocol from scratch (SFT from BAGEL-7B-MoT), set model.tags: tokens; a checkpoint "
         "trained with text tags (CLEAR's release) is evaluated, not trained further, by clear-rl"
     )
-
-
-def check_backbone(backbone: str) -> str:
-    """The backbone name, checked; a ClearRLError names a wrong one."""
-    if backbone not in BACKBONES:
-        raise ClearRLError(f"unknown backbone {backbone!r}; valid backbones: {list(BACKBONES)}")
-    return backbone
 
 
 def check_parts(parts: Iterable[str]) -> list[str]:

@@ -16,27 +16,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from clear_rl.errors import ClearRLError
 
 # safetensors refuses headers above 100 MB; a larger length is not a header.
 MAX_HEADER_BYTES = 100_000_000
-COMPOSED_MODEL_TYPE = "clear_composed"  # ComposedUnifiedConfig.model_type (importing it loads torch)
-# The parts of a composed model (ComposedUnifiedModel's attributes): every weight key starts with one.
-COMPOSED_PARTS = ("vlm", "vae", "restoration_head", "latent_bridge")
-BAGEL_CONFIGS = ("llm_config.json", "vit_config.json")
-BAGEL_WEIGHTS = ("ema.safetensors", "model.safetensors")  # models.bagel.config.WEIGHT_NAMES
-BAGEL_AE = "ae.safetensors"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-Layout = Literal["bagel", "adapters", "composed"]
 
 
 class WeightsError(ClearRLError):
     """A weights file that is missing, cut short, or not the weights the folder says it holds."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -96,61 +89,49 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return tensors
 
 
-def layout(folder: str | os.PathLike) -> Layout | None:
-    """Which model layout a folder claims by its config files (None: none of clear-rl's)."""
-    folder = Path(folder)
-    if all((folder / name).is_file() for name in BAGEL_CONFIGS):
-        return "bagel"
-    if (folder / "adapter_config.json").is_file():
-        return "adapters"
-    if (folder / "config.json").is_file():
-        return "composed"
-    return None
+ADAPTERS = "adapters"  # what `check_model_folder` returns for a peft adapter folder
 
 
-def check_model_folder(folder: str | os.PathLike, backbone: str = "auto") -> Layout:
-    """Check a folder `load_unified` would read, from its configs and weights headers; returns
-    its layout. WeightsError (a ClearRLError) says which file is missing, cut short or foreign."""
+def check_model_folder(folder: str | os.PathLike, backbone: str = "auto") -> str:
+    """Check a folder `load_unified` would read, from its configs and weights headers: returns the
+    registered backbone whose layout it holds (models/registry.py; forced by `backbone`, else
+    recognised) or `ADAPTERS`. WeightsError (a ClearRLError) says which file is missing, cut short or
+    foreign."""
+    from clear_rl.models import registry
+
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"model folder not found: {folder}")
-    found = layout(folder)
-    if backbone == "bagel" and found != "bagel":
-        missing = [name for name in BAGEL_CONFIGS if not (folder / name).is_file()]
-        raise WeightsError(f"{folder} is not in BAGEL's official layout: it lacks {missing}")
-    if found == "bagel" and backbone != "composed":
-        _check_bagel(folder)
-    elif found == "adapters":
+    found = registry.detect(folder)
+    if backbone != registry.AUTO:
+        spec = registry.get(backbone)
+        if not spec.detect(folder):
+            if (folder / "adapter_config.json").is_file():
+                _check_adapters(folder, backbone)
+                return ADAPTERS
+            lacks = spec.missing(folder) if spec.missing else "its files"
+            if found is not None:
+                raise WeightsError(
+                    f"{folder} holds a {found.name} model, not a {backbone} one ({lacks}): load it with "
+                    f"backbone '{found.name}' or 'auto'"
+                )
+            raise WeightsError(f"{folder} does not hold a {backbone} model: {lacks}")
+        found = spec
+    elif found is None and (folder / "adapter_config.json").is_file():
         _check_adapters(folder, backbone)
-    elif found == "composed" or (found == "bagel" and (folder / "config.json").is_file()):
-        _check_composed(folder)
-        found = "composed"
-    elif found == "bagel":
+        return ADAPTERS
+    if found is None:
+        lacks = "; ".join(f"{spec.name}: {spec.missing(folder)}" for spec in registry.specs() if spec.missing)
         raise WeightsError(
-            f"{folder} holds an official-layout BAGEL model: load it with backbone 'bagel' or 'auto'"
+            f"{folder} holds no adapter_config.json nor any backbone's layout ({lacks}): not a model "
+            "saved by clear-rl"
         )
-    else:
-        raise WeightsError(
-            f"{folder} holds no config.json or adapter_config.json, nor BAGEL's official layout "
-            f"({', '.join(BAGEL_CONFIGS)}): not a model saved by clear-rl"
-        )
-    return found
-
-
-def _check_bagel(folder: Path) -> None:
-    weights = next((folder / name for name in BAGEL_WEIGHTS if (folder / name).exists()), None)
-    if weights is None:
-        raise WeightsError(
-            f"{folder} holds BAGEL's configs but no weights: {' or '.join(BAGEL_WEIGHTS)} is missing"
-        )
-    safetensors_header(weights)
-    if not (folder / BAGEL_AE).exists():
-        raise WeightsError(f"{folder} holds BAGEL's configs but no {BAGEL_AE} (the VAE's weights)")
-    safetensors_header(folder / BAGEL_AE)
+    found.check_folder(folder)
+    return found.name
 
 
 def _check_adapters(folder: Path, backbone: str) -> None:
-    config = _read_json(folder / "adapter_config.json")
+    config = read_json(folder / "adapter_config.json")
     weights = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).exists()), None)
     if weights is None:
         raise WeightsError(f"{folder} holds adapter_config.json but no {ADAPTER_WEIGHTS[0]}")
@@ -165,47 +146,12 @@ def _check_adapters(folder: Path, backbone: str) -> None:
     check_model_folder(base, backbone)
 
 
-def _check_composed(folder: Path) -> None:
-    config = _read_json(folder / "config.json")
-    model_type = config.get("model_type")
-    if model_type != COMPOSED_MODEL_TYPE:
-        raise WeightsError(
-            f"{folder} holds a '{model_type}' model, not a clear-rl unified model; compose one first "
-            "(model.vlm_path + model.vae_path in a recipe, or clear_rl.models.compose_from_pretrained)"
-        )
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        files = [folder / name for name in shards]
-        if not files:
-            raise WeightsError(f"{index} lists no weights files")
-    elif (folder / "model.safetensors").exists():
-        files = [folder / "model.safetensors"]
-    else:
-        raise WeightsError(
-            f"{folder} holds config.json but no model.safetensors: the model's weights are missing"
-        )
-    names: list[str] = []
-    for file in files:
-        header = safetensors_header(file)
-        foreign = sorted(k for k in header if k.split(".", 1)[0] not in COMPOSED_PARTS)
-        if foreign:
-            raise WeightsError(
-                f"{file} holds weights of another model (keys such as {foreign[:3]}), not a clear-rl "
-                f"composed model's ({', '.join(p + '.*' for p in COMPOSED_PARTS)})"
-            )
-        names.extend(header)
-    parts = {k.split(".", 1)[0] for k in names}
-    if "vlm" not in parts:
-        raise WeightsError(f"{files[0]} holds no weights of the model's VLM (vlm.*): not a complete save")
-
-
 def check_pretrained_folder(folder: str | os.PathLike) -> None:
     """A Hugging Face model folder (a VLM's, a diffusers VAE's): every safetensors file it holds
     or its index lists is whole."""
     folder = Path(folder)
     files = set(folder.glob("*.safetensors"))
     for index in folder.glob("*.safetensors.index.json"):
-        files.update(folder / name for name in _read_json(index).get("weight_map", {}).values())
+        files.update(folder / name for name in read_json(index).get("weight_map", {}).values())
     for file in sorted(files):
         safetensors_header(file)

@@ -11,7 +11,7 @@ a finished text turn holding `<image_restore>`, for a few turns (models/turns.py
 The loop (token choice under the restore policy, stops, the restoration sampler, collecting the
 completions) is the same for every backbone; the model calls are its decoder's
 (`model.decoder_class`, see models/backbone.py): the composed model's splices bridge embeddings
-into `<|restored_pad|>` positions with masked holes for the other rows (models/decoding.py), BAGEL's
+into `<|restored_pad|>` positions with masked holes for the other rows (models/composed/decoding.py), BAGEL's
 appends the restored latent as a clean latent block (models/bagel/decoding.py).
 
 What fills the restored slot (`readback`): the bridge's embeddings of the latent, the paper's
@@ -28,7 +28,6 @@ and splice embeddings in, hence this loop; it reuses transformers' logits warper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from transformers.generation.logits_process import (
@@ -38,12 +37,17 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from clear_rl.choices import (
+    DEGRADED_VIEWS,
+    READBACKS,
+    RESTORE_POLICIES,
+    DegradedView,
+    Readback,
+    RestorePolicy,
+)
 from clear_rl.models.backbone import UnifiedBackbone
-from clear_rl.models.readback import READBACKS, DegradedView, Readback
 from clear_rl.models.turns import tag_protocol
 from clear_rl.rollout.restoration import RestorationSampling, restore_latents
-
-RestorePolicy = Literal["model", "always", "never", "oracle"]
 
 
 @dataclass
@@ -268,9 +272,9 @@ def generate_interleaved(
 def _check(model, input_ids, config: InterleavedGenerationConfig, image_processor, oracle_latents) -> None:
     """Clear errors for settings that cannot run, before any model call."""
     for name, value, valid in (
-        ("restore", config.restore, ("model", "always", "never", "oracle")),
+        ("restore", config.restore, RESTORE_POLICIES),
         ("readback", config.readback, READBACKS),
-        ("degraded_view", config.degraded_view, ("keep", "drop")),
+        ("degraded_view", config.degraded_view, DEGRADED_VIEWS),
     ):
         if value not in valid:
             raise ValueError(

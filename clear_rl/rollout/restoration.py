@@ -20,18 +20,13 @@ samples unguided.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import torch
 
+from clear_rl.choices import CFG_CONTEXTS, RENORMS, SAMPLERS, CfgContexts, Renorm, Sampler
 from clear_rl.flow import NOISE_SCHEDULES, NoiseSchedule, ode_step, sampling_schedule, sde_step
 from clear_rl.models.backbone import RestorationContextLike, UnifiedBackbone
-from clear_rl.models.bagel.presets import CFG_CONTEXTS, CfgContexts, PresetGuidance
-
-Sampler = Literal["ode", "sde"]
-SAMPLERS = ("ode", "sde")
-Renorm = Literal["global", "channel", "text_channel"]
-RENORMS = ("global", "channel", "text_channel")
+from clear_rl.models.bagel.presets import PresetGuidance
 
 
 @dataclass(frozen=True)

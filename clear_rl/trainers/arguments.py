@@ -8,11 +8,12 @@ setting the same way in every stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
-from clear_rl.rollout.restoration import RestorationSampling, Sampler
+from clear_rl.choices import NoiseSchedule, Sampler
+from clear_rl.rollout.restoration import RestorationSampling
 
 
 def bf16_supported() -> bool:
@@ -90,7 +91,7 @@ class RestorationSamplingArguments:
     restoration_noise_level: float = field(
         default=0.7, metadata={"help": "The SDE's noise: Flow-GRPO's level `a`, or the constant sigma."}
     )
-    restoration_noise_schedule: Literal["flow_grpo", "constant"] = field(
+    restoration_noise_schedule: NoiseSchedule = field(
         default="flow_grpo",
         metadata={"help": "flow_grpo: std a*sqrt(t/(1-t)); constant: CLEAR's released SDE, std sigma."},
     )

@@ -14,10 +14,11 @@ from transformers import PreTrainedModel
 from clear_rl.data.disk import check_saved_split
 from clear_rl.data.samples import PREPARED_COLUMNS as _PREPARED_COLUMNS
 from clear_rl.errors import ClearRLError, DataError
-from clear_rl.models import ComposedUnifiedModel, TinyModelConfig, build_tiny_model, compose_from_pretrained
+from clear_rl.models import TinyModelConfig, build_tiny_model, compose_from_pretrained
 from clear_rl.models.adapters import apply_lora, set_trainable_parts
 from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.io import is_model_folder, load_unified
+from clear_rl.models.registry import unified_core
 from clear_rl.models.settings import text_tags_training_error
 from clear_rl.recipe import ModelConfig, Recipe, build_dataclass
 from clear_rl.runs import (
@@ -72,7 +73,7 @@ def load_model(config: ModelConfig, where: str = "model"):
     )
 
 
-def keep_base_for_adapters(model: ComposedUnifiedModel, processor, folder: str | Path, args=None) -> None:
+def keep_base_for_adapters(model: TrainableBackbone, processor, folder: str | Path, args=None) -> None:
     """Save a freshly built model as the base its LoRA adapters will load onto.
 
     An adapter folder names its base model's folder; a model composed or built in memory has none,
@@ -135,22 +136,6 @@ def build_model(
         keep_base_for_adapters(model, processor, adapter_base_dir, args)
     default_parts = getattr(args, "default_trainable_parts", DEFAULT_TRAINABLE_PARTS)
     return make_trainable(model, config, default_parts), processor
-
-
-def unified_core(model) -> TrainableBackbone:
-    """The unified model (composed or BAGEL) inside peft / DDP / DeepSpeed wrappers."""
-    from peft import PeftModel
-
-    from clear_rl.models.bagel.unified import BagelUnifiedModel
-
-    while not isinstance(model, ComposedUnifiedModel | BagelUnifiedModel):
-        if isinstance(model, PeftModel):
-            model = model.get_base_model()
-        elif hasattr(model, "module"):
-            model = model.module
-        else:
-            raise TypeError(f"expected a clear-rl unified model, got {type(model).__name__}")
-    return model
 
 
 def load_split(path: str, split: str, max_samples: int | None = None, required=PREPARED_COLUMNS):
@@ -286,18 +271,9 @@ class UnifiedCheckpointMixin:
         own = self.accelerator.unwrap_model(model)
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their own sharded checkpoints
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not isinstance(own, PreTrainedModel | PeftModel) and hasattr(own, "load_saved_weights"):
-            own.load_saved_weights(folder)  # what `_save` wrote in the model's own layout (BAGEL's)
-            return
-        full = (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
-        if (
-            not (isinstance(model, ComposedUnifiedModel) and full)
-            or self.is_fsdp_enabled
-            or self.is_deepspeed_enabled
-        ):
+        if isinstance(own, PeftModel) or (folder / "adapter_config.json").exists():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(model).from_pretrained(folder, dtype=model.dtype, local_files_only=True)
-        model.load_state_dict(saved.state_dict())
+        own.load_saved_weights(folder)  # what `_save` wrote, in the model's own layout
 
 
 def resume_checkpoint(value: str | None, output_dir: str) -> str | None:

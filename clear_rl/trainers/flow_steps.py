@@ -15,12 +15,9 @@ Two ways, `flow_step_selection` in a GRPO recipe:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-FlowStepSelection = Literal["random", "round_robin"]
-FLOW_STEP_SELECTIONS = ("random", "round_robin")
+from clear_rl.choices import FLOW_STEP_SELECTIONS, FlowStepSelection
 
 
 def choose_flow_steps(

@@ -47,6 +47,7 @@ from clear_rl.data.grpo_prompts import prompt_image, to_grpo_dataset
 from clear_rl.data.samples import GRPO_COLUMNS
 from clear_rl.errors import ClearRLError
 from clear_rl.flow import sde_step, step_mean_kl
+from clear_rl.models import registry
 from clear_rl.models.processing import vae_pixel_values
 from clear_rl.models.readback import first_placeholder
 from clear_rl.recipe import Recipe
@@ -230,10 +231,11 @@ class InterleavedGRPOTrainer(UnifiedCheckpointMixin, GRPOTrainer):
         )
         check_grpo_attributes(self)
         unified = self._unified_model()
-        if args.readback not in unified.training_readbacks:
+        readbacks = registry.spec_of(unified).training_readbacks
+        if args.readback not in readbacks:
             raise ClearRLError(
                 f"training.readback {args.readback!r} cannot be trained on {type(unified).__name__}: its "
-                f"training pass replays {list(unified.training_readbacks)}"
+                f"training pass replays {list(readbacks)}"
             )
         if unified.token_ids.answer_end not in self.eos_token_ids:
             self.eos_token_ids.append(unified.token_ids.answer_end)  # `</answer>` ends a completion too

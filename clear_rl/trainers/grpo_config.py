@@ -7,6 +7,12 @@ from typing import ClassVar, Literal
 
 from trl import GRPOConfig
 
+from clear_rl.choices import (
+    DegradedView,
+    FlowStepSelection,
+    RolloutRestorePolicy,
+    TrainingReadback,
+)
 from clear_rl.trainers.arguments import (
     AutoPrecisionArguments,
     CheckpointingArguments,
@@ -29,17 +35,17 @@ class InterleavedGRPOConfig(
     """
 
     # Rollouts: whether a completion may restore, and how the restoration is sampled.
-    restore_policy: Literal["model", "always", "never"] = field(
+    restore_policy: RolloutRestorePolicy = field(
         default="model", metadata={"help": "model: the policy decides; always/never force it (baselines)."}
     )
-    readback: Literal["bridge", "reencode"] = field(
+    readback: TrainingReadback = field(
         default="bridge",
         metadata={
             "help": "What fills the restored slot, in rollouts and in scoring passes: bridge (CLEAR) or "
             "reencode (VAE decode -> the VLM's own image processor and vision path; the paper's baseline)."
         },
     )
-    degraded_view: Literal["keep", "drop"] = field(
+    degraded_view: DegradedView = field(
         default="keep",
         metadata={
             "help": "drop: once a rollout restores, its degraded image tokens are hidden after the slot."
@@ -59,7 +65,7 @@ class InterleavedGRPOConfig(
     flow_train_steps: int = field(
         default=1, metadata={"help": "Denoising steps re-run per trajectory (random, per rollout); -1: all."}
     )
-    flow_step_selection: Literal["random", "round_robin"] = field(
+    flow_step_selection: FlowStepSelection = field(
         default="random",
         metadata={
             "help": "random: drawn per rollout (paper); round_robin: a counter over restoring rollouts "

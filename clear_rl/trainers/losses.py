@@ -19,17 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from clear_rl.choices import DistillMode
 from clear_rl.data.collate import IGNORE_INDEX, split_inputs
 from clear_rl.flow import add_noise, sample_training_timesteps, velocity_target
 from clear_rl.models.backbone import TrainableBackbone
 from clear_rl.models.same_work import runs_every_pass
-
-DistillMode = Literal["per_layer_kl", "pooled_mse"]
 
 
 @dataclass

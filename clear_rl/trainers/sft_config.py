@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from trl import SFTConfig
 
+from clear_rl.choices import DistillMode
 from clear_rl.trainers.arguments import AutoPrecisionArguments, CheckpointingArguments
 
 
@@ -18,7 +19,7 @@ class ClearTrainingConfig(AutoPrecisionArguments, CheckpointingArguments, SFTCon
     # Paper 0.4: per restoring row, with this probability the degraded image's ViT tokens are hidden,
     # so the answer has to come from the restored slot (losses._drop_vit_tokens).
     vit_token_dropout: float = 0.0
-    distill_mode: Literal["per_layer_kl", "pooled_mse"] = "per_layer_kl"
+    distill_mode: DistillMode = "per_layer_kl"
     # TRL would tokenize a text column; the collator builds batches from prepared rows instead.
     dataset_kwargs: dict[str, Any] | str | None = field(
         default_factory=lambda: {"skip_prepare_dataset": True}

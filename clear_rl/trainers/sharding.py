@@ -32,8 +32,8 @@ from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
+from clear_rl.models.registry import unified_core
 from clear_rl.models.same_work import SameWork
-from clear_rl.trainers.common import unified_core
 
 logger = logging.getLogger(__name__)
 

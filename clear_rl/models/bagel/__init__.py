@@ -6,7 +6,7 @@
     latents.py   latent patchify, time embedder, sin-cos position tables
     vae.py       diffusers AutoencoderKL + BFL name conversion both ways
     modeling.py  BagelModel: segments -> packed sequence -> MoT -> text logits / velocities
-    io.py        from_pretrained / save_pretrained in the official layout, 4-bit loading
+    io.py        load_bagel / save_bagel in the official layout, 4-bit loading
     tiny.py      a tiny random BAGEL folder and tokenizer, built in code
     unified.py   BagelUnifiedModel: BAGEL behind the backbone protocol (models/backbone.py), loading
     decoding.py  its interleaved-generation decoder (packed KV cache, latent-block bridge)
@@ -14,6 +14,7 @@
     processing.py  BAGEL's prompt framing and image views behind the processor interface
     training.py  padded id batches -> packed training segments (noised block, bridge block, logits map)
     trainable.py the training forward and the trainers' protocol (models/backbone.py TrainableBackbone)
+    backbone.py  its declaration in the backbone registry (models/registry.py): light, no torch
     memory.py    parameter counts and memory estimates at real size, on the meta device
 
 Names are imported on first use (PEP 562), so importing the package stays light.
@@ -21,8 +22,7 @@ Names are imported on first use (PEP 562), so importing the package stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clear_rl.lazy import lazy_names
 
 _WHERE = {
     "BagelConfig": "config",
@@ -56,14 +56,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from clear_rl.choices import CFG_CONTEXTS
 from clear_rl.models.bagel.modeling import Segment, TextSegment
-from clear_rl.models.bagel.presets import CFG_CONTEXTS
 
 
 @dataclass

@@ -432,17 +432,3 @@ class BagelModel(nn.Module):
         samples = [[LatentSegment(x_t[i], t[i], noised=True)] for i in range(x_t.shape[0])]
         output = self.forward(samples, cache=context, update_cache=False)
         return torch.stack(self.latent_velocities(output)).to(x_t.dtype)
-
-    # -- files ----------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path, **kwargs) -> BagelModel:
-        """Load an official-layout folder; see `clear_rl.models.bagel.io.load_bagel`."""
-        from clear_rl.models.bagel.io import load_bagel
-
-        return load_bagel(path, **kwargs)
-
-    def save_pretrained(self, path, **kwargs) -> None:
-        """Write the official layout; see `clear_rl.models.bagel.io.save_bagel`."""
-        from clear_rl.models.bagel.io import save_bagel
-
-        save_bagel(self, path, **kwargs)

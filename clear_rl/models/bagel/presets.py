@@ -33,15 +33,12 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from clear_rl.choices import CfgContexts, Readback, Tags
 from clear_rl.errors import ClearRLError
 from clear_rl.io.images import pil_to_tensor
-from clear_rl.models.readback import Readback
-from clear_rl.models.settings import Tags
 
 # BAGEL's ImageTransform default pixel cap (Bagel data/transforms.py, ImageTransform.__init__).
 MAX_PIXELS = 14 * 14 * 9 * 1024
-CfgContexts = Literal["drop-thought", "drop-tag", "upstream"]
-CFG_CONTEXTS: tuple[str, ...] = ("drop-thought", "drop-tag", "upstream")
 VaePosterior = Literal["sample", "mode"]
 
 # CLEAR's INTERLEAVE_REASON_SYSTEM_PROMPT (haoxiangzhao12138/CLEAR prompts.py @14edc90 L7-39), character
@@ -157,7 +154,7 @@ class ImageTransformSpec:
 
 @dataclass(frozen=True)
 class PresetGuidance:
-    """The restoration's CFG as a preset sets it: the fields of `clear_rl.restoration.RestorationGuidance`
+    """The restoration's CFG as a preset sets it: the fields of `clear_rl.rollout.restoration.RestorationGuidance`
     (which lives a layer above the models and is built from these)."""
 
     cfg_text: float

@@ -12,7 +12,7 @@ official inferencers do, so a restoration has the input's VAE size) and the ViT 
 VAE-resized image, as they take it. Training packs one latent size per run and uses the square
 `vae_image_size` view instead (`vae_views="square"`). ViT views of a batch are zero-padded to one
 tensor with their sizes beside; VAE views of one batch must share a size (the answering path groups
-rows by it, `clear_rl.answering.vae_view_groups`).
+rows by it, `clear_rl.rollout.answering.vae_view_groups`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class BagelProcessor(ProcessorMixin):
         if len(sizes) > 1:
             raise ClearRLError(
                 f"one batch of BAGEL rows takes one VAE view size, got {sorted(sizes)}: answer rows grouped "
-                "by size (clear_rl.answering.vae_view_groups)"
+                "by size (clear_rl.rollout.answering.vae_view_groups)"
             )
         return (
             torch.stack([pil_to_tensor(self.preset.vae.resize(image)) for image in images])

@@ -31,11 +31,27 @@ from clear_rl.models.bagel.training import (
     layout_batch,
     noised_velocities,
 )
-from clear_rl.models.parts import BAGEL_LORA_SCOPES, BAGEL_PART_PATTERNS
 from clear_rl.models.same_work import SameWork, with_idle_work
 from clear_rl.models.tokens import up_to_last
 
 TRAINED_WEIGHTS_NAME = "model.safetensors"  # what CLEAR's own trained checkpoints hold
+
+
+# The parts (settings.PARTS): `llm` is the understanding expert (every `language_model` weight without
+# `_moe_gen`, the embeddings, head and final norm among them), `head` the generation expert (the `_moe_gen`
+# twins, `llm2vae`, `time_embedder`: the restoration branch), `bridge` `vae2llm` (latents into the LLM; the
+# restoration branch reads its noised latent through it too), `projector` the connector, `vit` SigLIP. Its
+# VAE sits outside the module tree and never trains. Both experts live in the LLM, so LoRA finds the
+# restoration branch's layers there: name the `_moe_gen` twins.
+BAGEL_PART_PATTERNS = {
+    "llm": [r"bagel\.language_model\.(?!.*_moe_gen)"],
+    "head": [r"bagel\.language_model\..*_moe_gen", r"bagel\.llm2vae\.", r"bagel\.time_embedder\."],
+    "bridge": [r"bagel\.vae2llm\."],
+    "projector": [r"bagel\.connector\."],
+    "vit": [r"bagel\.vit_model\."],
+    "vae": [],
+}
+BAGEL_LORA_SCOPES = {"llm": r"bagel\.language_model", "head": r"bagel\.language_model"}
 
 
 @dataclass
@@ -55,7 +71,6 @@ class BagelTrainingMixin:
 
     # Generation can re-encode a restoration as a ViT block (eval's baseline); the training pass lays
     # every slot out as a latent block, so GRPO replays only the bridge.
-    training_readbacks: tuple[str, ...] = ("bridge",)
     # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
     same_work: SameWork | None = None
     # FSDP's auto-wrap units (accelerate reads them when the config names none): the MoT layers and

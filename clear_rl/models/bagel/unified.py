@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
+from clear_rl.choices import TAGS, Tags
 from clear_rl.errors import ClearRLError
 from clear_rl.models.bagel.decoding import BagelDecoder, BagelRestorationContext
 from clear_rl.models.bagel.latents import unpatchify_latent
@@ -35,7 +36,6 @@ from clear_rl.models.bagel.trainable import BagelTrainingMixin
 from clear_rl.models.bagel.vae import encode as vae_encode
 from clear_rl.models.chat import ATTRIBUTE as CHAT_ATTRIBUTE
 from clear_rl.models.chat import ChatSettings, saved_chat_settings, saved_tags
-from clear_rl.models.settings import TAGS, Tags
 from clear_rl.models.tokens import (
     CLEAR_SPECIAL_TOKENS,
     ClearTokenIds,
@@ -161,7 +161,7 @@ class BagelUnifiedModel(BagelTrainingMixin, nn.Module):
     @contextmanager
     def vae_view(self, size: tuple[int, int]) -> Iterator[BagelUnifiedModel]:
         """Within the block, restorations (and `latent_shape`) have the VAE view (H, W) of the images
-        being answered, as BAGEL restores at the input's size (`clear_rl.answering` enters it)."""
+        being answered, as BAGEL restores at the input's size (`clear_rl.rollout.answering` enters it)."""
         height, width = (int(s) for s in size)
         step, largest = (
             self.bagel.config.latent_downsample,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from clear_rl.models.composed import RestorationContext
+from clear_rl.models.composed.context import RestorationContext
 from clear_rl.models.positions import RolloutPositions
 from clear_rl.models.readback import reencode_embeddings, vae_roundtrip, view_mask
 

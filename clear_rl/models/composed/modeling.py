@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +32,9 @@ from transformers import (
 )
 from transformers.configuration_utils import SubConfigSpec
 
+from clear_rl.choices import FLOW_SOURCES
 from clear_rl.models.bridge import LatentBridge
+from clear_rl.models.composed.context import RestorationContext
 from clear_rl.models.positions import positions_for_forward
 from clear_rl.models.same_work import SameWork, with_idle_work
 from clear_rl.models.tokens import ClearTokenIds, up_to_last
@@ -82,28 +83,6 @@ class ComposedUnifiedConfig(PreTrainedConfig):
         return self.vlm_config.image_token_id
 
 
-@dataclass
-class RestorationContext:
-    """What the restoration head is conditioned on, for each row of a batch."""
-
-    hidden_states: torch.Tensor  # (B, L, D) LLM hidden states
-    attention_mask: torch.Tensor  # (B, L) True where a position is in the context
-    degraded_latents: torch.Tensor  # (B, C, h, w) the degraded image's latent
-
-    @property
-    def num_rows(self) -> int:
-        return self.hidden_states.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.hidden_states.device
-
-    def select(self, rows: torch.Tensor) -> RestorationContext:
-        return RestorationContext(
-            self.hidden_states[rows], self.attention_mask[rows], self.degraded_latents[rows]
-        )
-
-
 class ComposedUnifiedModel(PreTrainedModel):
     """A unified (understand + restore) model built from a VLM, a VAE, a DiT head and a bridge."""
 
@@ -116,14 +95,13 @@ class ComposedUnifiedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    training_readbacks: tuple[str, ...] = ("bridge", "reencode")  # reencode replays restored_embeds
     # Sharded training's same-work rule (models/same_work.py): set by the trainers, never by users.
     same_work: SameWork | None = None
 
     @property
     def decoder_class(self) -> type:
         """Interleaved generation's model calls for this backbone (models/backbone.py)."""
-        from clear_rl.models.decoding import ComposedDecoder
+        from clear_rl.models.composed.decoding import ComposedDecoder
 
         return ComposedDecoder
 
@@ -247,7 +225,7 @@ class ComposedUnifiedModel(PreTrainedModel):
 
     def flow_source_mean(self, degraded_latents: torch.Tensor) -> torch.Tensor | None:
         """The mean of the restoration flow's source: the degraded latent, or None (pure noise)."""
-        if self.config.flow_source not in ("noise", "degraded"):
+        if self.config.flow_source not in FLOW_SOURCES:
             raise ValueError(f"flow_source must be 'noise' or 'degraded', got {self.config.flow_source!r}")
         return degraded_latents.float() if self.config.flow_source == "degraded" else None
 
@@ -289,15 +267,20 @@ class ComposedUnifiedModel(PreTrainedModel):
 
         return {"attention_mask": view_mask(self, input_ids, attention_mask, hide_from)}
 
+    def load_saved_weights(self, path) -> None:
+        """Put the weights `save_pretrained` wrote into this model (resuming a full fine-tune)."""
+        saved = type(self).from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        self.load_state_dict(saved.state_dict())
+
     def part_patterns(self) -> dict[str, list[str]]:
         """Each trainable part's parameter-name patterns (models/parts.py)."""
-        from clear_rl.models.parts import composed_part_patterns
+        from clear_rl.models.composed.parts import composed_part_patterns
 
         return composed_part_patterns(self)
 
     def lora_scopes(self) -> dict[str, str]:
         """Where LoRA looks for the LLM's and the restoration head's layers (module-name regexes)."""
-        from clear_rl.models.parts import composed_lora_scopes
+        from clear_rl.models.composed.parts import composed_lora_scopes
 
         return composed_lora_scopes(self)
 
