@@ -8,6 +8,34 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def _reply(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict | None = None) -> None:
+    """Send `data` as a JSON-typed response with `status` and any extra headers."""
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@contextlib.contextmanager
+def _serve(handler: type[BaseHTTPRequestHandler]):
+    """Serve `handler` on a free port of 127.0.0.1 with a cold judge cache; yield the base URL."""
+    from clear_rl.eval import judge
+
+    judge._cached_score.cache_clear()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        judge._cached_score.cache_clear()
+
+
 class FakeJudge(BaseHTTPRequestHandler):
     """Replies with the next scripted (status, content), "1.0" when the script is empty; records requests."""
 
@@ -20,12 +48,7 @@ class FakeJudge(BaseHTTPRequestHandler):
         status, content = FakeJudge.script.pop(0) if FakeJudge.script else (200, "1.0")
         if status == 200:
             content = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-        data = content.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _reply(self, status, content.encode())
 
     def log_message(self, *args):
         pass
@@ -34,19 +57,10 @@ class FakeJudge(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def fake_judge(script=()):
     """Serve on a free port of 127.0.0.1; yield the base URL (`http://127.0.0.1:PORT/v1`)."""
-    from clear_rl.eval import judge
 
     FakeJudge.script, FakeJudge.seen = list(script), []
-    judge._cached_score.cache_clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        judge._cached_score.cache_clear()
+    with _serve(FakeJudge) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -118,14 +132,8 @@ class EchoJudge(BaseHTTPRequestHandler):
         else:
             body = None
         data = (json.dumps(body) if body is not None else f"echo: {auth} {echo}").encode()
-        self.send_response(status)
-        if kind == "redirect":
-            self.send_header("Location", f"/v1/chat/completions?key={auth}")
-        self.send_header("X-Echo", auth)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        headers = {"Location": f"/v1/chat/completions?key={auth}"} if kind == "redirect" else {}
+        _reply(self, status, data, {**headers, "X-Echo": auth})
 
     def log_message(self, *args):
         pass
@@ -134,16 +142,7 @@ class EchoJudge(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def echo_judge(script=()):
     """Serve EchoJudge on a free port of 127.0.0.1; yield the base URL."""
-    from clear_rl.eval import judge
 
     EchoJudge.script = list(script)
-    judge._cached_score.cache_clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), EchoJudge)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        judge._cached_score.cache_clear()
+    with _serve(EchoJudge) as url:
+        yield url

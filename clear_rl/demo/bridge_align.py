@@ -6,7 +6,7 @@ The objective is `clear-rl train`'s `stage: align` (trainers/align.py, `recipes/
 target tokens are computed once here and the bridge alone trains on them: the align trainer
 recomputes both at every step, half its step time at the demo's sizes, and the bridge needs
 several hundred steps before the LLM reads its tokens as it reads its own vision tokens. No library
-trainer caches a frozen reference's outputs, hence this short loop.
+trainer caches a frozen reference's outputs, hence the cached loop (cached_training.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from clear_rl.data.image_sources import IMAGE_COLUMN, AlignCollator
+from clear_rl.demo.cached_training import train_on_cache
 from clear_rl.models.composed import ComposedUnifiedModel
 from clear_rl.trainers.align import token_terms, vision_targets
 
@@ -48,29 +48,12 @@ def align_bridge(
     seed: int = 0,
 ) -> list[float]:
     """Train `model.latent_bridge` on cached (latent, target) pairs; returns the loss curve."""
-    bridge = model.latent_bridge
-    bridge.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(bridge.parameters(), lr=learning_rate)
-    warmup = torch.optim.lr_scheduler.LinearLR(
-        optimizer, 1.0 / max(1, warmup_steps), total_iters=warmup_steps
-    )
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup_steps))
-    schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = tqdm(range(steps), desc="stage 0: bridge alignment", unit="step")
-    for step in bar:
-        rows = torch.randint(len(latents), (batch_size,), generator=generator)
+
+    def step_loss(rows: torch.Tensor, generator: torch.Generator):
         mse, cosine = token_terms(model.bridge(latents[rows]).float(), targets[rows])
-        loss = mse + lambda_cos * cosine
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(
-                loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}", cos=f"{1 - cosine.item():.3f}"
-            )
-    bridge.eval().requires_grad_(False)
-    return losses
+        return mse + lambda_cos * cosine, {"cos": 1 - cosine.detach()}
+
+    return train_on_cache(
+        model.latent_bridge, len(latents), step_loss, steps, "stage 0: bridge alignment",
+        batch_size, learning_rate, warmup_steps, seed,
+    )  # fmt: skip

@@ -7,15 +7,15 @@ so a row's context and latents never change: they are computed once, in no-grad 
 (`teacher_forced_context`, `encode_latents`), and the head then trains on them alone. Running the
 stage-1 trainer with only the head trainable recomputes the frozen VLM and two VAE encodes at
 every step, which cost about 20 times the head's own step at the demo's sizes; no library
-trainer caches a frozen conditioning model's outputs, hence this short loop.
+trainer caches a frozen conditioning model's outputs, hence the cached loop (cached_training.py).
 """
 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from clear_rl.data.collate import ClearCollator, split_inputs
+from clear_rl.demo.cached_training import train_on_cache
 from clear_rl.models.composed import ComposedUnifiedModel, RestorationContext
 from clear_rl.trainers.losses import flow_matching_sample
 
@@ -62,30 +62,15 @@ def train_head(
     seed: int = 0,
 ) -> list[float]:
     """Train `model.restoration_head` by flow matching on cached contexts; returns the loss curve."""
-    head = model.restoration_head
-    head.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate)
-    warmup = torch.optim.lr_scheduler.LinearLR(
-        optimizer, 1.0 / max(1, warmup_steps), total_iters=warmup_steps
-    )
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup_steps))
-    schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = tqdm(range(steps), desc="stage 0: restoration head", unit="step")
-    for step in bar:
-        rows = torch.randint(context.num_rows, (batch_size,), generator=generator)
+
+    def step_loss(rows: torch.Tensor, generator: torch.Generator):
         part = context.select(rows)
         x_t, t, target = flow_matching_sample(
             model, clean_latents[rows], part.degraded_latents, model.config.flow_shift, generator
         )
-        loss = (model.velocity(x_t, t, part).float() - target).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(mse=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    head.eval().requires_grad_(False)
-    return losses
+        return (model.velocity(x_t, t, part).float() - target).pow(2).mean(), {}
+
+    return train_on_cache(
+        model.restoration_head, context.num_rows, step_loss, steps, "stage 0: restoration head",
+        batch_size, learning_rate, warmup_steps, seed,
+    )  # fmt: skip
